@@ -1,0 +1,131 @@
+"""One run-directory writer for every stage.
+
+A run writes into `<out>.partial-<pid>` and is renamed to `<out>` only when it succeeds, so an
+existing run directory is never left half-overwritten. Layout:
+  config.yaml  metrics.jsonl  summary.md  summary.json  plots/*.png  <checkpoints as HF folders>
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from rlhf.config import to_dict
+
+
+class RunDir:
+    def __init__(self, out: str | Path, config=None):
+        self.final = Path(out)
+        self.path = self.final.with_name(f"{self.final.name}.partial-{os.getpid()}")
+        self.config = config
+        self._metrics: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._metrics_file = None
+        self.started = time.time()
+
+    def __enter__(self) -> "RunDir":
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        (self.path / "plots").mkdir()
+        if self.config is not None:
+            (self.path / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        self._metrics_file = open(self.path / "metrics.jsonl", "w")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._metrics_file.close()
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        self.plot_metrics()
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
+            self.final.rename(old)
+        self.path.rename(self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def sub(self, name: str) -> Path:
+        """A path inside the run (its final location is the same relative path under `out`)."""
+        return self.path / name
+
+    def log(self, step: int, **metrics: float) -> None:
+        row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self._metrics_file.write(json.dumps(row) + "\n")
+        self._metrics_file.flush()
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and value is not None:
+                self._metrics[key].append((step, float(value)))
+
+    def plot_metrics(self, groups: dict[str, list[str]] | None = None) -> None:
+        """One PNG per metric (or per group of metrics) from what was logged."""
+        if not self._metrics:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        groups = groups or {k: [k] for k in self._metrics}
+        for name, keys in groups.items():
+            fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+            for key in keys:
+                if key in self._metrics:
+                    xs, ys = zip(*self._metrics[key])
+                    ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
+            ax.set_xlabel("step")
+            ax.set_title(name)
+            if len(keys) > 1:
+                ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(self.path / "plots" / f"{_slug(name)}.png")
+            plt.close(fig)
+
+    def write_summary(self, title: str, sections: dict[str, object], data: dict | None = None) -> None:
+        """summary.md for people (markdown tables from lists of dicts) and summary.json for programs."""
+        lines = [f"# {title}", "", f"wall time: {time.time() - self.started:.1f}s", ""]
+        for heading, body in sections.items():
+            lines += [f"## {heading}", ""]
+            if isinstance(body, list) and body and isinstance(body[0], dict):
+                lines += markdown_table(body)
+            elif isinstance(body, dict):
+                lines += [f"- {k}: {_fmt(v)}" for k, v in body.items()]
+            else:
+                lines.append(str(body))
+            lines.append("")
+        (self.path / "summary.md").write_text("\n".join(lines))
+        payload = data if data is not None else sections
+        (self.path / "summary.json").write_text(json.dumps(payload, indent=2, default=_clean))
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):
+        return v.item()
+    return v
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
