@@ -1,0 +1,3 @@
+from rlhf.rollout.engine import Rollout, SamplingConfig, sample, generate_texts
+
+__all__ = ["Rollout", "SamplingConfig", "sample", "generate_texts"]

@@ -1,0 +1,121 @@
+"""The one sampling engine every method uses (eval, best-of-N, labeling, PPO, GRPO, ...).
+
+Prompts are left-padded, position ids skip the padding, and decoding runs token by token on the
+model's KV cache. The log-probs returned are those of the tempered distribution the token was drawn
+from (top-k = 0 and top-p = 1 make that the full distribution, as PPO needs). Tokens after EOS are PAD
+and masked out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.data.chat import decode_response, encode_prompt
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, T) PAD after EOS
+    response_mask: torch.Tensor  # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor  # (B, T) sampling log-probs, 0 where masked
+    finished: torch.Tensor  # (B,) produced EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], 1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], 1)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p
+        logits = logits.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pad_id: int,
+           generator: torch.Generator | None = None) -> Rollout:
+    model = getattr(model, "module", model)
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    B = len(prompts)
+    mask = prompt_mask
+    pos = position_ids(mask)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1].float()
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, logps = [], []
+    for _ in range(cfg.max_new_tokens):
+        if cfg.temperature > 0:
+            scaled = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+            logp_all = torch.log_softmax(scaled, -1)
+            nxt = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        else:
+            logp_all = torch.log_softmax(logits, -1)
+            nxt = logits.argmax(-1)
+        logp = logp_all.gather(1, nxt[:, None]).squeeze(1)
+        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
+        tokens.append(nxt)
+        logps.append(torch.where(finished, torch.zeros_like(logp), logp))
+        finished = finished | (nxt == eos_id)
+        if bool(finished.all()):
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], 1)
+        pos = pos[:, -1:] + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1].float()
+    response = torch.stack(tokens, 1)
+    # mask: every token up to and including the first EOS
+    is_eos = (response == eos_id).int()
+    after_eos = (is_eos.cumsum(1) - is_eos) > 0
+    response_mask = (~after_eos).long()
+    response = response.masked_fill(after_eos, pad_id)
+    return Rollout(prompt_ids, prompt_mask, response, response_mask, torch.stack(logps, 1) * response_mask,
+                   is_eos.sum(1) > 0)
+
+
+def generate_texts(model, tokenizer, prompts: list, cfg: SamplingConfig, batch_size: int = 64,
+                   seed: int = 0) -> list[str]:
+    """Prompts (strings or message lists) -> decoded responses, in order."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    out: list[str] = []
+    for i in range(0, len(encoded), batch_size):
+        r = sample(model, encoded[i:i + batch_size], cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
+        out += [decode_response(tokenizer, row.tolist()) for row in r.response_ids]
+    return out

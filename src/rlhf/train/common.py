@@ -1,0 +1,65 @@
+"""Plumbing every trainer shares: seeding, the Accelerator, the optimizer and its schedule, NaN guard."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rlhf.errors import RLHFError
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_seed(seed)
+
+
+def make_accelerator(seed: int, grad_accum: int = 1) -> Accelerator:
+    """Single process on a laptop, many under `accelerate launch`; each rank gets its own seed."""
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum)
+    seed_everything(seed + accelerator.process_index * 1_000_003)
+    return accelerator
+
+
+def make_optimizer(model, cfg: OptimConfig, total_steps: int):
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if cfg.schedule == "cosine":
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    if cfg.schedule not in ("cosine", "linear", "constant"):
+        raise RLHFError(f"optim.schedule: unknown schedule '{cfg.schedule}' (cosine, linear or constant)")
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss).all():
+        raise RLHFError(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)")

@@ -1,0 +1,131 @@
+"""Stage 1: pretraining for completion. A causal LM learns the world's facts from packed text."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf.data.jsonl import read_jsonl
+from rlhf.errors import RLHFError
+from rlhf.models.lm import count_parameters, create_model, load_tokenizer, save_model
+from rlhf.models.tokenizer import train_tokenizer
+from rlhf.progress import progress_bar
+from rlhf.rundir import RunDir
+from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
+from rlhf.world import World, WorldConfig
+
+
+@dataclass
+class ModelConfig:
+    size: str = "nano"
+    arch: str = "llama"
+    max_len: int = 256
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/pretrain"
+    seed: int = 0
+    world: WorldConfig = field(default_factory=WorldConfig)
+    corpus: str | None = None  # JSONL of {"text": ...}; default: the world's corpus
+    tokenizer: str | None = None  # an existing tokenizer folder; default: train one on the corpus
+    vocab_size: int = 2048
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 900
+    batch_size: int = 32
+    seq_len: int = 128
+    eval_fraction: float = 0.05
+    eval_every: int = 100
+
+
+def load_corpus(cfg: PretrainConfig, world: World) -> list[str]:
+    if cfg.corpus is None:
+        return world.corpus()
+    docs = []
+    for lineno, obj in read_jsonl(cfg.corpus):
+        if not isinstance(obj.get("text"), str):
+            raise RLHFError(f"{cfg.corpus}:{lineno}: missing string field 'text'")
+        docs.append(obj["text"])
+    return docs
+
+
+def pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
+    """Concatenate documents separated by EOS and cut into (n, seq_len + 1) blocks."""
+    stream: list[int] = []
+    for d in docs:
+        stream += tokenizer.encode(d, add_special_tokens=False) + [tokenizer.eos_token_id]
+    n = (len(stream) - 1) // seq_len
+    if n < 1:
+        raise RLHFError(f"corpus too small: {len(stream)} tokens for seq_len {seq_len}")
+    t = torch.tensor(stream[: n * seq_len + 1])
+    return torch.stack([t[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
+
+
+@torch.no_grad()
+def eval_loss(model, blocks: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    losses = []
+    for i in range(0, len(blocks), batch_size):
+        b = blocks[i:i + batch_size].to(next(model.parameters()).device)
+        logits = model(input_ids=b[:, :-1]).logits
+        losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), b[:, 1:].flatten()).item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def run(cfg: PretrainConfig, show_progress: bool = True) -> Path:
+    world = World(cfg.world)
+    docs = load_corpus(cfg, world)
+    rng = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(docs), generator=rng).tolist()
+    n_eval = max(1, int(len(docs) * cfg.eval_fraction))
+    eval_docs, train_docs = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
+    accelerator = make_accelerator(cfg.seed)
+    with RunDir(cfg.out, cfg) as run_dir:
+        if cfg.tokenizer:
+            tokenizer = load_tokenizer(cfg.tokenizer)
+        else:
+            texts = docs + [m["content"] for d in world.demonstrations() for m in d["messages"]]
+            tokenizer = train_tokenizer(texts, cfg.vocab_size)
+        train_blocks = pack(tokenizer, train_docs, cfg.seq_len)
+        eval_blocks = pack(tokenizer, eval_docs, min(cfg.seq_len, 64))
+        model = create_model(cfg.model.size, tokenizer, cfg.model.arch, cfg.model.max_len, cfg.seed)
+        opt, sched = make_optimizer(model, cfg.optim, cfg.steps)
+        model, opt = accelerator.prepare(model, opt)
+        model.train()
+        n_params = count_parameters(model)
+        tokens_per_step = cfg.batch_size * cfg.seq_len * accelerator.num_processes
+        t0, last_eval = time.time(), float("nan")
+        with progress_bar("pretrain", cfg.steps, show_progress and accelerator.is_main_process) as bar:
+            for step in range(cfg.steps):
+                idx = torch.randint(len(train_blocks), (cfg.batch_size,), generator=rng)
+                batch = train_blocks[idx].to(accelerator.device)
+                logits = model(input_ids=batch[:, :-1]).logits
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+                check_finite(loss, step)
+                accelerator.backward(loss)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                row = {"loss": loss.item(), "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "tokens_per_s": tokens_per_step * (step + 1) / (time.time() - t0)}
+                if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                    last_eval = eval_loss(accelerator.unwrap_model(model), eval_blocks, 64)
+                    row.update(eval_loss=last_eval, eval_ppl=math.exp(last_eval))
+                run_dir.log(step + 1, **row)
+                bar.advance(loss=row["loss"], eval_loss=last_eval)
+        elapsed = time.time() - t0
+        if accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
+            run_dir.write_summary("Pretraining", {
+                "result": {"parameters": n_params, "steps": cfg.steps, "final_train_loss": row["loss"],
+                           "eval_loss": last_eval, "eval_perplexity": math.exp(last_eval),
+                           "tokens_seen": tokens_per_step * cfg.steps, "tokens_per_s": tokens_per_step * cfg.steps / elapsed,
+                           "train_blocks": len(train_blocks), "eval_docs": len(eval_docs)},
+                "checkpoint": "model/ (Hugging Face folder: AutoModelForCausalLM.from_pretrained)"})
+    return Path(cfg.out)

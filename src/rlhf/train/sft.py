@@ -1,0 +1,127 @@
+"""Stage 2: supervised fine-tuning on demonstrations; the loss is on response tokens only."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf.data.chat import IGNORE, encode_dialogue
+from rlhf.data.filters import is_dialogue
+from rlhf.data.jsonl import read_jsonl
+from rlhf.errors import RLHFError
+from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
+from rlhf.progress import progress_bar
+from rlhf.rundir import RunDir
+from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
+from rlhf.world import World, WorldConfig
+
+
+@dataclass
+class SFTConfig:
+    out: str = "runs/sft"
+    seed: int = 0
+    init: str = "runs/pretrain/model"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    data: str | None = None  # JSONL of {"messages"} or {"prompt", "completion"}; default: the world's demonstrations
+    dialogue_filter: bool = False  # Gopher heuristic on {"text"} documents turned into dialogues
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.0))
+    epochs: float = 2.0
+    batch_size: int = 32
+    max_len: int = 128
+
+
+def _to_messages(obj: dict, where: str) -> list[dict]:
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise RLHFError(f"{where}: 'messages' must be a non-empty list")
+        if not any(m.get("role") == "assistant" for m in msgs if isinstance(m, dict)):
+            raise RLHFError(f"{where}: dialogue has no assistant turn to train on")
+        return msgs
+    if "prompt" in obj and "completion" in obj:
+        return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
+    if "text" in obj:
+        return _text_to_messages(obj["text"], where)
+    raise RLHFError(f"{where}: expected 'messages', 'prompt'+'completion' or 'text'")
+
+
+def _text_to_messages(text: str, where: str) -> list[dict]:
+    """A 'Human: ... / Assistant: ...' or 'A: ... / B: ...' transcript: the second speaker is the assistant."""
+    turns = [p.split(":", 1) for p in text.split("\n") if ":" in p]
+    speakers = list(dict.fromkeys(s.strip() for s, _ in turns))
+    if len(speakers) < 2:
+        raise RLHFError(f"{where}: text is not a two-speaker dialogue")
+    return [{"role": "user" if s.strip() == speakers[0] else "assistant", "content": c.strip()} for s, c in turns]
+
+
+def load_dialogues(cfg: SFTConfig, world: World) -> tuple[list[list[dict]], int]:
+    """(dialogues, number dropped by the dialogue filter)."""
+    if cfg.data is None:
+        return [d["messages"] for d in world.demonstrations()], 0
+    out, dropped = [], 0
+    for lineno, obj in read_jsonl(cfg.data):
+        if cfg.dialogue_filter and "text" in obj and not is_dialogue(obj["text"]):
+            dropped += 1
+            continue
+        out.append(_to_messages(obj, f"{cfg.data}:{lineno}"))
+    if not out:
+        raise RLHFError(f"{cfg.data}: no dialogues to train on")
+    return out, dropped
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), IGNORE)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy where labels != IGNORE (the assistant's tokens)."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+def run(cfg: SFTConfig, show_progress: bool = True) -> Path:
+    world = World(cfg.world)
+    tokenizer = load_tokenizer(cfg.init)
+    model = load_causal_lm(cfg.init)
+    dialogues, dropped = load_dialogues(cfg, world)
+    examples = [encode_dialogue(tokenizer, d, cfg.max_len) for d in dialogues]
+    examples = [e for e in examples if any(y != IGNORE for y in e[1])]
+    steps = max(1, int(cfg.epochs * len(examples) / cfg.batch_size))
+    accelerator = make_accelerator(cfg.seed)
+    opt, sched = make_optimizer(model, cfg.optim, steps)
+    model, opt = accelerator.prepare(model, opt)
+    model.train()
+    rng = torch.Generator().manual_seed(cfg.seed)
+    with RunDir(cfg.out, cfg) as run_dir:
+        t0 = time.time()
+        order: list[int] = []
+        with progress_bar("sft", steps, show_progress and accelerator.is_main_process) as bar:
+            for step in range(steps):
+                if len(order) < cfg.batch_size:
+                    order += torch.randperm(len(examples), generator=rng).tolist()
+                idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+                batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = response_loss(logits, batch["labels"])
+                check_finite(loss, step)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0])
+                bar.advance(loss=loss.item())
+        if accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
+            run_dir.write_summary("Supervised fine-tuning", {
+                "result": {"dialogues": len(examples), "dropped_by_dialogue_filter": dropped, "steps": steps,
+                           "final_loss": loss.item(), "seconds": time.time() - t0},
+                "checkpoint": "model/"})
+    return Path(cfg.out)
