@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))  # app_support
 
-from rlhf.feedback.app import create_app  # noqa: E402
+from argon2 import PasswordHasher  # noqa: E402
+
+from rlhf.feedback.app import accounts, create_app  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -23,6 +28,59 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashing(monkeypatch):
+    """Argon2 with production cost takes ~0.2 s per hash here; tests create many users."""
+    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
+class Server:
+    """`rlhf label serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, db: str):
+        self.db = db
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.feedback.label_cli", "serve", "--db", db,
+                                      "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"label server did not start (exit code {self.proc.returncode})")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers, exactly like a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_server():
+    servers = []
+
+    def start(db: str) -> Server:
+        servers.append(Server(db))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
