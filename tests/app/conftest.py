@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -114,15 +115,15 @@ def make_client(app):
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     """A throwaway PostgreSQL 15 cluster on a free loopback port; yields a URL prefix."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (scripts/setup.sh test installs them)")
     if os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("starting PostgreSQL needs root (to run initdb as the postgres user)")
-    base = tmp_path_factory.mktemp("pg")
+    # Not under pytest's tmp dir: its parents are private to root, and postgres must reach this one.
+    base = Path(tempfile.mkdtemp(prefix="rlhf-pg-"))
     data = base / "data"
-    os.chmod(base, 0o755)
     shutil.chown(base, "postgres", "postgres")
     port = free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"]
@@ -136,6 +137,7 @@ def postgres_server(tmp_path_factory):
     finally:
         subprocess.run(as_postgres + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

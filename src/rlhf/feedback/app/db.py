@@ -20,6 +20,9 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 def database_url(db: str) -> str:
+    if db.startswith(("postgresql://", "postgres://")):
+        # the driver this package depends on (SQLAlchemy 2.1 would otherwise pick psycopg 3)
+        return "postgresql+psycopg2://" + db.split("://", 1)[1]
     if "://" in db:
         return db
     path = Path(db).expanduser()
