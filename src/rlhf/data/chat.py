@@ -72,3 +72,10 @@ def encode_response(tokenizer, response: str) -> list[int]:
 
 def decode_response(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode([i for i in ids if i not in (tokenizer.eos_token_id, tokenizer.pad_token_id)]).strip()
+
+
+def encode_prompt_response(tokenizer, prompt, response: str, max_len: int) -> list[int]:
+    """Prompt + ' response' + EOS, the prompt cut from the left when the whole would exceed max_len."""
+    p, r = encode_prompt(tokenizer, prompt), encode_response(tokenizer, response)
+    r = r[:max_len]
+    return p[max(0, len(p) - (max_len - len(r))):] + r

@@ -58,3 +58,35 @@ def evaluate_policy(model, tokenizer, world: World, prompts: list[dict] | None =
     responses = generate_texts(model, tokenizer, [p["prompt"] for p in prompts], sampling, seed=seed)
     rows = score_responses(world, prompts, responses)
     return summarize(rows), rows
+
+
+def write_eval_run(out: str, checkpoint: str, metrics: dict, rows: list[dict]) -> None:
+    from rlhf.data.jsonl import write_jsonl
+    from rlhf.rundir import RunDir
+
+    with RunDir(out) as run_dir:
+        write_jsonl(run_dir.sub("samples.jsonl"), rows)
+        plot_gold_by_kind({checkpoint: rows}, run_dir.sub("plots/gold_by_kind.png"))
+        run_dir.write_summary(f"Gold evaluation of {checkpoint}", {"metrics": metrics}, {"checkpoint": checkpoint, **metrics})
+
+
+def plot_gold_by_kind(runs: dict[str, list[dict]], path) -> None:
+    """Grouped bars: mean gold reward per prompt kind (with standard errors) for each model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    width = 0.8 / max(1, len(runs))
+    for i, (name, rows) in enumerate(runs.items()):
+        stats = [_mean_se([r["gold"] for r in rows if r["kind"] == k]) for k in KINDS]
+        ax.bar(np.arange(len(KINDS)) + i * width, [m for m, _ in stats], width, yerr=[s for _, s in stats], label=name)
+    ax.set_xticks(np.arange(len(KINDS)) + width * (len(runs) - 1) / 2, KINDS, fontsize=8)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("mean gold reward")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -119,3 +119,19 @@ def generate_texts(model, tokenizer, prompts: list, cfg: SamplingConfig, batch_s
         r = sample(model, encoded[i:i + batch_size], cfg, tokenizer.eos_token_id, tokenizer.pad_token_id, generator)
         out += [decode_response(tokenizer, row.tolist()) for row in r.response_ids]
     return out
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """Per-token log-probs (and entropies) of the response tokens input_ids[:, response_start:], from one
+    full forward pass. Logits are divided by the sampling temperature, as when sampling."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids(attention_mask)).logits[:, response_start - 1:-1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
+    if not with_entropy:
+        return logp
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy

@@ -1,0 +1,68 @@
+"""Reward-model evaluation on the world: agreement with gold, reward by prompt kind, best-of-N."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhf.data.chat import encode_prompt_response
+from rlhf.models.reward import score as rm_score
+from rlhf.rollout import SamplingConfig, generate_texts
+from rlhf.rollout.engine import left_pad
+from rlhf.world import World
+
+
+@torch.no_grad()
+def score_texts(reward_model, tokenizer, prompts: list, responses: list[str], max_len: int = 256,
+                batch_size: int = 128) -> list[float]:
+    seqs = [encode_prompt_response(tokenizer, p, r, max_len) for p, r in zip(prompts, responses)]
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        ids, mask = left_pad(seqs[i:i + batch_size], tokenizer.pad_token_id)
+        out += rm_score(reward_model, ids, mask).tolist()
+    return out
+
+
+def best_of_n(policy, reward_model, tokenizer, world: World, prompts: list[dict], n_max: int = 64,
+              sampling: SamplingConfig | None = None, seed: int = 0) -> dict:
+    """Sample n_max responses per prompt once; for n = 1, 2, 4, ..., n_max the RM picks the best of the
+    first n. Returns per-n mean gold and proxy (RM) score of the pick, the analytic KL of best-of-n
+    (log n - (n-1)/n), and the rows of the largest n for a gold table."""
+    sampling = sampling or SamplingConfig(max_new_tokens=32, temperature=1.0)
+    flat_prompts = [p["prompt"] for p in prompts for _ in range(n_max)]
+    texts = generate_texts(policy, tokenizer, flat_prompts, sampling, seed=seed)
+    rm = score_texts(reward_model, tokenizer, flat_prompts, texts)
+    gold = [world.score(p, t).total for p, t in zip(flat_prompts, texts)]
+    curve = []
+    ns = sorted({1, *[2 ** k for k in range(1, int(math.log2(n_max)) + 1)], n_max})
+    picks_at_max = []
+    for n in ns:
+        g_sum, r_sum = 0.0, 0.0
+        for i in range(len(prompts)):
+            block = range(i * n_max, i * n_max + n)
+            best = max(block, key=lambda j: rm[j])
+            g_sum += gold[best]
+            r_sum += rm[best]
+            if n == n_max:
+                picks_at_max.append(texts[best])
+        curve.append({"n": n, "kl": math.log(n) - (n - 1) / n, "gold": g_sum / len(prompts),
+                      "proxy": r_sum / len(prompts)})
+    return {"curve": curve, "responses": picks_at_max}
+
+
+def gold_agreement(reward_model, tokenizer, world: World, prompts: list[dict], responses_per_prompt: list[list[str]]) -> dict:
+    """Share of response pairs (with different gold) that the RM orders like the gold reward, and the
+    mean RM score per prompt kind."""
+    agree = total = 0
+    by_kind: dict[str, list[float]] = {}
+    for p, resps in zip(prompts, responses_per_prompt):
+        rm = score_texts(reward_model, tokenizer, [p["prompt"]] * len(resps), resps)
+        gold = [world.score(p["prompt"], r).total for r in resps]
+        by_kind.setdefault(p["kind"], []).extend(rm)
+        for i in range(len(resps)):
+            for j in range(i + 1, len(resps)):
+                if gold[i] != gold[j]:
+                    total += 1
+                    agree += (rm[i] - rm[j]) * (gold[i] - gold[j]) > 0
+    return {"gold_pair_agreement": agree / max(1, total), "gold_pairs": total,
+            "rm_by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()}}

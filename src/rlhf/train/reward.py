@@ -1,0 +1,205 @@
+"""Stage 3.1: a reward model from comparisons, -log sigmoid(r_chosen - r_rejected).
+
+K-wise rankings use the InstructGPT batching: every response of a prompt is forwarded once and all
+C(K,2) pairs of that ranking form one batch element, its loss the mean over its pairs. Ties are
+skipped or trained toward P = 0.5. After training, scores are shifted so the reference policy's
+responses (the responses in the training data, sampled from it) have mean 0; the offset is recorded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.data.chat import encode_prompt_response
+from rlhf.data.comparisons import Ranking, load_rankings
+from rlhf.errors import RLHFError
+from rlhf.models.lm import load_tokenizer
+from rlhf.models.reward import init_reward_model, raw_scores
+from rlhf.progress import progress_bar
+from rlhf.rollout.engine import left_pad
+from rlhf.rundir import RunDir
+from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
+
+
+@dataclass
+class RewardConfig:
+    out: str = "runs/reward"
+    seed: int = 0
+    init: str = "runs/sft/model"  # any local HF causal LM; the SFT model by default
+    data: str = "runs/labels/comparisons.jsonl"  # rankings or pairs (TRL, conversational, HH, K-wise)
+    on_bad: str = "skip"  # skip (counted in the summary) | error
+    limit: int | None = None
+    eval_fraction: float = 0.1
+    epochs: float = 1.0  # one epoch: more overfits quickly
+    batch_size: int = 8  # rankings (prompts) per step
+    max_len: int = 256
+    ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
+    margin: float = 0.0
+    normalize: bool = True
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=5, weight_decay=0.0,
+                                                                   schedule="linear", betas=(0.9, 0.999)))
+
+
+def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "skip", margin: float = 0.0):
+    """scores: all responses of `rankings`, concatenated in order. Returns (loss, correct pairs, pairs).
+    Each ranking weighs the same; within it, the loss is the mean over its C(K,2) pairs."""
+    better, worse, weight, tie_i, tie_j, tie_w = [], [], [], [], [], []
+    offset, groups = 0, 0
+    for r in rankings:
+        pairs, tied = r.pairs(), (r.ties() if ties == "half" else [])
+        n = len(pairs) + len(tied)
+        if n:
+            groups += 1
+            better += [offset + i for i, _ in pairs]
+            worse += [offset + j for _, j in pairs]
+            weight += [1.0 / n] * len(pairs)
+            tie_i += [offset + i for i, _ in tied]
+            tie_j += [offset + j for _, j in tied]
+            tie_w += [1.0 / n] * len(tied)
+        offset += r.k
+    if groups == 0:
+        return scores.sum() * 0.0, 0, 0
+    device = scores.device
+    diff = scores[torch.tensor(better, dtype=torch.long, device=device)] - scores[torch.tensor(worse, dtype=torch.long, device=device)]
+    w = torch.tensor(weight, device=device)
+    loss = (w * F.softplus(-(diff - margin))).sum()
+    if tie_i:
+        d = scores[torch.tensor(tie_i, device=device)] - scores[torch.tensor(tie_j, device=device)]
+        loss = loss + (torch.tensor(tie_w, device=device) * 0.5 * (F.softplus(-d) + F.softplus(d))).sum()
+    return loss / groups, int((diff > 0).sum()), len(better)
+
+
+def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int) -> list[list[list[int]]]:
+    return [[encode_prompt_response(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+
+
+def batch_scores(model, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    ids, mask = left_pad(seqs, pad_id)
+    return raw_scores(model, ids.to(device), mask.to(device))
+
+
+@torch.no_grad()
+def score_all(model, encoded: list[list[list[int]]], pad_id: int, device, batch: int = 64) -> list[list[float]]:
+    model.eval()
+    flat = [s for group in encoded for s in group]
+    out: list[float] = []
+    order = sorted(range(len(flat)), key=lambda i: len(flat[i]))  # similar lengths together: less padding
+    values = [0.0] * len(flat)
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        for j, v in zip(idx, batch_scores(model, [flat[j] for j in idx], pad_id, device).tolist()):
+            values[j] = v
+    k = 0
+    for group in encoded:
+        out.append(values[k:k + len(group)])
+        k += len(group)
+    model.train()
+    return out
+
+
+def pairwise_accuracy(rankings: list[Ranking], scores: list[list[float]]) -> tuple[float, list[tuple[float, int]]]:
+    """Share of untied pairs ordered as labeled, and (predicted P(first better), first labeled better) per pair."""
+    hits, calib = 0, []
+    for r, s in zip(rankings, scores):
+        for i, j in r.pairs():
+            hits += s[i] > s[j]
+            p = float(torch.sigmoid(torch.tensor(s[i] - s[j])))
+            calib += [(p, 1), (1 - p, 0)]
+    n = sum(len(r.pairs()) for r in rankings)
+    return (hits / n if n else float("nan")), calib
+
+
+def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [y for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if sel:
+            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": (lo + hi) / 2, "observed": sum(sel) / len(sel), "n": len(sel)})
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.7)
+    ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-")
+    ax.set_xlabel("predicted P(chosen)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("reward model calibration")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return rows
+
+
+def split(rankings: list[Ranking], eval_fraction: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
+    order = torch.randperm(len(rankings), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = int(len(rankings) * eval_fraction)
+    return [rankings[i] for i in order[n_eval:]], [rankings[i] for i in order[:n_eval]]
+
+
+def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
+    if cfg.ties not in ("skip", "half"):
+        raise RLHFError(f"ties: expected 'skip' or 'half', got '{cfg.ties}'")
+    rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
+    train_set, eval_set = split(rankings, cfg.eval_fraction, cfg.seed)
+    tokenizer = load_tokenizer(cfg.init)
+    accelerator = make_accelerator(cfg.seed)
+    model = init_reward_model(cfg.init, cfg.seed)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    train_enc = encode_rankings(tokenizer, train_set, cfg.max_len)
+    eval_enc = encode_rankings(tokenizer, eval_set, cfg.max_len)
+    steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
+    opt, sched = make_optimizer(model, cfg.optim, steps)
+    model, opt = accelerator.prepare(model, opt)
+    model.train()
+    rng = torch.Generator().manual_seed(cfg.seed)
+    with RunDir(cfg.out, cfg) as run_dir:
+        t0, pairs_seen = time.time(), 0
+        order: list[int] = []
+        with progress_bar("reward", steps, show_progress and accelerator.is_main_process) as bar:
+            for step in range(steps):
+                if len(order) < cfg.batch_size:
+                    order += torch.randperm(len(train_set), generator=rng).tolist()
+                idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+                seqs = [s for i in idx for s in train_enc[i]]
+                scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
+                loss, correct, n_pairs = ranking_loss(scores, [train_set[i] for i in idx], cfg.ties, cfg.margin)
+                check_finite(loss, step)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                pairs_seen += n_pairs
+                run_dir.log(step + 1, loss=loss.item(), train_accuracy=correct / max(1, n_pairs),
+                            pairs_per_s=pairs_seen / (time.time() - t0))
+                bar.advance(loss=loss.item(), acc=correct / max(1, n_pairs))
+        train_seconds = time.time() - t0
+        model = accelerator.unwrap_model(model)
+        result = {"rankings_train": len(train_set), "rankings_eval": len(eval_set), "pairs_trained": pairs_seen,
+                  "steps": steps, "train_seconds": train_seconds, "pairs_per_s": pairs_seen / train_seconds}
+        sections: dict = {}
+        if eval_set:
+            eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id, accelerator.device)
+            acc, calib = pairwise_accuracy(eval_set, eval_scores)
+            result["eval_pairwise_accuracy"] = acc
+            sections["calibration"] = plot_calibration(calib, run_dir.sub("plots/calibration.png"))
+        if cfg.normalize:
+            train_scores = score_all(model, train_enc, tokenizer.pad_token_id, accelerator.device)
+            flat = torch.tensor([v for g in train_scores for v in g])
+            model.config.rlhf_reward_offset = float(flat.mean())
+            result["reward_offset"] = float(flat.mean())
+            result["reward_std_after_shift"] = float(flat.std())
+        if accelerator.is_main_process:
+            model.save_pretrained(str(run_dir.sub("model")), safe_serialization=True)
+            tokenizer.save_pretrained(str(run_dir.sub("model")))
+            run_dir.write_summary("Reward model", {"result": result, "data": report.as_dict(), **sections,
+                                                   "checkpoint": "model/ (AutoModelForSequenceClassification, num_labels=1)"},
+                                  {"result": result, "data": report.as_dict(), **sections})
+    return Path(cfg.out)
