@@ -129,6 +129,12 @@ def from_hh(chosen: str, rejected: str) -> Ranking:
     return Ranking(tuple(c[:-1]), (c[-1]["content"], r[-1]["content"]), (1, 2))
 
 
+def _check_prompt(ranking: Ranking) -> None:
+    # every encoder (reward model, PPO prompts) renders the prompt as a conversation awaiting the assistant
+    if not ranking.prompt or ranking.prompt[-1]["role"] != "user":
+        raise ValueError("the prompt must end with a user turn")
+
+
 def parse_row(obj: dict) -> Ranking:
     """One JSON object in any supported convention -> Ranking (ValueError says what is wrong)."""
     rid = obj.get("id")
@@ -147,7 +153,9 @@ def parse_row(obj: dict) -> Ranking:
         prompt = obj["prompt"] if isinstance(obj["prompt"], str) else _check_messages(obj["prompt"], "prompt")
         if len(set(responses)) < len(responses):
             raise ValueError("duplicate responses in one ranking")
-        return Ranking(_as_messages(prompt), tuple(responses), tuple(ranks), rid, obj.get("meta") or {})
+        ranking = Ranking(_as_messages(prompt), tuple(responses), tuple(ranks), rid, obj.get("meta") or {})
+        _check_prompt(ranking)
+        return ranking
     for key in ("chosen", "rejected"):
         if key not in obj:
             raise ValueError(f"missing field '{key}'")
@@ -173,6 +181,7 @@ def parse_row(obj: dict) -> Ranking:
         ranking = Ranking(_as_messages(prompt), (chosen, rejected), (1, 2))
     if ranking.responses[0].strip() == ranking.responses[1].strip():
         raise ValueError("chosen and rejected are identical")
+    _check_prompt(ranking)
     return Ranking(ranking.prompt, ranking.responses, ranking.ranks, rid)
 
 
