@@ -12,10 +12,12 @@ EOS, PAD = "<|endoftext|>", "<pad>"
 
 # Human/Assistant turns; every assistant turn ends with EOS. A prompt ends with "Assistant:" and the
 # response continues it with " " + text + EOS, which is exactly what SFT and rollouts tokenize.
+# HF renders templates with trim_blocks (a newline right after a {% %} tag is dropped), so the
+# separator after an assistant turn is written as an expression.
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}Human: {{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{{ eos_token }}{% if not loop.last %}\n\n{% endif %}"
+    "{% elif m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{{ eos_token }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
     "{% else %}{{ m['content'] }}\n\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
