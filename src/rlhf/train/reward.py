@@ -40,6 +40,7 @@ class RewardConfig:
     ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
     margin: float = 0.0
     normalize: bool = True
+    length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=5, weight_decay=0.0,
                                                                    schedule="linear", betas=(0.9, 0.999)))
 
@@ -137,6 +138,30 @@ def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> li
     return rows
 
 
+def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buckets: int = 32) -> list[list[int]]:
+    """`steps` batches of `batch_size` indices: epochs of random permutations, cut into windows of
+    `buckets` batches; within a window the indices are sorted by length before being cut into batches
+    and the batches are shuffled, so each batch holds similar lengths (less padding) while every
+    index is still seen once per epoch and batch order stays random."""
+    rng = torch.Generator().manual_seed(seed)
+    need = steps * batch_size
+    stream: list[int] = []
+    while len(stream) < need:
+        stream += torch.randperm(len(lengths), generator=rng).tolist()
+    stream = stream[:need]
+    out: list[list[int]] = []
+    window = batch_size * max(1, buckets)
+    for w in range(0, need, window):
+        chunk = stream[w:w + window]
+        if buckets > 1:
+            chunk = sorted(chunk, key=lambda i: lengths[i])
+        group = [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        if buckets > 1:
+            group = [group[i] for i in torch.randperm(len(group), generator=rng).tolist()]
+        out += group
+    return out
+
+
 def split(rankings: list[Ranking], eval_fraction: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
     order = torch.randperm(len(rankings), generator=torch.Generator().manual_seed(seed)).tolist()
     n_eval = int(len(rankings) * eval_fraction)
@@ -158,15 +183,12 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
-    rng = torch.Generator().manual_seed(cfg.seed)
+    lengths = [max(len(s) for s in group) for group in train_enc]
+    schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
     with RunDir(cfg.out, cfg) as run_dir:
         t0, pairs_seen = time.time(), 0
-        order: list[int] = []
         with progress_bar("reward", steps, show_progress and accelerator.is_main_process) as bar:
-            for step in range(steps):
-                if len(order) < cfg.batch_size:
-                    order += torch.randperm(len(train_set), generator=rng).tolist()
-                idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            for step, idx in enumerate(schedule):
                 seqs = [s for i in idx for s in train_enc[i]]
                 scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
                 loss, correct, n_pairs = ranking_loss(scores, [train_set[i] for i in idx], cfg.ties, cfg.margin)

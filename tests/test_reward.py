@@ -1,0 +1,274 @@
+"""Reward model and trainer: the K-wise ranking loss, ties, margin, last-token pooling, `rlhf reward` end to end."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, LlamaConfig
+
+from rlhf.data.comparisons import Ranking
+from rlhf.errors import RLHFError
+from rlhf.models.reward import init_reward_model, load_reward_model, raw_scores, score
+from rlhf.models.tokenizer import train_tokenizer
+from rlhf.rollout.engine import left_pad
+from rlhf.train.reward import RewardConfig, ranking_loss, run
+
+Q = ({"role": "user", "content": "q"},)
+
+
+def rk(ranks, k=None) -> Ranking:
+    k = k or len(ranks)
+    return Ranking(Q, tuple(f"r{i}" for i in range(k)), tuple(ranks))
+
+
+# ---------------------------------------------------------------- the loss
+
+def test_kwise_loss_is_mean_of_pairwise_losses():
+    torch.manual_seed(0)
+    r = rk([3, 1, 4, 2])
+    s = torch.randn(4, dtype=torch.float64)
+    loss, correct, n = ranking_loss(s, [r])
+    pair_losses = [-F.logsigmoid(s[i] - s[j]) for i, j in r.pairs()]
+    assert n == 6 and len(pair_losses) == 6
+    assert torch.allclose(loss, torch.stack(pair_losses).mean(), atol=1e-12)
+    assert correct == sum(int(s[i] > s[j]) for i, j in r.pairs())
+    # and by hand from the ranks, independent of Ranking.pairs()
+    by_hand = [-F.logsigmoid(s[i] - s[j]) for i, j in itertools.permutations(range(4), 2) if r.ranks[i] < r.ranks[j]]
+    assert torch.allclose(loss, torch.stack(by_hand).mean(), atol=1e-12)
+
+
+def test_each_ranking_weighs_the_same_in_a_batch():
+    torch.manual_seed(1)
+    a, b = rk([1, 2, 3, 4]), rk([2, 1])
+    s = torch.randn(6, dtype=torch.float64)
+    loss, _, n = ranking_loss(s, [a, b])
+    la, _, _ = ranking_loss(s[:4], [a])
+    lb, _, _ = ranking_loss(s[4:], [b])
+    assert n == 7
+    assert torch.allclose(loss, (la + lb) / 2, atol=1e-12)
+
+
+def test_kwise_gradient_matches_pairwise_gradient():
+    torch.manual_seed(2)
+    r = rk([2, 4, 1, 3])
+    s1 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    ranking_loss(s1, [r])[0].backward()
+    torch.stack([-F.logsigmoid(s2[i] - s2[j]) for i, j in r.pairs()]).mean().backward()
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-12)
+
+
+def test_ties_skip_contribute_nothing():
+    torch.manual_seed(3)
+    s = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    tied = rk([1, 2, 2, 3])  # responses 1 and 2 tied
+    loss, _, n = ranking_loss(s, [tied], ties="skip")
+    assert n == 5
+    expect = torch.stack([-F.logsigmoid(s[i] - s[j]) for i, j in tied.pairs()]).mean()
+    assert torch.allclose(loss, expect)
+    # a ranking made only of ties contributes zero loss and zero gradient
+    all_tied = rk([1, 1, 1])
+    loss, correct, n = ranking_loss(s[:3], [all_tied], ties="skip")
+    assert n == 0 and correct == 0 and loss.item() == 0.0
+    loss.backward()
+    assert s.grad is None or torch.all(s.grad == 0)
+    # mixed with an untied ranking: the all-tied one is not counted as a group either
+    s2 = torch.randn(5, dtype=torch.float64)
+    both, _, _ = ranking_loss(s2, [all_tied, rk([2, 1])], ties="skip")
+    alone, _, _ = ranking_loss(s2[3:], [rk([2, 1])], ties="skip")
+    assert torch.allclose(both, alone)
+
+
+def test_ties_half_minimized_at_equal_scores():
+    r = rk([1, 1])
+    d = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    losses = torch.stack([ranking_loss(torch.stack([x, torch.zeros((), dtype=torch.float64)]), [r], ties="half")[0]
+                          for x in d])
+    assert int(losses.argmin()) == 30  # d = 0
+    assert torch.allclose(losses[30], torch.tensor(torch.log(torch.tensor(2.0)).item(), dtype=torch.float64))
+    assert torch.allclose(losses, losses.flip(0))  # symmetric
+    s = torch.tensor([0.7, 0.7], dtype=torch.float64, requires_grad=True)
+    loss, _, n = ranking_loss(s, [r], ties="half")
+    loss.backward()
+    assert n == 0 and torch.allclose(s.grad, torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    s = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    ranking_loss(s, [r], ties="half")[0].backward()
+    assert s.grad[0] > 0 > s.grad[1]  # pulled back toward equal
+
+
+def test_ties_half_weighs_tied_pairs_with_untied():
+    s = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    r = rk([1, 1, 2])  # pairs (0,2), (1,2); tie (0,1)
+    loss, _, n = ranking_loss(s, [r], ties="half")
+    tie = 0.5 * (F.softplus(-(s[0] - s[1])) + F.softplus(s[0] - s[1]))
+    expect = (-F.logsigmoid(s[0] - s[2]) - F.logsigmoid(s[1] - s[2]) + tie) / 3
+    assert n == 2 and torch.allclose(loss, expect)
+
+
+def test_margin_raises_loss_and_shifts_the_optimum():
+    torch.manual_seed(4)
+    r = rk([1, 2, 3])
+    s = torch.randn(3, dtype=torch.float64)
+    base, _, _ = ranking_loss(s, [r])
+    with_margin, _, _ = ranking_loss(s, [r], margin=1.0)
+    expect = torch.stack([-F.logsigmoid(s[i] - s[j] - 1.0) for i, j in r.pairs()]).mean()
+    assert torch.allclose(with_margin, expect)
+    assert with_margin > base
+    # a pair already separated by the margin costs what a pair separated by 0 costs without margin
+    p = rk([1, 2])
+    at_margin, _, _ = ranking_loss(torch.tensor([2.0, 0.0]), [p], margin=2.0)
+    at_zero, _, _ = ranking_loss(torch.tensor([0.0, 0.0]), [p])
+    assert torch.allclose(at_margin, at_zero)
+    # a negative margin lowers the loss
+    assert ranking_loss(s, [r], margin=-1.0)[0] < base
+
+
+# ---------------------------------------------------------------- tiny models
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = ["Human: what is the capital of France?\n\nAssistant: Paris is the capital.",
+             "Human: how do I bake bread?\n\nAssistant: Mix flour, water, yeast and salt, then bake it.",
+             "Human: tell me a joke\n\nAssistant: Why did the chicken cross the road? To get to the other side."] * 3
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def _save(model, tok, path):
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                      eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return _save(AutoModelForCausalLM.from_config(cfg), tokenizer, tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                     eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id)
+    return _save(AutoModelForCausalLM.from_config(cfg), tokenizer, tmp_path_factory.mktemp("gpt2"))
+
+
+def _right_pad(seqs, pad_id):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_last_token_pooling_same_under_left_and_right_padding(arch, llama_dir, gpt2_dir, tokenizer):
+    model = init_reward_model(llama_dir if arch == "llama" else gpt2_dir, seed=0).eval()
+    torch.nn.init.normal_(model.score.weight, std=1.0)  # make scores large enough to compare meaningfully
+    texts = ["Paris is the capital.", "Mix flour, water, yeast and salt, then bake it for an hour or so.", "Why?"]
+    seqs = [tokenizer.encode(t) + [tokenizer.eos_token_id] for t in texts]
+    with torch.no_grad():
+        ids, mask = left_pad(seqs, tokenizer.pad_token_id)
+        left = raw_scores(model, ids, mask)
+        rids, rmask = _right_pad(seqs, tokenizer.pad_token_id)
+        right = raw_scores(model, rids, rmask)
+        alone = torch.cat([raw_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in seqs])
+        # what the HF class itself computes on right padding (it finds the last non-pad token)
+        hf = model(input_ids=rids, attention_mask=rmask).logits.squeeze(-1)
+    assert torch.isfinite(left).all()
+    assert left.abs().max() > 1e-3
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(right, hf, atol=1e-5, rtol=1e-4)
+
+
+def test_score_applies_offset_and_gain(llama_dir, tokenizer):
+    model = init_reward_model(llama_dir).eval()
+    ids, mask = left_pad([tokenizer.encode("hello there"), tokenizer.encode("bread")], tokenizer.pad_token_id)
+    with torch.no_grad():
+        raw = raw_scores(model, ids, mask)
+        model.config.rlhf_reward_offset, model.config.rlhf_reward_gain = 0.5, 2.0
+        torch.testing.assert_close(score(model, ids, mask), 2.0 * (raw - 0.5))
+
+
+def test_init_reward_model_errors(tmp_path):
+    with pytest.raises(RLHFError, match="checkpoint not found"):
+        init_reward_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RLHFError, match="no config.json"):
+        init_reward_model(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- `rlhf reward` end to end
+
+def _tiny_data(path, n=48):
+    rows = []
+    topics = ["bread", "France", "a joke", "the road", "yeast", "salt", "water", "flour"]
+    for i in range(n):
+        t = topics[i % len(topics)]
+        if i % 6 == 5:  # a K = 3 ranking with a tie now and then
+            rows.append({"prompt": f"tell me about {t} {i}", "responses": [f"{t} is great, thanks.", f"no {i}", f"no, {t}"],
+                         "ranks": [1, 2, 2]})
+        else:
+            rows.append({"prompt": f"tell me about {t} {i}", "chosen": f"Here is a helpful answer about {t}.",
+                         "rejected": f"no {i}"})
+    rows.append({"prompt": "bad", "chosen": "same", "rejected": "same"})  # counted skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rlhf_reward_cli_end_to_end(llama_dir, tmp_path, monkeypatch):
+    from rlhf import cli
+
+    data = _tiny_data(tmp_path / "comparisons.jsonl")
+    out = tmp_path / "rm"
+    monkeypatch.setattr("sys.argv", ["rlhf", "reward", "--quiet", "--out", str(out),
+                                     "--set", f"init={llama_dir}", "--set", f"data={data}",
+                                     "--set", "batch_size=4", "--set", "epochs=2", "--set", "eval_fraction=0.25",
+                                     "--set", "max_len=64", "--set", "ties=half", "--set", "optim.lr=3e-3"])
+    cli.main()
+    assert (out / "plots" / "calibration.png").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    result = summary["result"]
+    assert 0.0 <= result["eval_pairwise_accuracy"] <= 1.0
+    assert result["rankings_eval"] == 12 and result["rankings_train"] == 36
+    assert result["pairs_per_s"] > 0
+    assert summary["data"]["skipped"] == {"chosen and rejected are identical": 1}
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["rlhf_reward_offset"] == pytest.approx(result["reward_offset"])
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"))
+    assert model.config.num_labels == 1
+    rm = load_reward_model(out / "model")
+    assert rm.config.rlhf_reward_offset == pytest.approx(result["reward_offset"])
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and all(k in metrics[-1] for k in ("loss", "train_accuracy"))
+
+
+def test_rlhf_reward_bad_data_is_a_one_line_error(llama_dir, tmp_path, monkeypatch, capsys):
+    from rlhf import cli
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n")
+    monkeypatch.setattr("sys.argv", ["rlhf", "reward", "-q", "--out", str(tmp_path / "rm"), "--set", f"init={llama_dir}",
+                                     "--set", f"data={data}", "--set", "on_bad=error"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{data}:1: chosen and rejected are identical" in err
+    assert not (tmp_path / "rm").exists()
+
+
+def test_reward_config_rejects_bad_ties(llama_dir, tmp_path):
+    with pytest.raises(RLHFError, match="ties"):
+        run(RewardConfig(out=str(tmp_path / "x"), init=str(llama_dir), data=str(tmp_path / "d"), ties="maybe"))
