@@ -24,8 +24,9 @@ def _field_types(cls) -> dict[str, Any]:
 
 
 def _unknown_key(key: str, known: list[str], where: str) -> RLHFError:
-    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    section, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{section + '.' if section else ''}{close[0]}'?)" if close else ""
     return RLHFError(f"{where}: unknown config key '{key}'{hint}; known keys: {', '.join(known)}")
 
 
@@ -46,7 +47,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise RLHFError(f"{where}: key '{key}' must be a list, got {value!r}")
-        return [_coerce(v, inner, key, where) for v in value]
+        items = [_coerce(v, inner, key, where) for v in value]
+        return tuple(items) if origin is tuple else items
     try:
         if tp is bool:
             if isinstance(value, str):
@@ -63,6 +65,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 raise ValueError(value)
             return tp(value)
         if tp is str:
+            if isinstance(value, (dict, list, tuple)):
+                raise ValueError(value)
             return str(value)
         if typing.get_origin(tp) is typing.Literal:
             if value not in typing.get_args(tp):
