@@ -1,0 +1,150 @@
+"""Reward-model training throughput: our trainer vs TRL's RewardTrainer, side by side in one run.
+
+Same model (from-scratch GPT-2: 4 layers, 256 wide, 4 heads, 512 positions, GPT-2 default dropout), same
+tokenizer (.peers/tok), the same first N HH pairs, 8 pairs per step, max length 256, 1 epoch, lr 1e-4,
+fp32 on CPU, the same torch thread count. Each side runs in its own subprocess; setup and tokenization
+are excluded from both timings (TRL's `train=` time, our `train_seconds`).
+
+    python bench/bench_reward.py                      # 512 pairs, TRL in fp32 (see --trl-defaults)
+    python bench/bench_reward.py --pairs 128 --threads 2
+
+Two things about the peer script are corrected for, and both numbers are printed:
+  * TRL drops pairs longer than max_length (it does not truncate) yet the peer divides all N pairs by the
+    train time; we count the pairs it actually trained. Ours keeps every pair, cutting the prompt from the left.
+  * TRL's RewardConfig defaults to bf16=True and gradient_checkpointing=True. On a CPU without bf16
+    matrix units that is many times slower and is not the computation we do, so the peer runs with
+    both off (fp32, no recomputation) unless --trl-defaults is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+PEER_WRAPPER = r"""
+import json, os, runpy, sys, time
+import torch
+torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+import trl
+if os.environ.get("BENCH_TRL_DEFAULTS") != "1":
+    _Base = trl.RewardConfig
+    class RewardConfig(_Base):
+        def __init__(self, *a, **k):
+            k.setdefault("bf16", False)
+            k.setdefault("gradient_checkpointing", False)
+            super().__init__(*a, **k)
+    trl.RewardConfig = RewardConfig
+sys.argv = [os.environ["BENCH_PEER"], "rm", *sys.argv[1:]]
+g = runpy.run_path(os.environ["BENCH_PEER"], run_name="__main__")
+ds = g["tr"].train_dataset
+kept = len(ds)
+tokens = sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in ds)
+print("BENCH_JSON " + json.dumps({"train_seconds": g["t2"] - g["t1"], "pairs_given": len(g["rows"]),
+      "pairs_trained": kept, "tokens_trained": tokens, "bf16": g["tr"].args.bf16,
+      "gradient_checkpointing": g["tr"].args.gradient_checkpointing, "threads": torch.get_num_threads()}))
+"""
+
+
+def ours(args) -> dict:
+    """Runs in a subprocess: our `rlhf.train.reward.run` on the same pairs."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from rlhf.models.lm import load_tokenizer
+    from rlhf.train.common import OptimConfig
+    from rlhf.train.reward import RewardConfig, encode_rankings, run
+    from rlhf.data.comparisons import load_rankings
+
+    cfg = RewardConfig(out=str(Path(args.work) / "ours"), init=str(Path(args.work) / "init"), data=args.subset,
+                       on_bad="skip", eval_fraction=0.0, epochs=1.0, batch_size=8, max_len=256, normalize=False,
+                       length_buckets=args.length_buckets,
+                       optim=OptimConfig(lr=1e-4, warmup_steps=0, weight_decay=0.0, schedule="linear",
+                                         betas=(0.9, 0.999)))
+    out = run(cfg, show_progress=False)
+    result = json.loads((out / "summary.json").read_text())["result"]
+    rankings, _ = load_rankings(args.subset, on_bad="skip")
+    tokens = sum(len(s) for g in encode_rankings(load_tokenizer(cfg.init), rankings, 256) for s in g)
+    return {"train_seconds": result["train_seconds"], "pairs_trained": result["pairs_trained"],
+            "steps": result["steps"], "tokens_trained": tokens, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tok", default=str(ROOT / ".peers" / "tok"))
+    ap.add_argument("--python", default=str(ROOT / ".peers" / "trl-new" / "bin" / "python"), help="peer venv python")
+    ap.add_argument("--peer", default=str(SHARED / "bench" / "peers" / "peer_trl_pref.py"))
+    ap.add_argument("--data", default=str(SHARED / "data" / "hh-harmless" / "train.jsonl"))
+    ap.add_argument("--trl-defaults", action="store_true", help="run TRL as shipped (bf16 autocast, grad checkpointing)")
+    ap.add_argument("--length-buckets", type=int, default=32, help="our RewardConfig.length_buckets (1 = off)")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--subset", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.ours_only:
+        print("BENCH_JSON " + json.dumps(ours(args)))
+        return
+
+    for need in (args.tok, args.python, args.peer, args.data):
+        if not Path(need).exists():
+            sys.exit(f"missing {need}: build the peers with `bash ../shared/bench/peers/setup.sh .peers`")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
+           "BENCH_THREADS": str(args.threads), "BENCH_PEER": args.peer,
+           "BENCH_TRL_DEFAULTS": "1" if args.trl_defaults else "0"}
+    with tempfile.TemporaryDirectory(prefix="bench_reward_") as work:
+        subset = Path(work) / "pairs.jsonl"
+        with open(args.data, encoding="utf-8") as src, open(subset, "w", encoding="utf-8") as dst:
+            for i, line in enumerate(src):
+                if i >= args.pairs:
+                    break
+                dst.write(line)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "make_tiny_init.py"), str(Path(work) / "init"),
+                        "--tokenizer", args.tok], check=True, env=env, capture_output=True)
+
+        def side(cmd) -> dict:
+            t = time.time()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+            if proc.returncode or not lines:
+                sys.exit(f"{cmd[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            res = json.loads(lines[-1][len("BENCH_JSON "):])
+            res["wall_seconds"] = time.time() - t
+            res["printed"] = [l for l in proc.stdout.splitlines() if l.startswith("trl-1.x")]
+            return res
+
+        trl = None if args.skip_peer else side([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.pairs)])
+        us = side([sys.executable, __file__, "--ours-only", "--work", work, "--subset", str(subset),
+                   "--threads", str(args.threads), "--length-buckets", str(args.length_buckets)])
+
+    ours_pps = us["pairs_trained"] / us["train_seconds"]
+    ours_tps = us["tokens_trained"] / us["train_seconds"]
+    print(f"ours: {us['pairs_trained']} pairs in {us['train_seconds']:.1f}s = {ours_pps:.2f} pairs/s, "
+          f"{ours_tps:.0f} tokens/s ({us['steps']} steps, threads={us['threads']}, length_buckets={args.length_buckets})")
+    report = {"pairs": args.pairs, "threads": args.threads, "ours": us}
+    if trl:
+        trl_pps = trl["pairs_trained"] / trl["train_seconds"]
+        trl_printed = trl["pairs_given"] / trl["train_seconds"]
+        trl_tps = trl["tokens_trained"] / trl["train_seconds"]
+        print(f"trl:  {trl['pairs_trained']} of {trl['pairs_given']} pairs trained (longer ones dropped) in "
+              f"{trl['train_seconds']:.1f}s = {trl_pps:.2f} pairs/s ({trl_printed:.2f} as the peer prints it), "
+              f"{trl_tps:.0f} tokens/s (bf16={trl['bf16']}, gradient_checkpointing={trl['gradient_checkpointing']}, "
+              f"threads={trl['threads']})")
+        print(f"ratio ours/trl: {ours_pps / trl_pps:.2f}x pairs/s trained, {ours_pps / trl_printed:.2f}x vs the "
+              f"peer's printed pairs/s, {ours_tps / trl_tps:.2f}x tokens/s")
+        report.update(trl=trl, ratio_pairs=ours_pps / trl_pps, ratio_printed=ours_pps / trl_printed,
+                      ratio_tokens=ours_tps / trl_tps)
+    print("BENCH_JSON " + json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
