@@ -5,6 +5,7 @@ Errors a user can fix print as one line and exit 2; `--debug` anywhere on the li
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -148,6 +149,19 @@ def chat(checkpoint: Path = typer.Option(..., "--checkpoint", "-m"), temperature
         typer.echo(f"assistant> {reply}")
 
 
+study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command()
+def overopt(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+            quiet: bool = QuietOpt) -> None:
+    """Proxy vs gold reward against sqrt(KL) for best-of-n and along a PPO run (Gao et al. 2022)."""
+    from rlhf.eval import overopt as study
+
+    _print_result(study.run(_config(study.OveroptConfig, config, set_, out), not quiet))
+
+
 def _mount_label_app() -> None:
     from rlhf.feedback.label_cli import label_app
 
@@ -166,6 +180,9 @@ _mount_label_app()
 
 
 def main() -> None:
+    # Hugging Face's own tqdm bars ("Loading weights", "Writing model shards") would clutter stderr, and
+    # -q could not silence them; the stages show their own progress bars.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     debug = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
@@ -184,3 +201,7 @@ def main() -> None:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

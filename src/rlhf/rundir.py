@@ -27,6 +27,7 @@ class RunDir:
         self._metrics: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._metrics_file = None
         self.started = time.time()
+        self._plotted = False
 
     def __enter__(self) -> "RunDir":
         if self.path.exists():
@@ -43,7 +44,8 @@ class RunDir:
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        self.plot_metrics()
+        if not self._plotted:
+            self.plot_metrics()
         old = None
         if self.final.exists():
             old = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
@@ -68,6 +70,7 @@ class RunDir:
         """One PNG per metric (or per group of metrics) from what was logged."""
         if not self._metrics:
             return
+        self._plotted = True
         import matplotlib
 
         matplotlib.use("Agg")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl, write_jsonl
 from rlhf.errors import RLHFError
+from rlhf.eval.drift import proxy_gold_kl
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.models.reward import load_reward_model, score as rm_score
 from rlhf.progress import progress_bar
@@ -72,7 +73,8 @@ class PPOConfig:
     value_lr: float = 3e-4
     save_every: int = 0  # 0: only at the end
     samples_every: int = 10
-    eval_every: int = 0  # gold evaluation on held-out prompts every N steps (0: off)
+    eval_every: int = 0  # proxy/gold/KL on held-out prompts every N steps, and before the first (0: off)
+    eval_prompts: int = 128
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
 
 
@@ -265,10 +267,19 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
         start = _resume(cfg.resume, policy, value_model, opt_p, opt_v, sched_p, sched_v, kl_ctl, cursor,
                         {"sample": gen_sample, "shuffle": gen_shuffle, "prompts": gen_prompts}, ptx, accelerator)
     encoded_prompts = [encode_prompt(tokenizer, p) for p in prompts]
-    B, T = cfg.rollout_batch_size, cfg.sampling.max_new_tokens
+    B = cfg.rollout_batch_size
     stopped = None
+    held_out = world.prompts("eval")[: cfg.eval_prompts]
+
+    def drift(step: int) -> None:
+        if cfg.eval_every and (step == 0 or step % cfg.eval_every == 0 or step == steps):
+            d = proxy_gold_kl(policy, ref, reward_model, tokenizer, world, held_out, cfg.sampling, cfg.seed)
+            run_dir.log(step, **{f"eval_{k}": v for k, v in d.items()})
+
     with RunDir(cfg.out, cfg) as run_dir:
         t0, episodes, samples_table = time.time(), 0, []
+        if start == 0:
+            drift(0)
         with progress_bar("ppo", steps - start, show_progress and accelerator.is_main_process) as bar:
             for step in range(start, steps):
                 # ---- 1. prompts (data position is part of the checkpoint)
@@ -376,6 +387,7 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                        "tokens_per_s": mask.sum().item() / max(1e-9, gen_seconds),
                        **{k: float(np.mean(v)) for k, v in stats.items() if v}}
                 run_dir.log(step + 1, **row)
+                drift(step + 1)
                 bar.advance(rm=row["rm_score"], gold=row["gold"], kl=row["kl"])
                 if cfg.samples_every and ((step + 1) % cfg.samples_every == 0 or step + 1 == steps):
                     samples_table += [{"step": step + 1, "prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
@@ -394,7 +406,8 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
         run_dir.plot_metrics({"reward": ["rm_score", "gold"], "kl": ["kl", "kl_k3"], "beta": ["beta"],
                               "losses": ["pg_loss", "vf_loss"], "ppo": ["clipfrac", "approx_kl"],
                               "entropy": ["entropy"], "explained_variance": ["explained_variance"],
-                              "response_length": ["response_length"], "throughput": ["episodes_per_s"]})
+                              "response_length": ["response_length"], "throughput": ["episodes_per_s"],
+                              "held-out proxy vs gold": ["eval_proxy", "eval_gold"], "held-out KL": ["eval_kl"]})
         result = {"steps": last_step, "episodes": episodes, "seconds": time.time() - t0,
                   "episodes_per_s": episodes / max(1e-9, time.time() - t0), "final_beta": kl_ctl.beta}
         if episodes:

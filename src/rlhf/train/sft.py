@@ -88,9 +88,9 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def run(cfg: SFTConfig, show_progress: bool = True) -> Path:
     world = World(cfg.world)
+    dialogues, dropped = load_dialogues(cfg, world)  # bad data fails before the model is loaded
     tokenizer = load_tokenizer(cfg.init)
     model = load_causal_lm(cfg.init)
-    dialogues, dropped = load_dialogues(cfg, world)
     examples = [encode_dialogue(tokenizer, d, cfg.max_len) for d in dialogues]
     examples = [e for e in examples if any(y != IGNORE for y in e[1])]
     steps = max(1, int(cfg.epochs * len(examples) / cfg.batch_size))

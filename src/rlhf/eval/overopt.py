@@ -1,0 +1,90 @@
+"""`rlhf study overopt`: reward over-optimization (Gao et al. 2022) on the world.
+
+The proxy (the learned RM) and the gold reward are plotted against sqrt(KL from the SFT policy), for
+best-of-n (KL = log n - (n-1)/n) and for checkpoints along one long PPO run with a small KL penalty.
+Labelers with a length bias teach the RM to like padding that the gold reward's brevity criterion
+dislikes, so pushing the proxy far enough makes gold fall.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf.data.jsonl import read_jsonl
+from rlhf.eval.reward_eval import best_of_n
+from rlhf.models.lm import load_causal_lm, load_tokenizer
+from rlhf.models.reward import load_reward_model
+from rlhf.rollout import SamplingConfig
+from rlhf.rundir import RunDir
+from rlhf.train import ppo
+from rlhf.world import World, WorldConfig
+
+
+@dataclass
+class OveroptConfig:
+    out: str = "runs/overopt"
+    seed: int = 0
+    policy: str = "runs/pipeline/sft/model"
+    reward_model: str = "runs/pipeline/reward/model"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    n_prompts: int = 96
+    best_of_n: int = 64
+    ppo: ppo.PPOConfig = field(default_factory=lambda: ppo.PPOConfig(
+        steps=60, eval_every=5, eval_prompts=96, kl=ppo.KLConfig(beta=0.005)))
+
+
+def _plot(bon: list[dict], ppo_points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110, sharey=False)
+    for ax, pts, title in ((axes[0], bon, "best-of-n"), (axes[1], ppo_points, "PPO (checkpoints along one run)")):
+        if not pts:
+            continue
+        x = [math.sqrt(p["kl"]) for p in pts]
+        ax.plot(x, [p["proxy"] - pts[0]["proxy"] for p in pts], "o-", label="proxy (RM) - initial")
+        ax.plot(x, [p["gold"] - pts[0]["gold"] for p in pts], "s-", label="gold - initial")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_xlabel("sqrt(KL from SFT), nats^0.5")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("reward change")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(cfg: OveroptConfig, show_progress: bool = True) -> Path:
+    world = World(cfg.world)
+    prompts = world.prompts("eval")[: cfg.n_prompts]
+    tokenizer = load_tokenizer(cfg.policy)
+    with RunDir(cfg.out, cfg) as run_dir:
+        bon = best_of_n(load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model), tokenizer, world, prompts,
+                        cfg.best_of_n, SamplingConfig(max_new_tokens=cfg.ppo.sampling.max_new_tokens, temperature=1.0),
+                        cfg.seed)["curve"]
+        p = cfg.ppo
+        p.policy, p.reward_model, p.world, p.seed = cfg.policy, cfg.reward_model, cfg.world, cfg.seed
+        p.out, p.eval_prompts = str(run_dir.sub("ppo")), cfg.n_prompts
+        ppo.run(p, show_progress)
+        ppo_points = [{"step": row["step"], "proxy": row["eval_proxy"], "gold": row["eval_gold"], "kl": row["eval_kl"]}
+                      for _, row in read_jsonl(run_dir.sub("ppo") / "metrics.jsonl") if "eval_proxy" in row]
+        _plot(bon, ppo_points, run_dir.sub("plots/overoptimization.png"))
+        (run_dir.sub("overopt.json")).write_text(json.dumps({"best_of_n": bon, "ppo": ppo_points}, indent=1))
+
+        def peak(points):
+            best = max(points, key=lambda q: q["gold"])
+            return {"gold_peak_at_sqrt_kl": round(math.sqrt(best["kl"]), 3), "gold_peak": round(best["gold"], 3),
+                    "gold_at_max_kl": round(points[-1]["gold"], 3), "proxy_at_max_kl": round(points[-1]["proxy"], 3),
+                    "proxy_rise": round(points[-1]["proxy"] - points[0]["proxy"], 3)}
+
+        run_dir.write_summary("Reward over-optimization", {
+            "best-of-n": [{k: round(v, 4) for k, v in q.items()} for q in bon],
+            "PPO checkpoints": [{k: round(v, 4) for k, v in q.items()} for q in ppo_points],
+            "peaks": {"best_of_n": peak(bon), "ppo": peak(ppo_points) if ppo_points else {}}},
+            {"best_of_n": bon, "ppo": ppo_points})
+    return Path(cfg.out)
