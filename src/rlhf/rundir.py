@@ -78,11 +78,13 @@ class RunDir:
 
         groups = groups or {k: [k] for k in self._metrics}
         for name, keys in groups.items():
+            keys = [k for k in keys if k in self._metrics]
+            if not keys:
+                continue
             fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
             for key in keys:
-                if key in self._metrics:
-                    xs, ys = zip(*self._metrics[key])
-                    ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
+                xs, ys = zip(*self._metrics[key])
+                ax.plot(xs, ys, label=key, marker="." if len(xs) < 30 else None)
             ax.set_xlabel("step")
             ax.set_title(name)
             if len(keys) > 1:

@@ -60,7 +60,7 @@ class PPOConfig:
     reward_clip: float = 10.0
     gamma: float = 1.0
     lam: float = 0.95
-    whiten_advantages: bool = True  # per minibatch
+    whiten_advantages: str = "minibatch"  # minibatch | batch | none
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
@@ -190,7 +190,9 @@ def check_batch_sizes(cfg: PPOConfig) -> None:
         raise RLHFError(f"rollout_batch_size ({cfg.rollout_batch_size}) must be a multiple of minibatch_size ({cfg.minibatch_size})")
     if cfg.minibatch_size % cfg.micro_batch_size:
         raise RLHFError(f"minibatch_size ({cfg.minibatch_size}) must be a multiple of micro_batch_size ({cfg.micro_batch_size})")
-    if cfg.whiten_advantages and cfg.minibatch_size < 8:
+    if cfg.whiten_advantages not in ("minibatch", "batch", "none"):
+        raise RLHFError(f"whiten_advantages: expected minibatch, batch or none, got '{cfg.whiten_advantages}'")
+    if cfg.whiten_advantages == "minibatch" and cfg.minibatch_size < 8:
         raise RLHFError(f"whitening advantages needs minibatch_size >= 8, got {cfg.minibatch_size}")
 
 
@@ -320,6 +322,8 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                 if cfg.whiten_rewards:
                     rewards = masked_whiten(rewards, mask, shift_mean=False)
                 advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+                if cfg.whiten_advantages == "batch":
+                    advantages = masked_whiten(advantages, mask)
                 # ---- 3. PPO epochs over minibatches
                 stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl",
                                                                  "vf_clipfrac", "entropy", "ptx_loss")}
@@ -329,7 +333,7 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                     for mb_start in range(0, B, cfg.minibatch_size):
                         mb = perm[mb_start: mb_start + cfg.minibatch_size]
                         mb_adv = advantages[mb]
-                        if cfg.whiten_advantages:
+                        if cfg.whiten_advantages == "minibatch":
                             mb_adv = masked_whiten(mb_adv, mask[mb])
                         mb_kl = []
                         for mc_start in range(0, cfg.minibatch_size, cfg.micro_batch_size):
