@@ -131,3 +131,14 @@ def test_bad_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(RLHFError, match="top level must be a mapping"):
         load_config(Toy, bad)
+
+
+@pytest.mark.parametrize("name,cls", [("world.yaml", WorldConfig), ("pretrain_nano.yaml", PretrainConfig),
+                                      ("sft_nano.yaml", SFTConfig), ("smoke.yaml", PretrainConfig)])
+def test_example_configs_load(name, cls):
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "configs" / name
+    cfg = load_config(cls, path)
+    if name in ("world.yaml", "pretrain_nano.yaml", "sft_nano.yaml"):  # the examples spell out the defaults
+        assert cfg == cls()
