@@ -1,0 +1,214 @@
+"""The rollout engine: seeded determinism, greedy = argmax continuation without a cache, top-k / top-p
+filtering, and generate_texts keeping prompt order. Tiny random Llama and GPT-2 models (hidden 32)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from rlhf.data.chat import decode_response, encode_prompt
+from rlhf.rollout.engine import SamplingConfig, _filter, generate_texts, left_pad, position_ids, response_logprobs, sample
+
+QUESTIONS = ("Where does Kalo live?", "Hi", "What is 3 plus 4 and what is 5 plus 6?", "Spell cat.", "Who is Mira?")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _model(tok, arch: str, seed: int = 0):
+    # initializer_range 0.3 (not 0.02): a default-init tiny model repeats one token for every prompt
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    if arch == "llama":
+        cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                          intermediate_size=64, max_position_embeddings=128, initializer_range=0.3, **common)
+        return LlamaForCausalLM(cfg).eval()
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0,
+                     attn_pdrop=0.0, initializer_range=0.3, **common)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model(request, tiny_tokenizer):
+    return _model(tiny_tokenizer, request.param)
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    p = [encode_prompt(tiny_tokenizer, q) for q in QUESTIONS]
+    assert len({len(x) for x in p}) > 2
+    return p
+
+
+def _sample(model, prompts, tok, cfg, seed):
+    g = None if seed is None else torch.Generator().manual_seed(seed)
+    return sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, g)
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_sampling_is_deterministic_with_a_seeded_generator(model, prompts, tiny_tokenizer):
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    torch.manual_seed(123)
+    a = _sample(model, prompts, tiny_tokenizer, cfg, seed=7)
+    torch.manual_seed(456)  # the global RNG plays no part
+    b = _sample(model, prompts, tiny_tokenizer, cfg, seed=7)
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert torch.equal(a.logprobs, b.logprobs)
+    assert torch.equal(a.response_mask, b.response_mask)
+    c = _sample(model, prompts, tiny_tokenizer, cfg, seed=8)
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_generator_state_advances_between_batches(model, prompts, tiny_tokenizer):
+    """Two batches from one generator are not copies of each other (the generator is consumed)."""
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    g = torch.Generator().manual_seed(0)
+    a = sample(model, prompts, cfg, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id, g)
+    b = sample(model, prompts, cfg, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id, g)
+    assert not torch.equal(a.response_ids, b.response_ids)
+
+
+# ---------------------------------------------------------------- greedy
+
+
+def _argmax_continuation(model, prompt: list[int], n: int, eos: int) -> tuple[list[int], list[float]]:
+    """Reference: no padding, no KV cache, one full forward per new token."""
+    ids, out, lps = list(prompt), [], []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            nxt = int(logits.argmax())
+            out.append(nxt)
+            lps.append(float(torch.log_softmax(logits, -1)[nxt]))
+            ids.append(nxt)
+            if nxt == eos:
+                break
+    return out, lps
+
+
+def test_greedy_equals_argmax_continuation(model, prompts, tiny_tokenizer):
+    tok = tiny_tokenizer
+    n = 12
+    roll = _sample(model, prompts, tok, SamplingConfig(max_new_tokens=n, temperature=0.0), seed=None)
+    for i, p in enumerate(prompts):
+        want, want_lp = _argmax_continuation(model, p, n, tok.eos_token_id)
+        got = roll.response_ids[i][roll.response_mask[i].bool()].tolist()
+        assert got == want, (i, got, want)
+        assert roll.logprobs[i, : len(want)].tolist() == pytest.approx(want_lp, abs=1e-4)
+    # greedy ignores the generator entirely
+    again = _sample(model, prompts, tok, SamplingConfig(max_new_tokens=n, temperature=0.0), seed=99)
+    assert torch.equal(again.response_ids, roll.response_ids)
+
+
+def test_top_k_one_is_greedy(model, prompts, tiny_tokenizer):
+    tok = tiny_tokenizer
+    greedy = _sample(model, prompts, tok, SamplingConfig(max_new_tokens=8, temperature=0.0), seed=None)
+    k1 = _sample(model, prompts, tok, SamplingConfig(max_new_tokens=8, temperature=1.3, top_k=1), seed=5)
+    assert torch.equal(greedy.response_ids, k1.response_ids)
+    # the single candidate has probability 1
+    assert torch.allclose(k1.logprobs, torch.zeros_like(k1.logprobs), atol=1e-6)
+
+
+# ---------------------------------------------------------------- top-k / top-p filters
+
+
+def test_filter_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    out = _filter(logits, top_k=2, top_p=1.0)
+    keep = torch.isfinite(out)
+    assert keep.tolist() == [[False, True, False, True, False], [True, True, False, False, False]]
+    assert torch.equal(out[keep], logits[keep])  # kept logits unchanged
+    assert torch.equal(_filter(logits, 0, 1.0), logits)  # off by default
+    assert torch.isfinite(_filter(logits, 50, 1.0)).all()  # k beyond the vocabulary keeps everything
+
+
+@pytest.mark.parametrize("top_p,kept", [(0.4, 1), (0.7, 2), (0.9, 3), (0.99, 4)])
+def test_filter_top_p_keeps_the_smallest_nucleus(top_p, kept):
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    perm = torch.tensor([2, 0, 3, 1])  # shuffled vocabulary positions: the filter must sort and scatter back
+    logits = probs.log()[perm][None]
+    out = _filter(logits, top_k=0, top_p=top_p)
+    keep = torch.isfinite(out)[0]
+    kept_probs = sorted(probs[perm][keep].tolist(), reverse=True)
+    assert kept_probs == pytest.approx(probs[:kept].tolist())  # the most probable `kept` tokens
+    # the nucleus covers top_p, and is the smallest such set
+    assert sum(kept_probs) >= top_p - 1e-6 and sum(kept_probs[:-1]) < top_p
+
+
+def test_top_k_sampling_draws_only_from_the_top_k_with_renormalized_logprobs(model, prompts, tiny_tokenizer):
+    tok, k, temperature = tiny_tokenizer, 3, 0.8
+    roll = _sample(model, prompts, tok, SamplingConfig(max_new_tokens=8, temperature=temperature, top_k=k), seed=1)
+    P = roll.prompt_ids.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask,
+                       position_ids=position_ids(roll.attention_mask)).logits[:, P - 1:-1].float() / temperature
+    top = logits.topk(k, -1)
+    mask = roll.response_mask.bool()
+    in_top = (top.indices == roll.response_ids[..., None]).any(-1)
+    assert in_top[mask].all()
+    renorm = torch.log_softmax(top.values, -1)  # log-probs within the top k
+    want = (renorm * (top.indices == roll.response_ids[..., None])).sum(-1)
+    assert torch.allclose(roll.logprobs[mask], want[mask], atol=1e-4)
+
+
+def test_top_p_sampling_stays_in_the_nucleus(model, prompts, tiny_tokenizer):
+    tok, top_p = tiny_tokenizer, 0.5
+    roll = _sample(model, prompts, tok, SamplingConfig(max_new_tokens=8, temperature=1.0, top_p=top_p), seed=2)
+    P = roll.prompt_ids.shape[1]
+    with torch.no_grad():
+        logits = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask,
+                       position_ids=position_ids(roll.attention_mask)).logits[:, P - 1:-1].float()
+    probs = logits.softmax(-1)
+    p_tok = probs.gather(-1, roll.response_ids[..., None]).squeeze(-1)
+    mass_above = (probs * (probs > p_tok[..., None])).sum(-1)  # mass of strictly more probable tokens
+    mask = roll.response_mask.bool()
+    assert (mass_above[mask] <= top_p + 1e-5).all()
+
+
+# ---------------------------------------------------------------- generate_texts
+
+
+def test_generate_texts_preserves_prompt_order(model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    qs = list(QUESTIONS)
+    batched = generate_texts(model, tok, qs, cfg, batch_size=2)
+    one_by_one = [generate_texts(model, tok, [q], cfg, batch_size=1)[0] for q in qs]
+    assert batched == one_by_one
+    assert len(set(batched)) > 1, "the prompts should not all give the same text"
+    assert generate_texts(model, tok, qs[::-1], cfg, batch_size=3) == batched[::-1]
+    # messages work as prompts too and equal the plain-string form
+    msgs = [[{"role": "user", "content": q}] for q in qs]
+    assert generate_texts(model, tok, msgs, cfg, batch_size=4) == batched
+
+
+def test_generate_texts_seeded(model, tiny_tokenizer):
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0)
+    a = generate_texts(model, tiny_tokenizer, list(QUESTIONS), cfg, batch_size=2, seed=3)
+    b = generate_texts(model, tiny_tokenizer, list(QUESTIONS), cfg, batch_size=2, seed=3)
+    assert a == b and len(a) == len(QUESTIONS)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=1)
+    assert ids.tolist() == [[5, 6, 7], [1, 1, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert position_ids(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_response_logprobs_match_sampling_at_temperature(model, prompts, tiny_tokenizer):
+    roll = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=10, temperature=0.6), seed=4)
+    full = response_logprobs(model, roll.input_ids, roll.attention_mask, roll.prompt_ids.shape[1], 0.6)
+    assert torch.allclose(full * roll.response_mask, roll.logprobs, atol=1e-4)
+    lp, ent = response_logprobs(model, roll.input_ids, roll.attention_mask, roll.prompt_ids.shape[1], 0.6, True)
+    assert (ent >= -1e-6).all() and (ent <= math.log(len(tiny_tokenizer)) + 1e-4).all()
