@@ -7,9 +7,13 @@ and masked out.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
+
+# transformers 5 renames the cache argument; `past_key_values` is the name every supported version takes
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
 from rlhf.data.chat import decode_response, encode_prompt
 

@@ -244,6 +244,9 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
     tokenizer = load_tokenizer(cfg.policy)
     rm_tokenizer = load_tokenizer(cfg.reward_model)
     retok = check_vocab(tokenizer, rm_tokenizer, cfg.retokenize)
+    if retok and cfg.value_init == "reward":
+        raise RLHFError("value_init=reward copies the reward model, whose vocabulary differs from the policy's; "
+                        "use value_init=sft with retokenize=true")
     accelerator = make_accelerator(cfg.seed)
     policy, ref = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy)
     reward_model = load_reward_model(cfg.reward_model)
@@ -325,6 +328,7 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                 if cfg.whiten_advantages == "batch":
                     advantages = masked_whiten(advantages, mask)
                 # ---- 3. PPO epochs over minibatches
+                updates_in_step = 0
                 stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl",
                                                                  "vf_clipfrac", "entropy", "ptx_loss")}
                 for epoch in range(cfg.ppo_epochs):
@@ -351,7 +355,7 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                                 loss = loss + cfg.ptx_coef * ptx_loss
                                 stats["ptx_loss"].append(ptx_loss.item())
                             if not torch.isfinite(loss):
-                                stopped = f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped, last good policy saved"
+                                stopped = f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped, earlier checkpoints kept"
                                 break
                             accelerator.backward(loss * len(mc) / cfg.minibatch_size)
                             for key, v in (("pg_loss", pg_loss.item()), ("vf_loss", vf_loss.item()),
@@ -364,6 +368,7 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                         accelerator.clip_grad_norm_(value_model.parameters(), cfg.optim.grad_clip)
                         opt_p.step()
                         opt_v.step()
+                        updates_in_step += 1
                         opt_p.zero_grad(set_to_none=True)
                         opt_v.zero_grad(set_to_none=True)
                         if np.mean(mb_kl) > cfg.approx_kl_stop:
@@ -402,10 +407,12 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                                     accelerator.unwrap_model(value_model), tokenizer, opt_p, opt_v, sched_p, sched_v,
                                     kl_ctl, cursor, {"sample": gen_sample, "shuffle": gen_shuffle, "prompts": gen_prompts}, ptx)
         last_step = step + (0 if stopped else 1)
-        save_checkpoint(run_dir.sub(f"checkpoints/step-{last_step}"), last_step, accelerator.unwrap_model(policy),
-                        accelerator.unwrap_model(value_model), tokenizer, opt_p, opt_v, sched_p, sched_v, kl_ctl, cursor,
-                        {"sample": gen_sample, "shuffle": gen_shuffle, "prompts": gen_prompts}, ptx)
-        save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
+        # a step stopped after some of its updates left the policy half-updated: then keep the checkpoints on disk
+        if not stopped or updates_in_step == 0:
+            save_checkpoint(run_dir.sub(f"checkpoints/step-{last_step}"), last_step, accelerator.unwrap_model(policy),
+                            accelerator.unwrap_model(value_model), tokenizer, opt_p, opt_v, sched_p, sched_v, kl_ctl,
+                            cursor, {"sample": gen_sample, "shuffle": gen_shuffle, "prompts": gen_prompts}, ptx)
+            save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
         write_jsonl(run_dir.sub("samples.jsonl"), samples_table)
         run_dir.plot_metrics({"reward": ["rm_score", "gold"], "kl": ["kl", "kl_k3"], "beta": ["beta"],
                               "losses": ["pg_loss", "vf_loss"], "ppo": ["clipfrac", "approx_kl"],
@@ -417,10 +424,12 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
         if episodes:
             result.update({k: row[k] for k in ("rm_score", "gold", "kl", "entropy", "response_length")})
         if stopped:
+            kept = sorted(run_dir.sub("checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
             result["stopped"] = stopped
+            result["last_good_checkpoint"] = f"checkpoints/{kept[-1].name}" if kept else "none (stopped before the first save)"
         run_dir.write_summary("PPO", {"result": result, "samples (last)": samples_table[-6:]})
     if stopped:
-        raise RLHFError(stopped + f" in {cfg.out}")
+        raise RLHFError(stopped + f" (run directory: {cfg.out})")
     return Path(cfg.out)
 
 
