@@ -14,7 +14,8 @@ from rlhf.errors import RLHFError
 from rlhf.models.reward import init_reward_model, load_reward_model, raw_scores, score
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.rollout.engine import left_pad
-from rlhf.train.reward import RewardConfig, ranking_loss, run
+from rlhf.train.reward import (RewardConfig, batch_scores, encode_rankings, pack_ranking, packed_scores,
+                               ranking_loss, run)
 
 Q = ({"role": "user", "content": "q"},)
 
@@ -190,6 +191,38 @@ def test_last_token_pooling_same_under_left_and_right_padding(arch, llama_dir, g
     torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(right, hf, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_forward_equals_separate_sequences(arch, llama_dir, gpt2_dir, tokenizer):
+    """One row per ranking (shared prompt, K responses beside it) gives the scores of K separate sequences,
+    also when max_len cuts prompts differently per response; gradients agree too."""
+    model = init_reward_model(llama_dir if arch == "llama" else gpt2_dir, seed=0).eval()
+    torch.nn.init.normal_(model.score.weight, std=1.0)
+    rankings = [Ranking(({"role": "user", "content": "how do I bake bread?"},
+                         {"role": "assistant", "content": "Mix flour and water."},
+                         {"role": "user", "content": "and then?"}),
+                        ("Bake it.", "Why would you want to bake bread at all, it is so much work", "Paris."), (1, 3, 2)),
+                Ranking(({"role": "user", "content": "tell me a joke"},), ("Why did the chicken cross?", "no"), (1, 2))]
+    for max_len in (128, 30):
+        rows, start = [], 0
+        for r in rankings:
+            rows += pack_ranking(tokenizer, r, max_len, start)
+            start += r.k
+        if max_len == 128:
+            assert len(rows) == 2  # nothing cut: one row per ranking
+        else:
+            assert len(rows) > 2  # prompts cut at different places: rows split by cut
+        flat = [s for g in encode_rankings(tokenizer, rankings, max_len) for s in g]
+        packed = packed_scores(model, rows, tokenizer.pad_token_id, "cpu")
+        separate = batch_scores(model, flat, tokenizer.pad_token_id, "cpu")
+        torch.testing.assert_close(packed, separate, atol=1e-4, rtol=1e-4)
+        model.zero_grad()
+        ranking_loss(packed, rankings)[0].backward()
+        g1 = model.score.weight.grad.clone()
+        model.zero_grad()
+        ranking_loss(separate, rankings)[0].backward()
+        torch.testing.assert_close(g1, model.score.weight.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_score_applies_offset_and_gain(llama_dir, tokenizer):

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlhf.data.chat import encode_prompt_response
+from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.errors import RLHFError
 from rlhf.models.lm import load_tokenizer
-from rlhf.models.reward import init_reward_model, raw_scores
+from rlhf.models.reward import _head, init_reward_model, raw_scores
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import left_pad
 from rlhf.rundir import RunDir
@@ -40,6 +40,7 @@ class RewardConfig:
     ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
     margin: float = 0.0
     normalize: bool = True
+    pack_responses: bool = True  # forward a ranking's shared prompt once, its K responses beside it (same scores)
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=5, weight_decay=0.0,
                                                                    schedule="linear", betas=(0.9, 0.999)))
@@ -76,6 +77,64 @@ def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "ski
 
 def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int) -> list[list[list[int]]]:
     return [[encode_prompt_response(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+
+
+# A packed row: (prompt tokens, [response tokens, ...], [index of each response in the flat score vector]).
+PackedRow = tuple[list[int], list[list[int]], list[int]]
+
+
+def pack_ranking(tokenizer, r: Ranking, max_len: int, start: int = 0) -> list[PackedRow]:
+    """The K sequences `encode_prompt_response` makes for one ranking, as rows that share their prompt:
+    responses whose prompt is cut at the same place (all of them unless max_len bites) go in one row."""
+    p = encode_prompt(tokenizer, list(r.prompt))
+    groups: dict[int, PackedRow] = {}
+    for k, resp in enumerate(r.responses):
+        toks = encode_response(tokenizer, resp)[:max_len]
+        cut = max(0, len(p) - (max_len - len(toks)))
+        row = groups.setdefault(cut, (p[cut:], [], []))
+        row[1].append(toks)
+        row[2].append(start + k)
+    return list(groups.values())
+
+
+def packed_scores(model, rows: list[PackedRow], pad_id: int, device) -> torch.Tensor:
+    """raw_scores of every (prompt + response) of `rows`, computed with one forward per row: each response
+    attends to the prompt and to itself only, at the positions it would have alone, so the scores equal
+    raw_scores of the separate sequences; the prompt is computed once instead of K times."""
+    width = max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows)
+    n_out = sum(len(rs) for _, rs, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    last_row, last_col, out_idx = [], [], []
+    for b, (p, rs, where) in enumerate(rows):
+        col = width - len(p) - sum(len(x) for x in rs)
+        ids[b, col:col + len(p)] = torch.tensor(p, dtype=torch.long)
+        seg[b, col:col + len(p)] = 0
+        pos[b, col:col + len(p)] = torch.arange(len(p))
+        col += len(p)
+        for j, (x, w) in enumerate(zip(rs, where)):
+            ids[b, col:col + len(x)] = torch.tensor(x, dtype=torch.long)
+            seg[b, col:col + len(x)] = j + 1
+            pos[b, col:col + len(x)] = torch.arange(len(p), len(p) + len(x))
+            col += len(x)
+            last_row.append(b)
+            last_col.append(col - 1)
+            out_idx.append(w)
+    ids, seg, pos = ids.to(device), seg.to(device), pos.to(device)
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    allowed = causal & (k >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(width, dtype=torch.bool, device=device) & (q < 0)  # pad queries see themselves: no NaN
+    mask = allowed[:, None]
+    if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    pooled = hidden[torch.tensor(last_row, device=device), torch.tensor(last_col, device=device)]
+    values = _head(model)(pooled).squeeze(-1)
+    order = torch.empty(n_out, dtype=torch.long, device=device)
+    order[torch.tensor(out_idx, device=device) - min(out_idx)] = torch.arange(n_out, device=device)
+    return values[order]
 
 
 def batch_scores(model, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
@@ -183,14 +242,25 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
-    lengths = [max(len(s) for s in group) for group in train_enc]
+    if cfg.pack_responses:
+        train_rows = [pack_ranking(tokenizer, r, cfg.max_len) for r in train_set]
+        lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_rows]
+    else:
+        lengths = [max(len(s) for s in group) for group in train_enc]
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
     with RunDir(cfg.out, cfg) as run_dir:
         t0, pairs_seen = time.time(), 0
         with progress_bar("reward", steps, show_progress and accelerator.is_main_process) as bar:
             for step, idx in enumerate(schedule):
-                seqs = [s for i in idx for s in train_enc[i]]
-                scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
+                if cfg.pack_responses:
+                    rows, start = [], 0
+                    for i in idx:  # response indices follow the order of `idx`, as ranking_loss expects
+                        rows += [(p, rs, [start + w for w in where]) for p, rs, where in train_rows[i]]
+                        start += train_set[i].k
+                    scores = packed_scores(model, rows, tokenizer.pad_token_id, accelerator.device)
+                else:
+                    seqs = [s for i in idx for s in train_enc[i]]
+                    scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
                 loss, correct, n_pairs = ranking_loss(scores, [train_set[i] for i in idx], cfg.ties, cfg.margin)
                 check_finite(loss, step)
                 accelerator.backward(loss)
