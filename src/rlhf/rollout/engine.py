@@ -8,6 +8,7 @@ and masked out.
 from __future__ import annotations
 
 import warnings
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,23 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _keep_kwargs(model, n: int) -> dict:
+    """`logits_to_keep=n` where the model's forward takes it (HF causal LMs): the LM head then runs on the
+    last n positions only, not over the whole prompt. Same logits for those positions either way."""
+    model = getattr(model, "module", model)
+    cls = type(model)
+    ok = _KEEP.get(cls)
+    if ok is None:
+        try:
+            ok = _KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            ok = _KEEP[cls] = False
+    return {"logits_to_keep": n} if ok else {}
+
+
+_KEEP: dict[type, bool] = {}
+
+
 def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_k > 0:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
@@ -80,7 +98,7 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
     B = len(prompts)
     mask = prompt_mask
     pos = position_ids(mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep_kwargs(model, 1))
     past, logits = out.past_key_values, out.logits[:, -1].float()
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
@@ -129,8 +147,9 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                       temperature: float = 1.0, with_entropy: bool = False):
     """Per-token log-probs (and entropies) of the response tokens input_ids[:, response_start:], from one
     full forward pass. Logits are divided by the sampling temperature, as when sampling."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids(attention_mask)).logits[:, response_start - 1:-1].float()
+    keep = input_ids.shape[1] - response_start + 1  # the positions that predict response tokens, plus the last
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                   **_keep_kwargs(model, keep)).logits[:, -keep:-1].float()
     if temperature > 0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
