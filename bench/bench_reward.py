@@ -6,11 +6,13 @@ fp32 on CPU, the same torch thread count. Each side runs in its own subprocess; 
 are excluded from both timings (TRL's `train=` time, our `train_seconds`).
 
     python bench/bench_reward.py                      # 512 pairs, TRL in fp32 (see --trl-defaults)
+    python bench/bench_reward.py --all-pairs          # ours also trains the long pairs TRL drops
     python bench/bench_reward.py --pairs 128 --threads 2
 
 Two things about the peer script are corrected for, and both numbers are printed:
   * TRL drops pairs longer than max_length (it does not truncate) yet the peer divides all N pairs by the
-    train time; we count the pairs it actually trained. Ours keeps every pair, cutting the prompt from the left.
+    train time; we count the pairs it actually trained and by default give ours exactly those pairs (with
+    --all-pairs ours trains all N, cutting long prompts from the left as `rlhf reward` does).
   * TRL's RewardConfig defaults to bf16=True and gradient_checkpointing=True. On a CPU without bf16
     matrix units that is many times slower and is not the computation we do, so the peer runs with
     both off (fp32, no recomputation) unless --trl-defaults is given.
@@ -86,6 +88,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "hh-harmless" / "train.jsonl"))
     ap.add_argument("--trl-defaults", action="store_true", help="run TRL as shipped (bf16 autocast, grad checkpointing)")
     ap.add_argument("--length-buckets", type=int, default=32, help="our RewardConfig.length_buckets (1 = off)")
+    ap.add_argument("--all-pairs", action="store_true",
+                    help="give ours all N pairs (long ones truncated) instead of only those TRL keeps (<= 256 tokens)")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -103,11 +107,21 @@ def main() -> None:
            "BENCH_TRL_DEFAULTS": "1" if args.trl_defaults else "0"}
     with tempfile.TemporaryDirectory(prefix="bench_reward_") as work:
         subset = Path(work) / "pairs.jsonl"
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tok)
+        kept = 0
         with open(args.data, encoding="utf-8") as src, open(subset, "w", encoding="utf-8") as dst:
             for i, line in enumerate(src):
                 if i >= args.pairs:
                     break
-                dst.write(line)
+                row = json.loads(line)
+                # TRL's filter: chosen + EOS and rejected + EOS both within max_length 256
+                fits = all(len(tok(row[k] + tok.eos_token)["input_ids"]) <= 256 for k in ("chosen", "rejected"))
+                if fits or args.all_pairs:
+                    dst.write(line)
+                    kept += 1
+        print(f"ours trains {kept} of the first {args.pairs} pairs ({'all' if args.all_pairs else 'the ones TRL keeps'})")
         subprocess.run([sys.executable, str(ROOT / "bench" / "make_tiny_init.py"), str(Path(work) / "init"),
                         "--tokenizer", args.tok], check=True, env=env, capture_output=True)
 
