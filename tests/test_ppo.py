@@ -495,8 +495,6 @@ def test_batch_sizes_that_do_not_divide_are_clear_errors(ppo_models, tiny_world_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.xfail(strict=True, reason="shaped_rewards/gae create CPU tensors (torch.arange, torch.zeros) and mix them "
-                                       "with device tensors; see /tmp/ppo_fixes.md bug 3")
 def test_shaping_and_gae_on_gpu_tensors():
     """PPO runs its rollout tensors on the accelerator's device; shaping and GAE must not mix in CPU tensors."""
     dev = torch.device("cuda")

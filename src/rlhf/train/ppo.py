@@ -100,8 +100,8 @@ def shaped_rewards(logp: torch.Tensor, ref_logp: torch.Tensor, scores: torch.Ten
     """Per-token rewards: -beta * (log pi - log pi_ref) everywhere, + score on the last real token."""
     kl = (logp - ref_logp) * mask
     rewards = -beta * kl
-    last = (mask * torch.arange(mask.shape[1])).argmax(1)
-    rewards[torch.arange(len(scores)), last] += scores
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
+    rewards[torch.arange(len(scores), device=mask.device), last] += scores
     return rewards * mask, kl
 
 
@@ -109,7 +109,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     """Generalized advantage estimation over response tokens; values past the last token count as 0."""
     T = rewards.shape[1]
     adv = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0])
+    last = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     values = values * mask
     for t in reversed(range(T)):
         next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
@@ -271,6 +271,8 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
     if cfg.resume:
         start = _resume(cfg.resume, policy, value_model, opt_p, opt_v, sched_p, sched_v, kl_ctl, cursor,
                         {"sample": gen_sample, "shuffle": gen_shuffle, "prompts": gen_prompts}, ptx, accelerator)
+        if start >= steps:
+            raise RLHFError(f"resume: {cfg.resume} is at step {start}, and this run has steps={steps}: nothing to do")
     encoded_prompts = [encode_prompt(tokenizer, p) for p in prompts]
     B = cfg.rollout_batch_size
     stopped = None
@@ -440,8 +442,16 @@ def _resume(path, policy, value_model, opt_p, opt_v, sched_p, sched_v, kl_ctl, c
     if not (path / "state.json").is_file():
         raise RLHFError(f"resume: {path} is not a PPO checkpoint (no state.json)")
     state = json.loads((path / "state.json").read_text())
-    accelerator.unwrap_model(policy).load_state_dict(load_file(str(path / "policy" / "model.safetensors")), strict=False)
-    accelerator.unwrap_model(value_model).load_state_dict(load_file(str(path / "value" / "model.safetensors")), strict=False)
+    for model, sub in ((policy, "policy"), (value_model, "value")):
+        model = accelerator.unwrap_model(model)
+        weights = load_file(str(path / sub / "model.safetensors"))
+        if model.config.tie_word_embeddings:  # tied output weights are saved once
+            weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise RLHFError(f"resume: {path / sub} does not match this run's {sub} model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     blob = torch.load(path / "trainer_state.pt", weights_only=False)
     opt_p.load_state_dict(blob["opt_policy"])
     opt_v.load_state_dict(blob["opt_value"])
