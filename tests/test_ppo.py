@@ -502,3 +502,19 @@ def test_shaping_and_gae_on_gpu_tensors():
     r, kl = shaped_rewards(torch.zeros(1, 3, device=dev), torch.zeros(1, 3, device=dev), torch.ones(1, device=dev), mask, 0.1)
     adv, ret = gae(r, torch.zeros(1, 3, device=dev), mask, 1.0, 1.0)
     assert adv.device.type == "cuda" and adv[0, 0].item() == pytest.approx(1.0)
+
+
+def test_value_head_on_the_policy_trains_and_resumes_exactly(ppo_models, tiny_world_config, tmp_path, one_thread):
+    """value_init=policy: one backbone gives log-probs and values; its head is checkpointed and resumed."""
+    full = tmp_path / "full"
+    ppo.run(cfg_for(ppo_models, full, tiny_world_config, value_init="policy", steps=2, save_every=1), show_progress=False)
+    head = weights(full / "checkpoints" / "step-2" / "value")
+    assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0  # trained away from its zero init
+    resumed = tmp_path / "resumed"
+    ppo.run(cfg_for(ppo_models, resumed, tiny_world_config, value_init="policy", steps=2, save_every=1,
+                    resume=str(full / "checkpoints" / "step-1")), show_progress=False)
+    assert_same_weights(full / "checkpoints" / "step-2" / "policy", resumed / "checkpoints" / "step-2" / "policy", atol=1e-6)
+    assert_same_weights(full / "checkpoints" / "step-2" / "value", resumed / "checkpoints" / "step-2" / "value", atol=1e-6)
+    with pytest.raises(RLHFError, match="value_init differs"):
+        ppo.run(cfg_for(ppo_models, tmp_path / "bad", tiny_world_config, value_init="reward", steps=2,
+                        resume=str(full / "checkpoints" / "step-1")), show_progress=False)

@@ -149,12 +149,21 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     full forward pass. Logits are divided by the sampling temperature, as when sampling."""
     keep = input_ids.shape[1] - response_start + 1  # the positions that predict response tokens, plus the last
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                   **_keep_kwargs(model, keep)).logits[:, -keep:-1].float()
+                   **_keep_kwargs(model, keep)).logits[:, -keep:-1]
+    return logprobs_from_logits(logits, input_ids[:, response_start:], temperature, with_entropy)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False):
+    """log p(token) under softmax(logits / temperature), and optionally the entropy (without gradient:
+    it is a statistic, not part of the loss)."""
+    logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)
+    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     if not with_entropy:
         return logp
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl, write_jsonl
@@ -24,7 +25,7 @@ from rlhf.eval.drift import proxy_gold_kl
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.models.reward import load_reward_model, score as rm_score
 from rlhf.progress import progress_bar
-from rlhf.rollout.engine import SamplingConfig, position_ids, response_logprobs, sample
+from rlhf.rollout.engine import SamplingConfig, logprobs_from_logits, position_ids, response_logprobs, sample
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer
 from rlhf.world import World, WorldConfig
@@ -44,7 +45,9 @@ class PPOConfig:
     seed: int = 0
     policy: str = "runs/sft/model"  # also the frozen reference
     reward_model: str = "runs/reward/model"
-    value_init: str = "reward"  # reward: value model starts as the RM; sft: starts as the policy's backbone
+    # reward: a value model initialized from the RM; sft: a value model initialized from the SFT backbone;
+    # policy: a value head on the policy itself (one backbone pass gives log-probs and values)
+    value_init: str = "reward"
     retokenize: bool = False  # RM with a different vocabulary: decode text and re-encode for the RM
     world: WorldConfig = field(default_factory=WorldConfig)
     prompts: str | None = None  # JSONL of {"prompt": str | messages}; default: the world's training prompts
@@ -157,11 +160,33 @@ def token_values(value_model, input_ids, attention_mask, response_start: int) ->
     return head(hidden[:, response_start - 1:-1]).squeeze(-1)
 
 
-def load_value_model(cfg: PPOConfig):
+class ValueHead(torch.nn.Linear):
+    """value_init=policy: a scalar head on the policy's last hidden state, zero at the start."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, 1)
+        torch.nn.init.zeros_(self.weight)
+        torch.nn.init.zeros_(self.bias)
+
+
+def logprobs_and_values(policy, head: ValueHead, input_ids, attention_mask, response_start: int,
+                        temperature: float, with_entropy: bool = False):
+    """One backbone pass: the response's log-probs (and entropies) and V(s_t) from the shared head."""
+    hidden = policy.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids(attention_mask)).last_hidden_state[:, response_start - 1:-1]
+    out = logprobs_from_logits(policy.get_output_embeddings()(hidden), input_ids[:, response_start:], temperature,
+                               with_entropy)
+    values = head(hidden).squeeze(-1)
+    return (*out, values) if with_entropy else (out, values)
+
+
+def load_value_model(cfg: PPOConfig, policy=None):
     from rlhf.models.reward import init_reward_model
 
-    if cfg.value_init not in ("reward", "sft"):
-        raise RLHFError(f"value_init: expected 'reward' or 'sft', got '{cfg.value_init}'")
+    if cfg.value_init not in ("reward", "sft", "policy"):
+        raise RLHFError(f"value_init: expected 'reward', 'sft' or 'policy', got '{cfg.value_init}'")
+    if cfg.value_init == "policy":
+        return ValueHead(policy.config.hidden_size)
     model = load_reward_model(cfg.reward_model) if cfg.value_init == "reward" else init_reward_model(cfg.policy, cfg.seed)
     head = model.score if hasattr(model, "score") else model.classifier
     torch.nn.init.zeros_(head.weight)  # value head starts at zero output
@@ -226,7 +251,11 @@ def save_checkpoint(path: Path, step: int, policy, value_model, tokenizer, opt_p
                     kl: AdaptiveKL, cursor: dict, generators: dict, ptx: PtxStream | None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     save_model(policy, tokenizer, path / "policy")
-    value_model.save_pretrained(str(path / "value"), safe_serialization=True)
+    if isinstance(value_model, ValueHead):
+        (path / "value").mkdir(exist_ok=True)
+        save_file(value_model.state_dict(), str(path / "value" / "model.safetensors"))
+    else:
+        value_model.save_pretrained(str(path / "value"), safe_serialization=True)
     torch.save({"opt_policy": opt_p.state_dict(), "opt_value": opt_v.state_dict(), "sched_policy": sched_p.state_dict(),
                 "sched_value": sched_v.state_dict(), "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
                 "torch_rng": torch.get_rng_state(), "generators": {k: g.get_state() for k, g in generators.items()},
@@ -250,7 +279,8 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
     accelerator = make_accelerator(cfg.seed)
     policy, ref = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy)
     reward_model = load_reward_model(cfg.reward_model)
-    value_model = load_value_model(cfg)
+    value_model = load_value_model(cfg, policy)
+    shared = isinstance(value_model, ValueHead)
     for m in (ref, reward_model):
         m.requires_grad_(False)
     steps = cfg.steps
@@ -307,9 +337,13 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                 P, mask = roll.prompt_ids.shape[1], roll.response_mask.float()
                 texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
                 with torch.no_grad():
-                    old_logp = response_logprobs(policy, ids, attn, P, cfg.sampling.temperature) * mask
+                    if shared:
+                        old_logp, old_values = logprobs_and_values(policy, value_model, ids, attn, P, cfg.sampling.temperature)
+                    else:
+                        old_logp = response_logprobs(policy, ids, attn, P, cfg.sampling.temperature)
+                        old_values = token_values(value_model, ids, attn, P)
+                    old_logp, old_values = old_logp * mask, old_values * mask
                     ref_logp = response_logprobs(ref, ids, attn, P, cfg.sampling.temperature) * mask
-                    old_values = token_values(value_model, ids, attn, P) * mask
                     if retok:
                         from rlhf.data.chat import encode_prompt_response
                         from rlhf.rollout.engine import left_pad
@@ -345,8 +379,13 @@ def run(cfg: PPOConfig, show_progress: bool = True) -> Path:
                         for mc_start in range(0, cfg.minibatch_size, cfg.micro_batch_size):
                             mc = mb[mc_start: mc_start + cfg.micro_batch_size]
                             local = slice(mc_start, mc_start + cfg.micro_batch_size)
-                            new_logp, entropy = response_logprobs(policy, ids[mc], attn[mc], P, cfg.sampling.temperature, True)
-                            vpred = token_values(value_model, ids[mc], attn[mc], P)
+                            if shared:
+                                new_logp, entropy, vpred = logprobs_and_values(policy, value_model, ids[mc], attn[mc], P,
+                                                                               cfg.sampling.temperature, True)
+                            else:
+                                new_logp, entropy = response_logprobs(policy, ids[mc], attn[mc], P,
+                                                                      cfg.sampling.temperature, True)
+                                vpred = token_values(value_model, ids[mc], attn[mc], P)
                             pg_loss, vf_loss, s = ppo_losses(new_logp, old_logp[mc], mb_adv[local], vpred, old_values[mc],
                                                              returns[mc], mask[mc], cfg.cliprange, cfg.cliprange_value)
                             loss = pg_loss + cfg.vf_coef * vf_loss
@@ -445,12 +484,17 @@ def _resume(path, policy, value_model, opt_p, opt_v, sched_p, sched_v, kl_ctl, c
     for model, sub in ((policy, "policy"), (value_model, "value")):
         model = accelerator.unwrap_model(model)
         weights = load_file(str(path / sub / "model.safetensors"))
+        if isinstance(model, ValueHead):
+            if set(weights) != {"weight", "bias"}:
+                raise RLHFError(f"resume: {path / sub} is not a policy value head (value_init differs?)")
+            model.load_state_dict(weights)
+            continue
         if model.config.tie_word_embeddings:  # tied output weights are saved once
             weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
         if missing or unexpected:
-            raise RLHFError(f"resume: {path / sub} does not match this run's {sub} model "
+            raise RLHFError(f"resume: {path / sub} does not match this run's {sub} model (value_init differs?) "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     blob = torch.load(path / "trainer_state.pt", weights_only=False)
     opt_p.load_state_dict(blob["opt_policy"])
