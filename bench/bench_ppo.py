@@ -105,7 +105,7 @@ def ours(args) -> dict:
                     prompts=str(work / "prompts.jsonl"), steps=EPIS // B, rollout_batch_size=B, minibatch_size=B // 4,
                     micro_batch_size=B // 4, ppo_epochs=4, whiten_advantages="batch",
                     sampling=SamplingConfig(max_new_tokens=RESP, temperature=1.0), approx_kl_stop=1e9,
-                    samples_every=0, eval_every=0,
+                    samples_every=0, eval_every=0, value_init=args.value_init,
                     optim=OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="linear"))
     if args.profile:
         import cProfile
@@ -136,6 +136,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "hh-harmless" / "train.jsonl"))
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--profile", action="store_true", help="cProfile our run (stats on stderr)")
+    ap.add_argument("--value-init", default="reward,policy",
+                    help="our value model(s) to time, comma-separated: reward (a separate value model, as TRL) and/or "
+                         "policy (a value head on the policy)")
     ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -161,24 +164,28 @@ def main() -> None:
             report["trl"] = {"printed": line[-1], "train_seconds": float(m.group(1)), "episodes_per_s": float(m.group(2)),
                              "threads": int(m.group(3)), "process_wall_seconds": time.time() - t}
             print(line[-1], flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads", str(args.threads),
-                               *(["--profile"] if args.profile else [])], env=env, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
-        if proc.returncode or not lines:
-            sys.exit(f"ours failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        if args.profile:
-            print(proc.stderr[proc.stderr.find("   Ordered by"):] if "Ordered by" in proc.stderr else proc.stderr[-20000:])
-        report["ours"] = us = json.loads(lines[-1][len("BENCH_JSON "):])
-    print(f"ours: {us['episodes']} episodes, loop {us['episodes_per_s_loop']:.2f} episodes/s, whole run "
-          f"{us['episodes_per_s_total']:.2f} episodes/s ({us['seconds_total']:.1f}s incl. final save + plots), "
-          f"mean response {us['response_length']:.1f} tokens, threads={us['threads']}")
+        for variant in args.value_init.split(","):
+            proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads", str(args.threads),
+                                   "--value-init", variant, *(["--profile"] if args.profile else [])],
+                                  env=env, capture_output=True, text=True)
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+            if proc.returncode or not lines:
+                sys.exit(f"ours failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            if args.profile:
+                print(proc.stderr[proc.stderr.find("   Ordered by"):] if "Ordered by" in proc.stderr else proc.stderr[-20000:])
+            report[f"ours_value_{variant}"] = us = json.loads(lines[-1][len("BENCH_JSON "):])
+            print(f"ours (value_init={variant}): {us['episodes']} episodes, loop {us['episodes_per_s_loop']:.2f} episodes/s, "
+                  f"whole run {us['episodes_per_s_total']:.2f} episodes/s ({us['seconds_total']:.1f}s incl. final save + "
+                  f"plots), mean response {us['response_length']:.1f} tokens, threads={us['threads']}")
+            if "trl" in report:
+                trl = report["trl"]
+                loop, total = us["episodes_per_s_loop"] / trl["episodes_per_s"], us["episodes_per_s_total"] / trl["episodes_per_s"]
+                report[f"ratio_loop_value_{variant}"], report[f"ratio_total_value_{variant}"] = loop, total
+                print(f"ratio ours(value_init={variant})/trl: {loop:.2f}x (training loop), {total:.2f}x (whole run)")
     print(f"prompt tokens (mean): ours {report['ours_prompt_tokens']:.1f}, trl {report['peer_prompt_tokens']:.1f}")
     if "trl" in report:
         trl = report["trl"]
-        report["ratio_loop"] = us["episodes_per_s_loop"] / trl["episodes_per_s"]
-        report["ratio_total"] = us["episodes_per_s_total"] / trl["episodes_per_s"]
         print(f"trl:  {trl['episodes_per_s']:.2f} episodes/s ({trl['train_seconds']:.1f}s train(), threads={trl['threads']})")
-        print(f"ratio ours/trl: {report['ratio_loop']:.2f}x (training loop), {report['ratio_total']:.2f}x (whole run)")
     print("BENCH_JSON " + json.dumps(report))
 
 

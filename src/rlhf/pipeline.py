@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf.eval.gold_eval import evaluate_policy, plot_gold_by_kind, score_responses, summarize
-from rlhf.eval.reward_eval import best_of_n
+from rlhf.eval.reward_eval import best_of_n, heldout_gold_accuracy, plot_reward_eval
 from rlhf.feedback import simulate
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
@@ -91,6 +91,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
                     rows = score_responses(world, eval_prompts, bon["responses"])
                     add(f"SFT + RM best-of-{cfg.best_of_n}", summarize(rows), rows)
                     (root / "best_of_n.json").write_text(json.dumps(bon["curve"], indent=1))
+                    rm_eval = _reward_vs_gold(cfg, root, world)
+                    plot_reward_eval(bon["curve"], rm_eval.pop("rm_by_kind"), run_dir.sub("plots/reward_model.png"))
         timings["evaluation"] = round(time.time() - t, 1)
         plot_gold_by_kind(all_rows, run_dir.sub("plots/gold_by_kind.png"))
         stage_summaries = {}
@@ -98,6 +100,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             f = root / name / "summary.json"
             if f.exists():
                 stage_summaries[name] = json.loads(f.read_text()).get("result", {})
+        if "reward" in cfg.stages and "sft" in cfg.stages:
+            stage_summaries["reward"].update({k: round(v, 4) if isinstance(v, float) else v for k, v in rm_eval.items()})
         headline = _headline(table)
         run_dir.write_summary("RLHF pipeline", {
             "gold metrics on held-out prompts (greedy decoding)": table,
@@ -108,6 +112,16 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             "stage seconds": timings},
             {"table": table, "headline": headline, "stages": stage_summaries, "seconds": timings})
     return Path(cfg.out)
+
+
+def _reward_vs_gold(cfg: PipelineConfig, root: Path, world: World) -> dict:
+    """The reward stage's own held-out split (same seed), judged against the gold reward."""
+    from rlhf.data.comparisons import load_rankings
+
+    rankings, _ = load_rankings(cfg.reward.data, on_bad="skip")
+    _, held_out = reward.split(rankings, cfg.reward.eval_fraction, cfg.reward.seed)
+    path = root / "reward" / "model"
+    return heldout_gold_accuracy(load_reward_model(path), load_tokenizer(path), world, held_out)
 
 
 def _headline(table: list[dict]) -> dict:

@@ -66,3 +66,49 @@ def gold_agreement(reward_model, tokenizer, world: World, prompts: list[dict], r
                     agree += (rm[i] - rm[j]) * (gold[i] - gold[j]) > 0
     return {"gold_pair_agreement": agree / max(1, total), "gold_pairs": total,
             "rm_by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()}}
+
+
+def heldout_gold_accuracy(reward_model, tokenizer, world: World, rankings) -> dict:
+    """On held-out comparisons: how often the RM orders two responses like the gold reward (pairs whose
+    gold differs), how often the labels did, and the RM's scores grouped by prompt kind."""
+    rm_agree = label_agree = total = 0
+    by_kind: dict[str, list[float]] = {}
+    for r in rankings:
+        prompt = list(r.prompt)
+        gold = [world.score(prompt, resp).total for resp in r.responses]
+        kind = world.score(prompt, r.responses[0]).kind
+        rm = score_texts(reward_model, tokenizer, [prompt] * r.k, list(r.responses))
+        by_kind.setdefault(kind, []).extend(rm)
+        for i in range(r.k):
+            for j in range(i + 1, r.k):
+                if gold[i] != gold[j]:
+                    total += 1
+                    rm_agree += (rm[i] - rm[j]) * (gold[i] - gold[j]) > 0
+                    label_agree += r.ranks[i] != r.ranks[j] and (r.ranks[i] < r.ranks[j]) == (gold[i] > gold[j])
+    return {"rm_gold_accuracy": rm_agree / max(1, total), "label_gold_accuracy": label_agree / max(1, total),
+            "gold_pairs": total, "rm_by_kind": by_kind}
+
+
+def plot_reward_eval(curve: list[dict], rm_by_kind: dict[str, list[float]], path) -> None:
+    """Left: gold and proxy of the RM's pick among n samples. Right: RM score distribution per prompt kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    ns = [c["n"] for c in curve]
+    a.plot(ns, [c["gold"] for c in curve], "o-", label="gold of RM's pick")
+    a.plot(ns, [c["proxy"] for c in curve], "s--", label="RM score of pick")
+    a.set_xscale("log", base=2)
+    a.set_xlabel("n (best-of-n)")
+    a.set_title("best-of-n selection")
+    a.legend(fontsize=7)
+    a.grid(alpha=0.3)
+    kinds = sorted(rm_by_kind)
+    b.boxplot([rm_by_kind[k] for k in kinds])
+    b.set_xticks(range(1, len(kinds) + 1), kinds, fontsize=7, rotation=15)
+    b.set_title("RM score by prompt kind (held-out)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
