@@ -25,7 +25,7 @@ class LabelerPoolConfig:
     temperature_spread: float = 0.3  # lognormal sd of each labeler's temperature around the pool's
     length_bias: float = 0.02  # mean extra utility per word (labelers like longer answers a little)
     length_bias_spread: float = 0.02
-    shared_taste: float = 0.5  # sd of the response-level quality every labeler sees and the gold reward does not
+    shared_taste: float = 0.2  # sd of the response-level quality every labeler sees and the gold reward does not
     tie_margin: float = 0.0  # utilities closer than this (after noise) are ranked as ties
     seed: int = 0
 

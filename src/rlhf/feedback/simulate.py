@@ -22,7 +22,7 @@ class SimulateConfig:
     seed: int = 0
     policy: str = "runs/sft/model"
     world: WorldConfig = field(default_factory=WorldConfig)
-    n_prompts: int = 600
+    n_prompts: int = 1200
     k: int = 4
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=1.0))
     pool: LabelerPoolConfig = field(default_factory=LabelerPoolConfig)

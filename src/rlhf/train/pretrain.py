@@ -35,7 +35,7 @@ class PretrainConfig:
     vocab_size: int = 2048
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 900
+    steps: int = 500
     batch_size: int = 32
     seq_len: int = 128
     eval_fraction: float = 0.05

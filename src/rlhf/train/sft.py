@@ -27,7 +27,7 @@ class SFTConfig:
     data: str | None = None  # JSONL of {"messages"} or {"prompt", "completion"}; default: the world's demonstrations
     dialogue_filter: bool = False  # Gopher heuristic on {"text"} documents turned into dialogues
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.0))
-    epochs: float = 2.0
+    epochs: float = 6.0  # the demonstrations are small: fewer passes leave samples at T=1 garbled
     batch_size: int = 32
     max_len: int = 128
 
