@@ -87,7 +87,7 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
                 add({"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO"}[name], metrics, rows)
                 if name == "sft" and "reward" in cfg.stages:
                     bon = best_of_n(load_causal_lm(path), load_reward_model(root / "reward" / "model"), tok, world,
-                                    eval_prompts, cfg.best_of_n, seed=cfg.seed)
+                                    eval_prompts, cfg.best_of_n, cfg.labels.sampling, seed=cfg.seed)
                     rows = score_responses(world, eval_prompts, bon["responses"])
                     add(f"SFT + RM best-of-{cfg.best_of_n}", summarize(rows), rows)
                     (root / "best_of_n.json").write_text(json.dumps(bon["curve"], indent=1))

@@ -16,7 +16,6 @@ from rlhf.data.jsonl import read_jsonl
 from rlhf.eval.reward_eval import best_of_n
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
-from rlhf.rollout import SamplingConfig
 from rlhf.rundir import RunDir
 from rlhf.train import ppo
 from rlhf.world import World, WorldConfig
@@ -65,7 +64,7 @@ def run(cfg: OveroptConfig, show_progress: bool = True) -> Path:
     tokenizer = load_tokenizer(cfg.policy)
     with RunDir(cfg.out, cfg) as run_dir:
         bon = best_of_n(load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model), tokenizer, world, prompts,
-                        cfg.best_of_n, SamplingConfig(max_new_tokens=cfg.ppo.sampling.max_new_tokens, temperature=1.0),
+                        cfg.best_of_n, cfg.ppo.sampling,
                         cfg.seed)["curve"]
         p = cfg.ppo
         p.policy, p.reward_model, p.world, p.seed = cfg.policy, cfg.reward_model, cfg.world, cfg.seed

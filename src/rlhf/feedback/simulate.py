@@ -24,7 +24,7 @@ class SimulateConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     n_prompts: int = 1200
     k: int = 4
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=1.0))
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.7))
     pool: LabelerPoolConfig = field(default_factory=LabelerPoolConfig)
 
 

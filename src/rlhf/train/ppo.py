@@ -33,7 +33,7 @@ from rlhf.world import World, WorldConfig
 
 @dataclass
 class KLConfig:
-    beta: float = 0.05  # initial (or fixed) KL coefficient
+    beta: float = 0.1  # initial (or fixed) KL coefficient
     adaptive: bool = False
     target: float = 2.0  # nats per response, for the adaptive controller
     horizon: int = 10_000
@@ -56,7 +56,8 @@ class PPOConfig:
     minibatch_size: int = 16  # episodes per optimizer step
     micro_batch_size: int = 16  # episodes per forward/backward (gradient accumulation inside a minibatch)
     ppo_epochs: int = 4
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=1.0))
+    # T = 0.7: a 1M-parameter policy at T = 1 samples garbled text; log-probs use the same temperature
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
     kl: KLConfig = field(default_factory=KLConfig)
     no_eos_score: float | None = -1.0  # RM score given to responses that never produce EOS (None: keep RM score)
     whiten_rewards: bool = False
@@ -71,7 +72,7 @@ class PPOConfig:
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss
     ptx_batch_size: int = 16
     ptx_seq_len: int = 64
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=0,
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="linear", betas=(0.9, 0.95)))
     value_lr: float = 3e-4
     save_every: int = 0  # 0: only at the end
