@@ -173,6 +173,41 @@ def _mount_label_app() -> None:
 
         _print_result(stage.run(_config(stage.SimulateConfig, config, set_, out), not quiet))
 
+    @label_app.command("generate")
+    def label_generate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m", help="policy HF folder"),
+                       out: Path = typer.Option(..., "--out", "-o", help="tasks JSONL for `rlhf label import`"),
+                       prompts: Optional[Path] = typer.Option(None, help='JSONL of {"prompt"}; default: world training prompts'),
+                       n: int = typer.Option(100, help="number of prompts"), k: int = typer.Option(4, help="responses per prompt"),
+                       temperature: float = typer.Option(0.7), max_new_tokens: int = typer.Option(48),
+                       seed: int = typer.Option(0)) -> None:
+        """Sample K responses per prompt from a checkpoint into a task file the labeling app imports."""
+        from rlhf.data.jsonl import read_jsonl, write_jsonl
+        from rlhf.models.lm import load_causal_lm, load_tokenizer
+        from rlhf.rollout import SamplingConfig, generate_texts
+        from rlhf.world import World
+
+        tok, model = load_tokenizer(checkpoint), load_causal_lm(checkpoint)
+        if prompts is None:
+            chosen = [p["prompt"] for p in World().prompts("train")[:n]]
+        else:
+            chosen = []
+            for lineno, obj in read_jsonl(prompts):
+                if "prompt" not in obj:
+                    raise RLHFError(f"{prompts}:{lineno}: missing field 'prompt'")
+                chosen.append(obj["prompt"])
+            chosen = chosen[:n]
+        texts = generate_texts(model, tok, [p for p in chosen for _ in range(k)], SamplingConfig(max_new_tokens, temperature),
+                               seed=seed)
+        rows, dropped = [], 0
+        for i, p in enumerate(chosen):
+            responses = list(dict.fromkeys(t for t in texts[i * k:(i + 1) * k] if t.strip()))
+            if len(responses) < 2:
+                dropped += 1
+                continue
+            rows.append({"id": f"gen-{i}", "prompt": p, "responses": responses})
+        write_jsonl(out, rows)
+        typer.echo(f"wrote {len(rows)} tasks to {out} ({dropped} prompts dropped: fewer than 2 distinct responses)")
+
     app.add_typer(label_app, name="label")
 
 

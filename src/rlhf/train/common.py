@@ -63,3 +63,15 @@ def make_optimizer(model, cfg: OptimConfig, total_steps: int):
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss).all():
         raise RLHFError(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)")
+
+
+def optimizer_step(accelerator: Accelerator, model, opt, sched, loss: torch.Tensor, step: int, grad_clip: float) -> float:
+    """The supervised trainers' update: stop on a non-finite loss, backward, clip, step, schedule.
+    Returns the gradient norm before clipping."""
+    check_finite(loss, step)
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm)

@@ -14,7 +14,7 @@ from rlhf.models.lm import count_parameters, create_model, load_tokenizer, save_
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 from rlhf.world import World, WorldConfig
 
 
@@ -135,12 +135,7 @@ def run(cfg: PretrainConfig, show_progress: bool = True) -> Path:
                 batch = train_stream.batch(cfg.batch_size).to(accelerator.device)
                 logits = model(input_ids=batch[:, :-1]).logits
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-                check_finite(loss, step)
-                accelerator.backward(loss)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                grad_norm = optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
                 row = {"loss": loss.item(), "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
                        "tokens_per_s": tokens_per_step * (step + 1) / (time.time() - t0)}
                 if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:

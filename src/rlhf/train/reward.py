@@ -22,7 +22,7 @@ from rlhf.models.reward import _head, init_reward_model, raw_scores
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import left_pad
 from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 
 
 @dataclass
@@ -262,12 +262,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
                     seqs = [s for i in idx for s in train_enc[i]]
                     scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
                 loss, correct, n_pairs = ranking_loss(scores, [train_set[i] for i in idx], cfg.ties, cfg.margin)
-                check_finite(loss, step)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
                 pairs_seen += n_pairs
                 run_dir.log(step + 1, loss=loss.item(), train_accuracy=correct / max(1, n_pairs),
                             pairs_per_s=pairs_seen / (time.time() - t0))

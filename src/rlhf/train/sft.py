@@ -14,7 +14,7 @@ from rlhf.errors import RLHFError
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 from rlhf.world import World, WorldConfig
 
 
@@ -110,12 +110,7 @@ def run(cfg: SFTConfig, show_progress: bool = True) -> Path:
                 batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = response_loss(logits, batch["labels"])
-                check_finite(loss, step)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
                 run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0])
                 bar.advance(loss=loss.item())
         if accelerator.is_main_process:
