@@ -221,6 +221,8 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
+    else:  # transformers' notices (a new reward head is "MISSING" from the SFT checkpoint, by design) are noise here
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app(standalone_mode=False)
     except RLHFError as exc:
