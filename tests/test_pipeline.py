@@ -27,6 +27,7 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     stages = [row["stage"] for row in summary["table"]]
     assert stages == ["pretrained", "SFT", "SFT + RM best-of-4", "PPO"]
+    assert [row["stage"] for row in summary["sampled_table"]] == ["pretrained", "SFT", "PPO"]
     for row in summary["table"]:
         assert -4.0 <= row["gold_mean"] <= 3.0 and row["gold_se"] >= 0
     for sub in ("world/world.json", "pretrain/model/config.json", "sft/model/config.json",

@@ -31,6 +31,9 @@ class PipelineConfig:
     ppo: ppo.PPOConfig = field(default_factory=ppo.PPOConfig)
     best_of_n: int = 16
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.0))
+    # a second table sampled at the policies' own temperature: greedy decoding picks a distribution's mode
+    # ("I don't know" beats seven different made-up answers), so both views are shown (None: greedy only)
+    eval_sampled_temperature: float | None = 0.7
     stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "labels", "reward", "ppo"])
 
 
@@ -72,19 +75,25 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
         console.rule("[bold]evaluation")
         t = time.time()
         eval_prompts = world.prompts("eval")
-        table, all_rows = [], {}
+        table, sampled_table, all_rows = [], [], {}
 
-        def add(name: str, metrics: dict, rows: list[dict]) -> None:
-            table.append({"stage": name, **{k: round(v, 3) for k, v in metrics.items() if k != "n"}})
-            all_rows[name] = rows
+        def add(name: str, metrics: dict, rows: list[dict], into: list | None = None) -> None:
+            (table if into is None else into).append({"stage": name, **{k: round(v, 3) for k, v in metrics.items() if k != "n"}})
+            if into is None:
+                all_rows[name] = rows
 
         tok = None
         for name in ("pretrain", "sft", "ppo"):
             if name in cfg.stages:
                 path = root / name / "model"
                 tok = load_tokenizer(path)
+                label = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO"}[name]
                 metrics, rows = evaluate_policy(load_causal_lm(path), tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
-                add({"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO"}[name], metrics, rows)
+                add(label, metrics, rows)
+                if cfg.eval_sampled_temperature is not None:
+                    sampled = SamplingConfig(cfg.eval_sampling.max_new_tokens, cfg.eval_sampled_temperature)
+                    add(label, *evaluate_policy(load_causal_lm(path), tok, world, eval_prompts, sampled, cfg.seed),
+                        into=sampled_table)
                 if name == "sft" and "reward" in cfg.stages:
                     bon = best_of_n(load_causal_lm(path), load_reward_model(root / "reward" / "model"), tok, world,
                                     eval_prompts, cfg.best_of_n, cfg.labels.sampling, seed=cfg.seed)
@@ -106,11 +115,14 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
         run_dir.write_summary("RLHF pipeline", {
             "gold metrics on held-out prompts (greedy decoding)": table,
             "headline": headline,
+            f"the same, sampled at T={cfg.eval_sampled_temperature}": sampled_table or "not run",
+            "headline (sampled)": _headline(sampled_table) if sampled_table else "not run",
             "simulated labels": stage_summaries.get("labels", {}),
             "reward model": stage_summaries.get("reward", {}),
             "PPO": stage_summaries.get("ppo", {}),
             "stage seconds": timings},
-            {"table": table, "headline": headline, "stages": stage_summaries, "seconds": timings})
+            {"table": table, "headline": headline, "sampled_table": sampled_table, "stages": stage_summaries,
+             "seconds": timings})
     return Path(cfg.out)
 
 

@@ -18,6 +18,7 @@ from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.rundir import RunDir
 from rlhf.train import ppo
+from rlhf.train.common import OptimConfig
 from rlhf.world import World, WorldConfig
 
 
@@ -30,8 +31,10 @@ class OveroptConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     n_prompts: int = 96
     best_of_n: int = 64
+    # a small KL penalty and a slow learning rate: the policy drifts away from SFT gradually, step by step
     ppo: ppo.PPOConfig = field(default_factory=lambda: ppo.PPOConfig(
-        steps=60, eval_every=5, eval_prompts=96, kl=ppo.KLConfig(beta=0.005)))
+        steps=80, eval_every=5, eval_prompts=96, kl=ppo.KLConfig(beta=0.005),
+        optim=OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="constant")))
 
 
 def _plot(bon: list[dict], ppo_points: list[dict], path: Path) -> None:
@@ -40,8 +43,8 @@ def _plot(bon: list[dict], ppo_points: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110, sharey=False)
-    for ax, pts, title in ((axes[0], bon, "best-of-n"), (axes[1], ppo_points, "PPO (checkpoints along one run)")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110, sharey=False)
+    for ax, pts, title in ((axes[0], bon, "best-of-n"), (axes[1], ppo_points, "PPO checkpoints (in step order)")):
         if not pts:
             continue
         x = [math.sqrt(p["kl"]) for p in pts]
@@ -53,6 +56,15 @@ def _plot(bon: list[dict], ppo_points: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("reward change")
+    if ppo_points:  # the same PPO run against its step: KL estimates are noisy, the order is not
+        steps = [p["step"] for p in ppo_points]
+        axes[2].plot(steps, [p["proxy"] - ppo_points[0]["proxy"] for p in ppo_points], "o-", label="proxy - initial")
+        axes[2].plot(steps, [p["gold"] - ppo_points[0]["gold"] for p in ppo_points], "s-", label="gold - initial")
+        axes[2].axhline(0, color="k", lw=0.5)
+        axes[2].set_xlabel("PPO step")
+        axes[2].set_title("PPO run")
+        axes[2].legend(fontsize=7)
+        axes[2].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
