@@ -518,3 +518,14 @@ def test_value_head_on_the_policy_trains_and_resumes_exactly(ppo_models, tiny_wo
     with pytest.raises(RLHFError, match="value_init differs"):
         ppo.run(cfg_for(ppo_models, tmp_path / "bad", tiny_world_config, value_init="reward", steps=2,
                         resume=str(full / "checkpoints" / "step-1")), show_progress=False)
+
+
+def test_ppo_ptx_mixes_in_the_pretraining_loss(full_run, ppo_models, tiny_world_config, tmp_path, one_thread):
+    """PPO-ptx: the LM loss on pretraining text is logged and its gradient changes the update."""
+    out = tmp_path / "ptx"
+    ppo.run(cfg_for(ppo_models, out, tiny_world_config, ptx_coef=1.0, ptx_batch_size=2, ptx_seq_len=16, save_every=1),
+            show_progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows if "pg_loss" in r)
+    plain, mixed = weights(full_run / "checkpoints" / "step-1" / "policy"), weights(out / "checkpoints" / "step-1" / "policy")
+    assert any(not torch.allclose(plain[k], mixed[k]) for k in plain)
