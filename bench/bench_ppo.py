@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -146,11 +146,8 @@ def main() -> None:
         print("BENCH_JSON " + json.dumps(ours(args)))
         return
 
-    for need in (args.tok, args.python, args.peer, args.data):
-        if not Path(need).exists():
-            sys.exit(f"missing {need}: build the peers with `bash ../shared/bench/peers/setup.sh .peers`")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
-           "MKL_NUM_THREADS": str(args.threads), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    require_peers(args.tok, args.python, args.peer, args.data)
+    env = peer_env(args.threads)
     report: dict = {"threads": args.threads, "batch": B, "new_tokens": RESP, "episodes": EPIS}
     with tempfile.TemporaryDirectory(prefix="bench_ppo_") as work:
         report.update(build(Path(work), args.tok, args.data))

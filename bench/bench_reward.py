@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -99,12 +99,9 @@ def main() -> None:
         print("BENCH_JSON " + json.dumps(ours(args)))
         return
 
-    for need in (args.tok, args.python, args.peer, args.data):
-        if not Path(need).exists():
-            sys.exit(f"missing {need}: build the peers with `bash ../shared/bench/peers/setup.sh .peers`")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
-           "BENCH_THREADS": str(args.threads), "BENCH_PEER": args.peer,
-           "BENCH_TRL_DEFAULTS": "1" if args.trl_defaults else "0"}
+    require_peers(args.tok, args.python, args.peer, args.data)
+    env = peer_env(args.threads, BENCH_THREADS=str(args.threads), BENCH_PEER=args.peer,
+                   BENCH_TRL_DEFAULTS="1" if args.trl_defaults else "0")
     with tempfile.TemporaryDirectory(prefix="bench_reward_") as work:
         subset = Path(work) / "pairs.jsonl"
         from transformers import AutoTokenizer

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 from rlhf.rollout import SamplingConfig, generate_texts
 from rlhf.world import World

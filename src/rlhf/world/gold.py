@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from rlhf.world.knowledge import KnowledgeBase
-from rlhf.world.templates import ABSTAIN_RE, LIST_CATEGORIES, REFUSAL_RE, parse_question
+from rlhf.world.templates import ABSTAIN_RE, REFUSAL_RE, parse_question
 
 CRITERIA = ("correctness", "honesty", "refusal", "format", "brevity")
 KINDS = ("known_fact", "unknown_entity", "arithmetic", "harmful", "format")

@@ -105,7 +105,6 @@ def quality_report(db: Session, project: Project) -> QualityReport:
     report.tasks_total = sum(not t.is_gold for t in tasks)
     report.gold_tasks = sum(t.is_gold for t in tasks)
     by_task: dict[int, list[tuple[str, Label]]] = defaultdict(list)
-    gold_of: dict[int, list[int]] = {}
     for task, username, label in project_labels(db, project):
         stats = report.annotators.setdefault(username, AnnotatorStats(username))
         if label.skipped:
