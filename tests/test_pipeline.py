@@ -26,8 +26,9 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     stages = [row["stage"] for row in summary["table"]]
-    assert stages == ["pretrained", "SFT", "SFT + RM best-of-4", "PPO"]
-    assert [row["stage"] for row in summary["sampled_table"]] == ["pretrained", "SFT", "PPO"]
+    assert stages == ["pretrained", "SFT", "SFT + RM best-of-4", "PPO-ptx (ptx_coef 2)"]
+    assert [row["stage"] for row in summary["sampled_table"]] == ["pretrained", "SFT", "PPO-ptx (ptx_coef 2)"]
+    assert "ptx_loss" in (out / "ppo" / "metrics.jsonl").read_text()
     for row in summary["table"]:
         assert -4.0 <= row["gold_mean"] <= 3.0 and row["gold_se"] >= 0
     for sub in ("world/world.json", "pretrain/model/config.json", "sft/model/config.json",
@@ -55,7 +56,7 @@ def test_default_pipeline_outcome(tmp_path):
                          capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-2000:]
     table = {row["stage"]: row for row in json.loads((out / "summary.json").read_text())["table"]}
-    pre, sft, ppo = table["pretrained"], table["SFT"], table["PPO"]
+    pre, sft, ppo = table["pretrained"], table["SFT"], table["PPO-ptx (ptx_coef 2)"]
     assert sft["gold_mean"] > pre["gold_mean"]
     se = (sft["gold_se"] ** 2 + ppo["gold_se"] ** 2) ** 0.5
     assert ppo["gold_mean"] - sft["gold_mean"] > 3 * se

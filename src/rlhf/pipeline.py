@@ -28,7 +28,10 @@ class PipelineConfig:
     sft: sft.SFTConfig = field(default_factory=sft.SFTConfig)
     labels: simulate.SimulateConfig = field(default_factory=simulate.SimulateConfig)
     reward: reward.RewardConfig = field(default_factory=reward.RewardConfig)
-    ppo: ppo.PPOConfig = field(default_factory=ppo.PPOConfig)
+    # PPO-ptx (InstructGPT): the pretraining loss mixed in keeps what pretraining taught. Measured on the
+    # default: plain PPO lifts gold by 0.35 but knowledge-question accuracy falls 0.31 -> 0.17; with
+    # ptx_coef 2 gold rises by 0.60 and accuracy to 0.62. Set ppo.ptx_coef=0 for plain PPO.
+    ppo: ppo.PPOConfig = field(default_factory=lambda: ppo.PPOConfig(ptx_coef=2.0))
     best_of_n: int = 16
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.0))
     # a second table sampled at the policies' own temperature: greedy decoding picks a distribution's mode
@@ -87,7 +90,7 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             if name in cfg.stages:
                 path = root / name / "model"
                 tok = load_tokenizer(path)
-                label = {"pretrain": "pretrained", "sft": "SFT", "ppo": "PPO"}[name]
+                label = {"pretrain": "pretrained", "sft": "SFT", "ppo": _ppo_label(cfg)}[name]
                 metrics, rows = evaluate_policy(load_causal_lm(path), tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
                 add(label, metrics, rows)
                 if cfg.eval_sampled_temperature is not None:
@@ -136,10 +139,15 @@ def _reward_vs_gold(cfg: PipelineConfig, root: Path, world: World) -> dict:
     return heldout_gold_accuracy(load_reward_model(path), load_tokenizer(path), world, held_out)
 
 
+def _ppo_label(cfg: PipelineConfig) -> str:
+    return f"PPO-ptx (ptx_coef {cfg.ppo.ptx_coef:g})" if cfg.ppo.ptx_coef > 0 else "PPO"
+
+
 def _headline(table: list[dict]) -> dict:
     by = {row["stage"]: row for row in table}
+    ppo_row = next((row["stage"] for row in table if row["stage"].startswith("PPO")), "PPO")
     out = {}
-    for a, b in (("pretrained", "SFT"), ("SFT", "PPO")):
+    for a, b in (("pretrained", "SFT"), ("SFT", ppo_row)):
         if a in by and b in by:
             diff = by[b]["gold_mean"] - by[a]["gold_mean"]
             se = (by[a]["gold_se"] ** 2 + by[b]["gold_se"] ** 2) ** 0.5
