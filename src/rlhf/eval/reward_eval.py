@@ -50,24 +50,6 @@ def best_of_n(policy, reward_model, tokenizer, world: World, prompts: list[dict]
     return {"curve": curve, "responses": picks_at_max}
 
 
-def gold_agreement(reward_model, tokenizer, world: World, prompts: list[dict], responses_per_prompt: list[list[str]]) -> dict:
-    """Share of response pairs (with different gold) that the RM orders like the gold reward, and the
-    mean RM score per prompt kind."""
-    agree = total = 0
-    by_kind: dict[str, list[float]] = {}
-    for p, resps in zip(prompts, responses_per_prompt):
-        rm = score_texts(reward_model, tokenizer, [p["prompt"]] * len(resps), resps)
-        gold = [world.score(p["prompt"], r).total for r in resps]
-        by_kind.setdefault(p["kind"], []).extend(rm)
-        for i in range(len(resps)):
-            for j in range(i + 1, len(resps)):
-                if gold[i] != gold[j]:
-                    total += 1
-                    agree += (rm[i] - rm[j]) * (gold[i] - gold[j]) > 0
-    return {"gold_pair_agreement": agree / max(1, total), "gold_pairs": total,
-            "rm_by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()}}
-
-
 def heldout_gold_accuracy(reward_model, tokenizer, world: World, rankings) -> dict:
     """On held-out comparisons: how often the RM orders two responses like the gold reward (pairs whose
     gold differs), how often the labels did, and the RM's scores grouped by prompt kind."""
