@@ -85,20 +85,19 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             if into is None:
                 all_rows[name] = rows
 
-        tok = None
         for name in ("pretrain", "sft", "ppo"):
             if name in cfg.stages:
                 path = root / name / "model"
-                tok = load_tokenizer(path)
+                tok, model = load_tokenizer(path), load_causal_lm(path)
                 label = {"pretrain": "pretrained", "sft": "SFT", "ppo": _ppo_label(cfg)}[name]
-                metrics, rows = evaluate_policy(load_causal_lm(path), tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
+                metrics, rows = evaluate_policy(model, tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
                 add(label, metrics, rows)
                 if cfg.eval_sampled_temperature is not None:
                     sampled = SamplingConfig(cfg.eval_sampling.max_new_tokens, cfg.eval_sampled_temperature)
-                    add(label, *evaluate_policy(load_causal_lm(path), tok, world, eval_prompts, sampled, cfg.seed),
+                    add(label, *evaluate_policy(model, tok, world, eval_prompts, sampled, cfg.seed),
                         into=sampled_table)
                 if name == "sft" and "reward" in cfg.stages:
-                    bon = best_of_n(load_causal_lm(path), load_reward_model(root / "reward" / "model"), tok, world,
+                    bon = best_of_n(model, load_reward_model(root / "reward" / "model"), tok, world,
                                     eval_prompts, cfg.best_of_n, cfg.labels.sampling, seed=cfg.seed)
                     rows = score_responses(world, eval_prompts, bon["responses"])
                     add(f"SFT + RM best-of-{cfg.best_of_n}", summarize(rows), rows)

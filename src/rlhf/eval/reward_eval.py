@@ -57,8 +57,8 @@ def heldout_gold_accuracy(reward_model, tokenizer, world: World, rankings) -> di
     by_kind: dict[str, list[float]] = {}
     for r in rankings:
         prompt = list(r.prompt)
-        gold = [world.score(prompt, resp).total for resp in r.responses]
-        kind = world.score(prompt, r.responses[0]).kind
+        judged = [world.score(prompt, resp) for resp in r.responses]
+        gold, kind = [s.total for s in judged], judged[0].kind
         rm = score_texts(reward_model, tokenizer, [prompt] * r.k, list(r.responses))
         by_kind.setdefault(kind, []).extend(rm)
         for i in range(r.k):
