@@ -120,7 +120,7 @@ def test_world(runs, work, tmp_path, tiny_world_config):
 
 def test_pretrain(runs, work):
     from rlhf.config import load_config
-    from rlhf.train.pretrain import PretrainConfig
+    from rlhf.stages import PretrainStage as PretrainConfig
 
     proc = ok(runs, "pretrain")
     assert proc.stdout.startswith("# Pretraining")

@@ -8,8 +8,8 @@ import pytest
 
 from rlhf.config import dump_yaml, load_config
 from rlhf.errors import RLHFError
-from rlhf.train.pretrain import PretrainConfig
-from rlhf.train.sft import SFTConfig
+from rlhf.stages import PretrainStage as PretrainConfig  # the stage configs, with their world section
+from rlhf.stages import SFTStage as SFTConfig
 from rlhf.world import WorldConfig
 
 

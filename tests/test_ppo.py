@@ -21,9 +21,10 @@ from rlhf.models.lm import save_model
 from rlhf.models.reward import init_reward_model
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.rollout.engine import SamplingConfig, response_logprobs, sample
+from rlhf.rollout import experience
+from rlhf.stages import PPOStage, run_ppo
 from rlhf.train import ppo
-from rlhf.train.ppo import (AdaptiveKL, KLConfig, PPOConfig, check_batch_sizes, gae, masked_mean, masked_whiten,
-                            ppo_losses, shaped_rewards)
+from rlhf.train.ppo import AdaptiveKL, KLConfig, gae, masked_mean, masked_whiten, ppo_losses, shaped_rewards
 
 
 # ---------------------------------------------------------------- GAE
@@ -297,13 +298,13 @@ def other_vocab_rm(tmp_path_factory, tiny_world):
     return root / "rm"
 
 
-def cfg_for(models, out, world, **kw) -> PPOConfig:
+def cfg_for(models, out, world, **kw) -> PPOStage:
     base = dict(out=str(out), seed=0, policy=str(models["policy"]), reward_model=str(models["rm"]), world=world,
                 steps=4, rollout_batch_size=8, minibatch_size=4, micro_batch_size=2, ppo_epochs=2,
                 sampling=SamplingConfig(max_new_tokens=8, temperature=1.0), whiten_advantages="batch",
                 samples_every=0, eval_every=0, no_eos_score=None)
     base.update(kw)
-    return PPOConfig(**base)
+    return PPOStage(**base)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -321,7 +322,7 @@ def assert_same_weights(a: Path, b: Path, atol=0.0):
 def full_run(ppo_models, tiny_world_config, tmp_path_factory, one_thread):
     """4 steps in one go, a checkpoint after every step."""
     out = tmp_path_factory.mktemp("full") / "run"
-    ppo.run(cfg_for(ppo_models, out, tiny_world_config, save_every=1), show_progress=False)
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, save_every=1), show_progress=False)
     return out
 
 
@@ -333,7 +334,7 @@ def test_resume_reproduces_the_uninterrupted_run(full_run, ppo_models, tiny_worl
     state = json.loads((full_run / "checkpoints" / "step-2" / "state.json").read_text())
     assert state["step"] == 2
     out = tmp_path / "resumed"
-    ppo.run(cfg_for(ppo_models, out, tiny_world_config, save_every=1,
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, save_every=1,
                     resume=str(full_run / "checkpoints" / "step-2")), show_progress=False)
     # same final policy and value model. Bit-for-bit is expected (same ops, same thread count, every RNG and
     # the data cursor restored); a tiny tolerance guards only against platform kernels, not logic.
@@ -359,7 +360,7 @@ def test_policy_moved_during_training(full_run, ppo_models):
 
 def test_resume_from_a_non_checkpoint_is_a_clear_error(ppo_models, tiny_world_config, tmp_path):
     with pytest.raises(RLHFError, match="not a PPO checkpoint"):
-        ppo.run(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, steps=1, resume=str(tmp_path)),
+        run_ppo(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, steps=1, resume=str(tmp_path)),
                 show_progress=False)
 
 
@@ -369,7 +370,7 @@ def test_resume_from_a_non_checkpoint_is_a_clear_error(ppo_models, tiny_world_co
 def test_rm_with_another_vocabulary_is_rejected(ppo_models, other_vocab_rm, tiny_world_config, tmp_path, one_thread):
     out = tmp_path / "run"
     with pytest.raises(RLHFError, match="vocabulary") as e:
-        ppo.run(cfg_for(ppo_models, out, tiny_world_config, reward_model=str(other_vocab_rm), steps=1),
+        run_ppo(cfg_for(ppo_models, out, tiny_world_config, reward_model=str(other_vocab_rm), steps=1),
                 show_progress=False)
     assert "retokenize" in str(e.value)
     assert not out.exists()
@@ -378,7 +379,7 @@ def test_rm_with_another_vocabulary_is_rejected(ppo_models, other_vocab_rm, tiny
 def test_rm_with_another_vocabulary_works_with_retokenize(ppo_models, other_vocab_rm, tiny_world_config, tmp_path,
                                                            one_thread):
     out = tmp_path / "run"
-    ppo.run(cfg_for(ppo_models, out, tiny_world_config, reward_model=str(other_vocab_rm), retokenize=True,
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, reward_model=str(other_vocab_rm), retokenize=True,
                     value_init="sft", steps=1), show_progress=False)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 1 and math.isfinite(row["rm_score"])
@@ -387,7 +388,7 @@ def test_rm_with_another_vocabulary_works_with_retokenize(ppo_models, other_voca
 def test_retokenize_with_value_from_rm_is_handled(ppo_models, other_vocab_rm, tiny_world_config, tmp_path, one_thread):
     out = tmp_path / "run"
     with pytest.raises(RLHFError, match="value_init=sft"):
-        ppo.run(cfg_for(ppo_models, out, tiny_world_config, reward_model=str(other_vocab_rm), retokenize=True,
+        run_ppo(cfg_for(ppo_models, out, tiny_world_config, reward_model=str(other_vocab_rm), retokenize=True,
                         steps=1), show_progress=False)
     assert not out.exists()
 
@@ -406,7 +407,7 @@ def test_nan_loss_names_the_step_and_keeps_a_checkpoint(ppo_models, tiny_world_c
     # reaches the loss
     cfg = cfg_for(ppo_models, out, tiny_world_config, reward_model=str(_nan_rm(ppo_models, tmp_path)), steps=2)
     with pytest.raises(RLHFError, match=r"nan at step 1\b") as e:
-        ppo.run(cfg, show_progress=False)
+        run_ppo(cfg, show_progress=False)
     assert str(out) in str(e.value)
     ckpt = out / "checkpoints" / "step-0"
     assert (ckpt / "state.json").is_file() and (ckpt / "policy" / "model.safetensors").is_file()
@@ -418,14 +419,14 @@ def test_nan_loss_names_the_step_and_keeps_a_checkpoint(ppo_models, tiny_world_c
 
 def _nan_scores_from_call(monkeypatch, first_bad_call: int):
     calls = {"n": 0}
-    real = ppo.rm_score
+    real = experience.score_responses
 
-    def rm_score(*a, **k):
+    def score_responses(*a, **k):
         calls["n"] += 1
         s = real(*a, **k)
         return s * float("nan") if calls["n"] >= first_bad_call else s
 
-    monkeypatch.setattr(ppo, "rm_score", rm_score)
+    monkeypatch.setattr(experience, "score_responses", score_responses)
 
 
 def test_nan_at_a_later_step_keeps_the_last_good_checkpoint(full_run, ppo_models, tiny_world_config, tmp_path,
@@ -433,7 +434,7 @@ def test_nan_at_a_later_step_keeps_the_last_good_checkpoint(full_run, ppo_models
     _nan_scores_from_call(monkeypatch, first_bad_call=3)  # steps 1 and 2 fine, step 3 NaN
     out = tmp_path / "run"
     with pytest.raises(RLHFError, match=r"at step 3\b"):
-        ppo.run(cfg_for(ppo_models, out, tiny_world_config, save_every=1), show_progress=False)
+        run_ppo(cfg_for(ppo_models, out, tiny_world_config, save_every=1), show_progress=False)
     ckpts = {p.name for p in (out / "checkpoints").iterdir()}
     assert "step-2" in ckpts and "step-3" not in ckpts
     # the kept step-2 policy is exactly the uninterrupted run's step-2 policy
@@ -456,7 +457,7 @@ def test_nan_mid_step_does_not_overwrite_the_last_good_checkpoint(full_run, ppo_
     monkeypatch.setattr(ppo, "ppo_losses", ppo_losses)
     out = tmp_path / "run"
     with pytest.raises(RLHFError, match=r"at step 2\b"):
-        ppo.run(cfg_for(ppo_models, out, tiny_world_config, save_every=1), show_progress=False)
+        run_ppo(cfg_for(ppo_models, out, tiny_world_config, save_every=1), show_progress=False)
     assert_same_weights(full_run / "checkpoints" / "step-1" / "policy", out / "checkpoints" / "step-1" / "policy",
                         atol=1e-6)
 
@@ -465,7 +466,7 @@ def test_empty_prompt_file_is_a_clear_error(ppo_models, tiny_world_config, tmp_p
     empty = tmp_path / "prompts.jsonl"
     empty.write_text("\n\n")
     with pytest.raises(RLHFError, match="prompt set is empty"):
-        ppo.run(cfg_for(ppo_models, tmp_path / "run", tiny_world_config, prompts=str(empty)), show_progress=False)
+        run_ppo(cfg_for(ppo_models, tmp_path / "run", tiny_world_config, prompts=str(empty)), show_progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -473,10 +474,10 @@ def test_prompt_line_without_prompt_is_a_clear_error(ppo_models, tiny_world_conf
     bad = tmp_path / "prompts.jsonl"
     bad.write_text(json.dumps({"prompt": "Where does Kalo live?"}) + "\n" + json.dumps({"text": "hi"}) + "\n")
     with pytest.raises(RLHFError, match=r"prompts\.jsonl:2: missing 'prompt'"):
-        ppo.run(cfg_for(ppo_models, tmp_path / "run", tiny_world_config, prompts=str(bad)), show_progress=False)
+        run_ppo(cfg_for(ppo_models, tmp_path / "run", tiny_world_config, prompts=str(bad)), show_progress=False)
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(RLHFError, match="not found"):
-        ppo.run(cfg_for(ppo_models, tmp_path / "run", tiny_world_config, prompts=str(missing)), show_progress=False)
+        run_ppo(cfg_for(ppo_models, tmp_path / "run", tiny_world_config, prompts=str(missing)), show_progress=False)
 
 
 @pytest.mark.parametrize("sizes,match", [
@@ -488,9 +489,9 @@ def test_prompt_line_without_prompt_is_a_clear_error(ppo_models, tiny_world_conf
 def test_batch_sizes_that_do_not_divide_are_clear_errors(ppo_models, tiny_world_config, tmp_path, sizes, match):
     cfg = cfg_for(ppo_models, tmp_path / "run", tiny_world_config, **sizes)
     with pytest.raises(RLHFError, match=match):
-        check_batch_sizes(cfg)
+        cfg.validate()
     with pytest.raises(RLHFError, match=match):  # and run() checks before loading anything
-        ppo.run(cfg, show_progress=False)
+        run_ppo(cfg, show_progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -507,23 +508,23 @@ def test_shaping_and_gae_on_gpu_tensors():
 def test_value_head_on_the_policy_trains_and_resumes_exactly(ppo_models, tiny_world_config, tmp_path, one_thread):
     """value_init=policy: one backbone gives log-probs and values; its head is checkpointed and resumed."""
     full = tmp_path / "full"
-    ppo.run(cfg_for(ppo_models, full, tiny_world_config, value_init="policy", steps=2, save_every=1), show_progress=False)
+    run_ppo(cfg_for(ppo_models, full, tiny_world_config, value_init="policy", steps=2, save_every=1), show_progress=False)
     head = weights(full / "checkpoints" / "step-2" / "value")
     assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0  # trained away from its zero init
     resumed = tmp_path / "resumed"
-    ppo.run(cfg_for(ppo_models, resumed, tiny_world_config, value_init="policy", steps=2, save_every=1,
+    run_ppo(cfg_for(ppo_models, resumed, tiny_world_config, value_init="policy", steps=2, save_every=1,
                     resume=str(full / "checkpoints" / "step-1")), show_progress=False)
     assert_same_weights(full / "checkpoints" / "step-2" / "policy", resumed / "checkpoints" / "step-2" / "policy", atol=1e-6)
     assert_same_weights(full / "checkpoints" / "step-2" / "value", resumed / "checkpoints" / "step-2" / "value", atol=1e-6)
     with pytest.raises(RLHFError, match="value_init differs"):
-        ppo.run(cfg_for(ppo_models, tmp_path / "bad", tiny_world_config, value_init="reward", steps=2,
+        run_ppo(cfg_for(ppo_models, tmp_path / "bad", tiny_world_config, value_init="reward", steps=2,
                         resume=str(full / "checkpoints" / "step-1")), show_progress=False)
 
 
 def test_ppo_ptx_mixes_in_the_pretraining_loss(full_run, ppo_models, tiny_world_config, tmp_path, one_thread):
     """PPO-ptx: the LM loss on pretraining text is logged and its gradient changes the update."""
     out = tmp_path / "ptx"
-    ppo.run(cfg_for(ppo_models, out, tiny_world_config, ptx_coef=1.0, ptx_batch_size=2, ptx_seq_len=16, save_every=1),
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, ptx_coef=1.0, ptx_batch_size=2, ptx_seq_len=16, save_every=1),
             show_progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows if "pg_loss" in r)

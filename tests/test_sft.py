@@ -97,13 +97,13 @@ def test_load_dialogues_reports_file_and_line(tmp_path, tiny_world):
     path = tmp_path / "data.jsonl"
     path.write_text('{"prompt": "Hi", "completion": "Hello."}\n\n{"prompt": "Hi", "answer": "Hello."}\n')
     with pytest.raises(RLHFError, match=r"data.jsonl:3: expected 'messages'"):
-        load_dialogues(SFTConfig(data=str(path)), tiny_world)
+        load_dialogues(SFTConfig(data=str(path)))
 
 
 def test_dialogue_filter_drops_non_dialogues(tmp_path, tiny_world):
     path = tmp_path / "data.jsonl"
     chat = "\n".join(f"{'A' if i % 2 == 0 else 'B'}: line {i}" for i in range(6))
     path.write_text(f'{{"text": {chat!r}}}\n'.replace("'", '"') + '{"text": "Just prose: not a dialogue at all."}\n')
-    dialogues, dropped = load_dialogues(SFTConfig(data=str(path), dialogue_filter=True), tiny_world)
+    dialogues, dropped = load_dialogues(SFTConfig(data=str(path), dialogue_filter=True))
     assert dropped == 1 and len(dialogues) == 1
     assert [m["role"] for m in dialogues[0]] == ["user", "assistant"] * 3

@@ -4,6 +4,7 @@ Errors a user can fix print as one line and exit 2; `--debug` anywhere on the li
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -45,51 +46,6 @@ def world(out: str = typer.Option("runs/world", "--out", "-o"), config: Optional
 
     World(load_config(WorldConfig, config, set_)).save(out)
     typer.echo(f"world written to {out}")
-
-
-@app.command()
-def pretrain(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-             quiet: bool = QuietOpt) -> None:
-    """Stage 1: pretrain a causal LM on the world's corpus (or any {"text"} JSONL)."""
-    from rlhf.train import pretrain as stage
-
-    _print_result(stage.run(_config(stage.PretrainConfig, config, set_, out), not quiet))
-
-
-@app.command()
-def sft(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-        quiet: bool = QuietOpt) -> None:
-    """Stage 2: supervised fine-tuning on demonstrations (loss on responses only)."""
-    from rlhf.train import sft as stage
-
-    _print_result(stage.run(_config(stage.SFTConfig, config, set_, out), not quiet))
-
-
-@app.command()
-def reward(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-           quiet: bool = QuietOpt) -> None:
-    """Stage 3.1: train a reward model on comparisons or rankings."""
-    from rlhf.train import reward as stage
-
-    _print_result(stage.run(_config(stage.RewardConfig, config, set_, out), not quiet))
-
-
-@app.command()
-def ppo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-        quiet: bool = QuietOpt) -> None:
-    """Stage 3.2: PPO against a reward model with a KL penalty to the SFT model (PPO-ptx optional)."""
-    from rlhf.train import ppo as stage
-
-    _print_result(stage.run(_config(stage.PPOConfig, config, set_, out), not quiet))
-
-
-@app.command()
-def pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-             quiet: bool = QuietOpt) -> None:
-    """World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."""
-    from rlhf import pipeline as pl
-
-    _print_result(pl.run(_config(pl.PipelineConfig, config, set_, out), not quiet))
 
 
 @app.command("eval")
@@ -149,29 +105,8 @@ def chat(checkpoint: Path = typer.Option(..., "--checkpoint", "-m"), temperature
         typer.echo(f"assistant> {reply}")
 
 
-study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
-app.add_typer(study_app, name="study")
-
-
-@study_app.command()
-def overopt(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-            quiet: bool = QuietOpt) -> None:
-    """Proxy vs gold reward against sqrt(KL) for best-of-n and along a PPO run (Gao et al. 2022)."""
-    from rlhf.eval import overopt as study
-
-    _print_result(study.run(_config(study.OveroptConfig, config, set_, out), not quiet))
-
-
 def _mount_label_app() -> None:
     from rlhf.feedback.label_cli import label_app
-
-    @label_app.command()
-    def simulate(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
-                 quiet: bool = QuietOpt) -> None:
-        """Sample K responses per world prompt and have a simulated labeler pool rank them."""
-        from rlhf.feedback import simulate as stage
-
-        _print_result(stage.run(_config(stage.SimulateConfig, config, set_, out), not quiet))
 
     @label_app.command("generate")
     def label_generate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m", help="policy HF folder"),
@@ -181,7 +116,9 @@ def _mount_label_app() -> None:
                        temperature: float = typer.Option(0.7), max_new_tokens: int = typer.Option(48),
                        seed: int = typer.Option(0)) -> None:
         """Sample K responses per prompt from a checkpoint into a task file the labeling app imports."""
-        from rlhf.data.jsonl import read_jsonl, write_jsonl
+        from rlhf.data.filters import distinct_responses
+        from rlhf.data.jsonl import write_jsonl
+        from rlhf.data.prompts import load_prompts
         from rlhf.models.lm import load_causal_lm, load_tokenizer
         from rlhf.rollout import SamplingConfig, generate_texts
         from rlhf.world import World
@@ -190,17 +127,12 @@ def _mount_label_app() -> None:
         if prompts is None:
             chosen = [p["prompt"] for p in World().prompts("train")[:n]]
         else:
-            chosen = []
-            for lineno, obj in read_jsonl(prompts):
-                if "prompt" not in obj:
-                    raise RLHFError(f"{prompts}:{lineno}: missing field 'prompt'")
-                chosen.append(obj["prompt"])
-            chosen = chosen[:n]
+            chosen = load_prompts(prompts, messages=False)[:n]
         texts = generate_texts(model, tok, [p for p in chosen for _ in range(k)], SamplingConfig(max_new_tokens, temperature),
                                seed=seed)
         rows, dropped = [], 0
         for i, p in enumerate(chosen):
-            responses = list(dict.fromkeys(t for t in texts[i * k:(i + 1) * k] if t.strip()))
+            responses = distinct_responses(texts[i * k:(i + 1) * k])[0]
             if len(responses) < 2:
                 dropped += 1
                 continue
@@ -211,7 +143,46 @@ def _mount_label_app() -> None:
     app.add_typer(label_app, name="label")
 
 
+study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
 _mount_label_app()
+
+# Every command that runs a config-driven stage: (group, name, module, config class, runner, help). Each takes
+# --config, --set, --out and --quiet, builds the config and prints the run's summary.
+STAGE_COMMANDS = [
+    (None, "pretrain", "rlhf.stages", "PretrainStage", "run_pretrain",
+     "Stage 1: pretrain a causal LM on the world's corpus (or any {\"text\"} JSONL)."),
+    (None, "sft", "rlhf.stages", "SFTStage", "run_sft",
+     "Stage 2: supervised fine-tuning on demonstrations (loss on responses only)."),
+    (None, "reward", "rlhf.train.reward", "RewardConfig", "run", "Stage 3.1: train a reward model on comparisons or rankings."),
+    (None, "ppo", "rlhf.stages", "PPOStage", "run_ppo",
+     "Stage 3.2: PPO against a reward model with a KL penalty to the SFT model (PPO-ptx optional)."),
+    (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
+     "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."),
+    ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",
+     "Sample K responses per world prompt and have a simulated labeler pool rank them."),
+    ("study", "overopt", "rlhf.eval.overopt", "OveroptConfig", "run",
+     "Proxy vs gold reward against sqrt(KL) for best-of-n and along a PPO run (Gao et al. 2022)."),
+]
+
+
+def _stage_command(module: str, cls: str, runner: str):
+    def command(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+                quiet: bool = QuietOpt) -> None:
+        mod = importlib.import_module(module)  # imported when run: `rlhf --help` stays fast
+        _print_result(getattr(mod, runner)(_config(getattr(mod, cls), config, set_, out), not quiet))
+    return command
+
+
+def _register_stages() -> None:
+    from rlhf.feedback.label_cli import label_app
+
+    groups = {None: app, "label": label_app, "study": study_app}
+    for group, name, module, cls, runner, help_ in STAGE_COMMANDS:
+        groups[group].command(name, help=help_)(_stage_command(module, cls, runner))
+
+
+_register_stages()
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise RLHFError(f"{where}: key '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, where, prefix=f"{key}.")
+        return build_config(tp, value, where, prefix=f"{key}.")
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
@@ -77,7 +77,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
-def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
+def build_config(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
+    """`cls` from a mapping, strictly: an unknown key or a value of the wrong type is an error naming it."""
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
@@ -120,7 +121,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(raw) if raw else "")
     _merge_defaults(cls, data)
-    return _build(cls, data, str(path) if path else "--set")
+    cfg = build_config(cls, data, str(path) if path else "--set")
+    if hasattr(cfg, "validate"):
+        cfg.validate()  # settings that are wrong together fail before anything runs
+    return cfg
 
 
 def _merge_defaults(cls, data: dict) -> None:

@@ -7,6 +7,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from rlhf.data.comparisons import load_rankings
+from rlhf.data.sampler import train_eval_split
+from rlhf.errors import RLHFError
 from rlhf.eval.gold_eval import evaluate_policy, plot_gold_by_kind, score_responses, summarize
 from rlhf.eval.reward_eval import best_of_n, heldout_gold_accuracy, plot_reward_eval
 from rlhf.feedback import simulate
@@ -15,7 +20,8 @@ from rlhf.models.reward import load_reward_model
 from rlhf.progress import console
 from rlhf.rollout import SamplingConfig
 from rlhf.rundir import RunDir
-from rlhf.train import ppo, pretrain, reward, sft
+from rlhf.stages import PPOStage, PretrainStage, SFTStage, run_ppo, run_pretrain, run_sft
+from rlhf.train import reward
 from rlhf.world import World, WorldConfig
 
 
@@ -24,14 +30,14 @@ class PipelineConfig:
     out: str = "runs/pipeline"
     seed: int = 0
     world: WorldConfig = field(default_factory=WorldConfig)
-    pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.PretrainConfig)
-    sft: sft.SFTConfig = field(default_factory=sft.SFTConfig)
+    pretrain: PretrainStage = field(default_factory=PretrainStage)
+    sft: SFTStage = field(default_factory=SFTStage)
     labels: simulate.SimulateConfig = field(default_factory=simulate.SimulateConfig)
     reward: reward.RewardConfig = field(default_factory=reward.RewardConfig)
     # PPO-ptx (InstructGPT): the pretraining loss mixed in keeps what pretraining taught. Measured on the
     # default: plain PPO lifts gold by 0.35 but knowledge-question accuracy falls 0.31 -> 0.17; with
     # ptx_coef 2 gold rises by 0.60 and accuracy to 0.62. Set ppo.ptx_coef=0 for plain PPO.
-    ppo: ppo.PPOConfig = field(default_factory=lambda: ppo.PPOConfig(ptx_coef=2.0))
+    ppo: PPOStage = field(default_factory=lambda: PPOStage(ptx_coef=2.0))
     best_of_n: int = 16
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.0))
     # a second table sampled at the policies' own temperature: greedy decoding picks a distribution's mode
@@ -39,15 +45,25 @@ class PipelineConfig:
     eval_sampled_temperature: float | None = 0.7
     stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "labels", "reward", "ppo"])
 
+    def validate(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise RLHFError(f"stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+        for name in STAGES:
+            getattr(getattr(self, name), "validate", lambda: None)()
 
-STAGE_ORDER = ["pretrain", "sft", "labels", "reward", "ppo"]
+
+# the stages in order, each with its runner
+STAGES = {"pretrain": run_pretrain, "sft": run_sft, "labels": simulate.run, "reward": reward.run, "ppo": run_ppo}
 
 
 def _wire(cfg: PipelineConfig, root: Path) -> None:
     """Point every stage at the pipeline's world, seed and the previous stage's output."""
-    for name in STAGE_ORDER:
+    for name in STAGES:
         stage = getattr(cfg, name)
-        stage.world, stage.seed, stage.out = cfg.world, cfg.seed, str(root / name)
+        stage.seed, stage.out = cfg.seed, str(root / name)
+        if hasattr(stage, "world"):
+            stage.world = cfg.world
     cfg.sft.init = str(root / "pretrain" / "model")
     cfg.labels.policy = str(root / "sft" / "model")
     cfg.reward.init = str(root / "sft" / "model")
@@ -57,23 +73,19 @@ def _wire(cfg: PipelineConfig, root: Path) -> None:
 
 
 def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
-    unknown = [s for s in cfg.stages if s not in STAGE_ORDER]
-    if unknown:
-        from rlhf.errors import RLHFError
-        raise RLHFError(f"stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGE_ORDER)}")
+    cfg.validate()
     with RunDir(cfg.out, cfg) as run_dir:
         root = run_dir.path
         _wire(cfg, root)
         world = World(cfg.world)
         world.save(root / "world")
-        runners = {"pretrain": pretrain.run, "sft": sft.run, "labels": simulate.run, "reward": reward.run, "ppo": ppo.run}
         timings = {}
-        for name in STAGE_ORDER:
+        for name, run_stage in STAGES.items():
             if name not in cfg.stages:
                 continue
             console.rule(f"[bold]{name}")
             t = time.time()
-            runners[name](getattr(cfg, name), show_progress)
+            run_stage(getattr(cfg, name), show_progress)
             timings[name] = round(time.time() - t, 1)
         console.rule("[bold]evaluation")
         t = time.time()
@@ -130,10 +142,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
 
 def _reward_vs_gold(cfg: PipelineConfig, root: Path, world: World) -> dict:
     """The reward stage's own held-out split (same seed), judged against the gold reward."""
-    from rlhf.data.comparisons import load_rankings
-
     rankings, _ = load_rankings(cfg.reward.data, on_bad="skip")
-    _, held_out = reward.split(rankings, cfg.reward.eval_fraction, cfg.reward.seed)
+    _, held_out = train_eval_split(rankings, cfg.reward.eval_fraction, torch.Generator().manual_seed(cfg.reward.seed))
     path = root / "reward" / "model"
     return heldout_gold_accuracy(load_reward_model(path), load_tokenizer(path), world, held_out)
 

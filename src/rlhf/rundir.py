@@ -14,9 +14,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
-from rlhf.config import to_dict
+from rlhf.config import dump_yaml
 
 
 class RunDir:
@@ -35,7 +33,7 @@ class RunDir:
         self.path.mkdir(parents=True)
         (self.path / "plots").mkdir()
         if self.config is not None:
-            (self.path / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            (self.path / "config.yaml").write_text(dump_yaml(self.config))
         self._metrics_file = open(self.path / "metrics.jsonl", "w")
         return self
 
@@ -71,10 +69,9 @@ class RunDir:
         if not self._metrics:
             return
         self._plotted = True
-        import matplotlib
+        from rlhf.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         groups = groups or {k: [k] for k in self._metrics}
         for name, keys in groups.items():

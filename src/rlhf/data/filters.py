@@ -34,3 +34,16 @@ def is_dialogue(document: str, min_turns: int = 6) -> bool:
 
 def filter_dialogues(documents: list[str], min_turns: int = 6) -> list[str]:
     return [d for d in documents if is_dialogue(d, min_turns)]
+
+
+def distinct_responses(responses: list[str]) -> tuple[list[str], int, int]:
+    """(the non-empty responses, first occurrences only, in order; how many were empty; how many repeated)."""
+    kept, empty, repeated = [], 0, 0
+    for r in responses:
+        if not r.strip():
+            empty += 1
+        elif r in kept:
+            repeated += 1
+        else:
+            kept.append(r)
+    return kept, empty, repeated

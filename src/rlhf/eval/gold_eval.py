@@ -71,10 +71,9 @@ def write_eval_run(out: str, checkpoint: str, metrics: dict, rows: list[dict]) -
 
 def plot_gold_by_kind(runs: dict[str, list[dict]], path) -> None:
     """Grouped bars: mean gold reward per prompt kind (with standard errors) for each model."""
-    import matplotlib
+    from rlhf.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)

@@ -17,8 +17,9 @@ from rlhf.eval.reward_eval import best_of_n
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.rundir import RunDir
-from rlhf.train import ppo
+from rlhf.stages import PPOStage, run_ppo
 from rlhf.train.common import OptimConfig
+from rlhf.train.ppo import KLConfig
 from rlhf.world import World, WorldConfig
 
 
@@ -32,16 +33,15 @@ class OveroptConfig:
     n_prompts: int = 96
     best_of_n: int = 64
     # a small KL penalty and a slow learning rate: the policy drifts away from SFT gradually, step by step
-    ppo: ppo.PPOConfig = field(default_factory=lambda: ppo.PPOConfig(
-        steps=80, eval_every=5, eval_prompts=96, kl=ppo.KLConfig(beta=0.005),
+    ppo: PPOStage = field(default_factory=lambda: PPOStage(
+        steps=80, eval_every=5, eval_prompts=96, kl=KLConfig(beta=0.005),
         optim=OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="constant")))
 
 
 def _plot(bon: list[dict], ppo_points: list[dict], path: Path) -> None:
-    import matplotlib
+    from rlhf.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110, sharey=False)
     for ax, pts, title in ((axes[0], bon, "best-of-n"), (axes[1], ppo_points, "PPO checkpoints (in step order)")):
@@ -81,7 +81,7 @@ def run(cfg: OveroptConfig, show_progress: bool = True) -> Path:
         p = cfg.ppo
         p.policy, p.reward_model, p.world, p.seed = cfg.policy, cfg.reward_model, cfg.world, cfg.seed
         p.out, p.eval_prompts = str(run_dir.sub("ppo")), cfg.n_prompts
-        ppo.run(p, show_progress)
+        run_ppo(p, show_progress)
         ppo_points = [{"step": row["step"], "proxy": row["eval_proxy"], "gold": row["eval_gold"], "kl": row["eval_kl"]}
                       for _, row in read_jsonl(run_dir.sub("ppo") / "metrics.jsonl") if "eval_proxy" in row]
         _plot(bon, ppo_points, run_dir.sub("plots/overoptimization.png"))

@@ -3,24 +3,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from rlhf.data.chat import encode_prompt_response
-from rlhf.models.reward import score as rm_score
+from rlhf.models.reward import score_texts
+from rlhf.plots import pyplot
 from rlhf.rollout import SamplingConfig, generate_texts
-from rlhf.rollout.engine import left_pad
 from rlhf.world import World
-
-
-@torch.no_grad()
-def score_texts(reward_model, tokenizer, prompts: list, responses: list[str], max_len: int = 256,
-                batch_size: int = 128) -> list[float]:
-    seqs = [encode_prompt_response(tokenizer, p, r, max_len) for p, r in zip(prompts, responses)]
-    out = []
-    for i in range(0, len(seqs), batch_size):
-        ids, mask = left_pad(seqs[i:i + batch_size], tokenizer.pad_token_id)
-        out += rm_score(reward_model, ids, mask).tolist()
-    return out
 
 
 def best_of_n(policy, reward_model, tokenizer, world: World, prompts: list[dict], n_max: int = 64,
@@ -55,11 +41,14 @@ def heldout_gold_accuracy(reward_model, tokenizer, world: World, rankings) -> di
     gold differs), how often the labels did, and the RM's scores grouped by prompt kind."""
     rm_agree = label_agree = total = 0
     by_kind: dict[str, list[float]] = {}
+    flat = score_texts(reward_model, tokenizer, [list(r.prompt) for r in rankings for _ in r.responses],
+                       [resp for r in rankings for resp in r.responses])
+    offset = 0
     for r in rankings:
         prompt = list(r.prompt)
         judged = [world.score(prompt, resp) for resp in r.responses]
         gold, kind = [s.total for s in judged], judged[0].kind
-        rm = score_texts(reward_model, tokenizer, [prompt] * r.k, list(r.responses))
+        rm, offset = flat[offset:offset + r.k], offset + r.k
         by_kind.setdefault(kind, []).extend(rm)
         for i in range(r.k):
             for j in range(i + 1, r.k):
@@ -73,11 +62,7 @@ def heldout_gold_accuracy(reward_model, tokenizer, world: World, rankings) -> di
 
 def plot_reward_eval(curve: list[dict], rm_by_kind: dict[str, list[float]], path) -> None:
     """Left: gold and proxy of the RM's pick among n samples. Right: RM score distribution per prompt kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
     ns = [c["n"] for c in curve]
     a.plot(ns, [c["gold"] for c in curve], "o-", label="gold of RM's pick")

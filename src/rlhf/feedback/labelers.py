@@ -110,13 +110,6 @@ class LabelerPool:
             prev = noisy[i]
         return ranks
 
-    def likert(self, labeler: Labeler, item: tuple, rng: random.Random,
-               center: float = 0.0, scale: float = 1.5) -> int:
-        """A 1-7 rating: 4 at the gold center, noisy like the labeler's comparisons."""
-        lab = self._scaled(labeler)
-        value = 4 + scale * (lab.utility(*item) - center) + rng.gauss(0, lab.temperature)
-        return max(1, min(7, round(value)))
-
 
 def features(pool: LabelerPool, gold: float, response: str) -> tuple[float, int, float]:
     """(gold, words, taste): what a labeler's judgement of one response depends on."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf.data.comparisons import write_rankings
+from rlhf.data.filters import distinct_responses
 from rlhf.feedback.labelers import LabelerPool, LabelerPoolConfig, features, label_rankings
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.progress import progress_bar
@@ -40,14 +41,9 @@ def sample_items(world: World, model, tokenizer, prompts: list[dict], k: int, sa
             bar.advance(len(flat[i:i + chunk]))
     items, dropped = [], {"duplicate_responses": 0, "empty_responses": 0, "prompts_with_fewer_than_2": 0}
     for n, p in enumerate(prompts):
-        responses = []
-        for r in texts[n * k:(n + 1) * k]:
-            if not r.strip():
-                dropped["empty_responses"] += 1
-            elif r in responses:
-                dropped["duplicate_responses"] += 1
-            else:
-                responses.append(r)
+        responses, empty, repeated = distinct_responses(texts[n * k:(n + 1) * k])
+        dropped["empty_responses"] += empty
+        dropped["duplicate_responses"] += repeated
         if len(responses) < 2:
             dropped["prompts_with_fewer_than_2"] += 1
             continue

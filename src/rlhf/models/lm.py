@@ -78,3 +78,38 @@ def save_model(model, tokenizer, directory: str | Path) -> None:
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- forward passes every model shares
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: left- and right-padded batches see the same positions."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) column of each row's last attended (mask = 1) entry."""
+    return (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(1)
+
+
+def backbone(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None):
+    """The transformer's last hidden states (no LM or score head), positions from the mask unless given."""
+    positions = position_ids(attention_mask) if positions is None else positions
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False):
+    """log p(token) under softmax(logits / temperature), and optionally the entropy (without gradient:
+    it is a statistic, not part of the loss)."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy

@@ -2,7 +2,6 @@
 with a chat template, EOS and PAD (distinct: pad = eos would mask the real EOS and the model never stops)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -34,7 +33,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
     fast.chat_template = CHAT_TEMPLATE
     return fast
-
-
-def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | Path) -> None:
-    tok.save_pretrained(str(directory))

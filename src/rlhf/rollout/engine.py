@@ -16,7 +16,9 @@ import torch
 # transformers 5 renames the cache argument; `past_key_values` is the name every supported version takes
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
+from rlhf.data.batching import left_pad  # noqa: F401 (part of this API)
 from rlhf.data.chat import decode_response, encode_prompt
+from rlhf.models.lm import logprobs_from_logits, position_ids  # noqa: F401 (position_ids: part of this API)
 
 
 @dataclass
@@ -43,20 +45,6 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.response_mask], 1)
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _keep_kwargs(model, n: int) -> dict:
@@ -151,19 +139,3 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                    **_keep_kwargs(model, keep)).logits[:, -keep:-1]
     return logprobs_from_logits(logits, input_ids[:, response_start:], temperature, with_entropy)
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
-                         with_entropy: bool = False):
-    """log p(token) under softmax(logits / temperature), and optionally the entropy (without gradient:
-    it is a statistic, not part of the loss)."""
-    logits = logits.float()
-    if temperature > 0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
-    if not with_entropy:
-        return logp
-    with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy

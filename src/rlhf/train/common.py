@@ -60,9 +60,18 @@ def make_optimizer(model, cfg: OptimConfig, total_steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+class NonFiniteLoss(RLHFError):
+    """A loss became NaN or infinite: the run stops. `updates_applied`: optimizer steps already taken in
+    the failing step (a trainer keeps the weights only when there were none)."""
+
+    def __init__(self, message: str, updates_applied: int = 0):
+        super().__init__(message)
+        self.updates_applied = updates_applied
+
+
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss).all():
-        raise RLHFError(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)")
+        raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)")
 
 
 def optimizer_step(accelerator: Accelerator, model, opt, sched, loss: torch.Tensor, step: int, grad_clip: float) -> float:

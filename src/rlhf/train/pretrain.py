@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.jsonl import read_jsonl
+from rlhf.data.packing import PackedStream, load_texts, pack
+from rlhf.data.sampler import train_eval_split
 from rlhf.errors import RLHFError
 from rlhf.models.lm import count_parameters, create_model, load_tokenizer, save_model
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
-from rlhf.world import World, WorldConfig
 
 
 @dataclass
@@ -29,8 +29,7 @@ class ModelConfig:
 class PretrainConfig:
     out: str = "runs/pretrain"
     seed: int = 0
-    world: WorldConfig = field(default_factory=WorldConfig)
-    corpus: str | None = None  # JSONL of {"text": ...}; default: the world's corpus
+    corpus: str | None = None  # JSONL of {"text": ...}; `rlhf pretrain` defaults to the world's corpus
     tokenizer: str | None = None  # an existing tokenizer folder; default: train one on the corpus
     vocab_size: int = 2048
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -40,59 +39,6 @@ class PretrainConfig:
     seq_len: int = 128
     eval_fraction: float = 0.05
     eval_every: int = 100
-
-
-def load_corpus(cfg: PretrainConfig, world: World) -> list[str]:
-    if cfg.corpus is None:
-        return world.corpus()
-    docs = []
-    for lineno, obj in read_jsonl(cfg.corpus):
-        if not isinstance(obj.get("text"), str):
-            raise RLHFError(f"{cfg.corpus}:{lineno}: missing string field 'text'")
-        docs.append(obj["text"])
-    return docs
-
-
-def pack(tokenizer, docs: list[str], seq_len: int) -> torch.Tensor:
-    """Concatenate documents separated by EOS and cut into (n, seq_len + 1) blocks."""
-    stream: list[int] = []
-    for d in docs:
-        stream += tokenizer.encode(d, add_special_tokens=False) + [tokenizer.eos_token_id]
-    n = (len(stream) - 1) // seq_len
-    if n < 1:
-        raise RLHFError(f"corpus too small: {len(stream)} tokens for seq_len {seq_len}")
-    t = torch.tensor(stream[: n * seq_len + 1])
-    return torch.stack([t[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
-
-
-class PackedStream:
-    """Training batches of packed text. Every pass over the corpus shuffles the documents and packs them
-    anew, so a fact is seen next to different neighbours each time: with fixed blocks a small corpus is
-    learnt as memorized block sequences (train loss near 0, held-out loss high) instead of as facts."""
-
-    def __init__(self, tokenizer, docs: list[str], seq_len: int, generator: torch.Generator):
-        self.docs = [tokenizer.encode(d, add_special_tokens=False) + [tokenizer.eos_token_id] for d in docs]
-        self.seq_len, self.generator = seq_len, generator
-        self.blocks, self.position, self.epoch = torch.empty(0), 0, 0
-        if sum(map(len, self.docs)) <= seq_len:
-            raise RLHFError(f"corpus too small: {sum(map(len, self.docs))} tokens for seq_len {seq_len}")
-
-    def _repack(self) -> None:
-        stream = [t for i in torch.randperm(len(self.docs), generator=self.generator).tolist() for t in self.docs[i]]
-        n = (len(stream) - 1) // self.seq_len
-        t = torch.tensor(stream[: n * self.seq_len + 1])
-        self.blocks = torch.stack([t[i * self.seq_len: (i + 1) * self.seq_len + 1] for i in range(n)])
-        self.position, self.epoch = 0, self.epoch + 1
-
-    def batch(self, n: int) -> torch.Tensor:
-        rows = []
-        while len(rows) < n:
-            if self.position >= len(self.blocks):
-                self._repack()
-            take = self.blocks[self.position: self.position + n - len(rows)]
-            rows += list(take)
-            self.position += len(take)
-        return torch.stack(rows)
 
 
 @torch.no_grad()
@@ -107,20 +53,21 @@ def eval_loss(model, blocks: torch.Tensor, batch_size: int) -> float:
     return sum(losses) / len(losses)
 
 
-def run(cfg: PretrainConfig, show_progress: bool = True) -> Path:
-    world = World(cfg.world)
-    docs = load_corpus(cfg, world)
+def run(cfg: PretrainConfig, show_progress: bool = True, *, docs: list[str] | None = None,
+        tokenizer_texts: list[str] = ()) -> Path:
+    """Pretrain on `docs` (or the `corpus` file); a new tokenizer also learns from `tokenizer_texts`."""
+    if cfg.corpus is not None:
+        docs = load_texts(cfg.corpus)
+    if not docs:
+        raise RLHFError("pretrain: no text to train on; set corpus to a JSONL file of {\"text\": ...}")
     rng = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(docs), generator=rng).tolist()
-    n_eval = max(1, int(len(docs) * cfg.eval_fraction))
-    eval_docs, train_docs = [docs[i] for i in order[:n_eval]], [docs[i] for i in order[n_eval:]]
+    train_docs, eval_docs = train_eval_split(docs, cfg.eval_fraction, rng, min_eval=1)
     accelerator = make_accelerator(cfg.seed)
     with RunDir(cfg.out, cfg) as run_dir:
         if cfg.tokenizer:
             tokenizer = load_tokenizer(cfg.tokenizer)
         else:
-            texts = docs + [m["content"] for d in world.demonstrations() for m in d["messages"]]
-            tokenizer = train_tokenizer(texts, cfg.vocab_size)
+            tokenizer = train_tokenizer(list(docs) + list(tokenizer_texts), cfg.vocab_size)
         train_stream = PackedStream(tokenizer, train_docs, cfg.seq_len, rng)
         eval_blocks = pack(tokenizer, eval_docs, min(cfg.seq_len, 64))
         model = create_model(cfg.model.size, tokenizer, cfg.model.arch, cfg.model.max_len, cfg.seed)

@@ -18,9 +18,11 @@ from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_respons
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.errors import RLHFError
 from rlhf.models.lm import load_tokenizer
-from rlhf.models.reward import _head, init_reward_model, raw_scores
+from rlhf.data.batching import left_pad
+from rlhf.data.sampler import IndexStream, train_eval_split
+from rlhf.models.lm import backbone
+from rlhf.models.reward import init_reward_model, raw_scores, score_head, score_sequences
 from rlhf.progress import progress_bar
-from rlhf.rollout.engine import left_pad
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 
@@ -44,6 +46,10 @@ class RewardConfig:
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=5, weight_decay=0.0,
                                                                    schedule="linear", betas=(0.9, 0.999)))
+
+    def validate(self) -> None:
+        if self.ties not in ("skip", "half"):
+            raise RLHFError(f"ties: expected 'skip' or 'half', got '{self.ties}'")
 
 
 def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "skip", margin: float = 0.0):
@@ -129,9 +135,9 @@ def packed_scores(model, rows: list[PackedRow], pad_id: int, device) -> torch.Te
     mask = allowed[:, None]
     if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
         mask = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    hidden = backbone(model, ids, mask, positions=pos)
     pooled = hidden[torch.tensor(last_row, device=device), torch.tensor(last_col, device=device)]
-    values = _head(model)(pooled).squeeze(-1)
+    values = score_head(model)(pooled).squeeze(-1)
     order = torch.empty(n_out, dtype=torch.long, device=device)
     order[torch.tensor(out_idx, device=device) - min(out_idx)] = torch.arange(n_out, device=device)
     return values[order]
@@ -142,22 +148,15 @@ def batch_scores(model, seqs: list[list[int]], pad_id: int, device) -> torch.Ten
     return raw_scores(model, ids.to(device), mask.to(device))
 
 
-@torch.no_grad()
-def score_all(model, encoded: list[list[list[int]]], pad_id: int, device, batch: int = 64) -> list[list[float]]:
+def score_all(model, encoded: list[list[list[int]]], pad_id: int) -> list[list[float]]:
+    """Raw scores of encoded rankings, grouped like them (the one scoring API, `score_sequences`)."""
     model.eval()
-    flat = [s for group in encoded for s in group]
-    out: list[float] = []
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]))  # similar lengths together: less padding
-    values = [0.0] * len(flat)
-    for i in range(0, len(order), batch):
-        idx = order[i:i + batch]
-        for j, v in zip(idx, batch_scores(model, [flat[j] for j in idx], pad_id, device).tolist()):
-            values[j] = v
-    k = 0
-    for group in encoded:
-        out.append(values[k:k + len(group)])
-        k += len(group)
+    flat = score_sequences(model, [s for group in encoded for s in group], pad_id, normalize=False)
     model.train()
+    out, k = [], 0
+    for group in encoded:
+        out.append(flat[k:k + len(group)])
+        k += len(group)
     return out
 
 
@@ -174,10 +173,9 @@ def pairwise_accuracy(rankings: list[Ranking], scores: list[list[float]]) -> tup
 
 
 def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
-    import matplotlib
+    from rlhf.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = []
     for b in range(bins):
@@ -204,10 +202,7 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buck
     index is still seen once per epoch and batch order stays random."""
     rng = torch.Generator().manual_seed(seed)
     need = steps * batch_size
-    stream: list[int] = []
-    while len(stream) < need:
-        stream += torch.randperm(len(lengths), generator=rng).tolist()
-    stream = stream[:need]
+    stream = IndexStream(len(lengths), rng).take(need)
     out: list[list[int]] = []
     window = batch_size * max(1, buckets)
     for w in range(0, need, window):
@@ -221,17 +216,10 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buck
     return out
 
 
-def split(rankings: list[Ranking], eval_fraction: float, seed: int) -> tuple[list[Ranking], list[Ranking]]:
-    order = torch.randperm(len(rankings), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_eval = int(len(rankings) * eval_fraction)
-    return [rankings[i] for i in order[n_eval:]], [rankings[i] for i in order[:n_eval]]
-
-
 def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
-    if cfg.ties not in ("skip", "half"):
-        raise RLHFError(f"ties: expected 'skip' or 'half', got '{cfg.ties}'")
+    cfg.validate()
     rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
-    train_set, eval_set = split(rankings, cfg.eval_fraction, cfg.seed)
+    train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(cfg.seed))
     tokenizer = load_tokenizer(cfg.init)
     accelerator = make_accelerator(cfg.seed)
     model = init_reward_model(cfg.init, cfg.seed)
@@ -273,12 +261,12 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
                   "steps": steps, "train_seconds": train_seconds, "pairs_per_s": pairs_seen / train_seconds}
         sections: dict = {}
         if eval_set:
-            eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id, accelerator.device)
+            eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id)
             acc, calib = pairwise_accuracy(eval_set, eval_scores)
             result["eval_pairwise_accuracy"] = acc
             sections["calibration"] = plot_calibration(calib, run_dir.sub("plots/calibration.png"))
         if cfg.normalize:
-            train_scores = score_all(model, train_enc, tokenizer.pad_token_id, accelerator.device)
+            train_scores = score_all(model, train_enc, tokenizer.pad_token_id)
             flat = torch.tensor([v for g in train_scores for v in g])
             model.config.rlhf_reward_offset = float(flat.mean())
             result["reward_offset"] = float(flat.mean())

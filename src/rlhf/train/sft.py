@@ -10,12 +10,12 @@ import torch
 from rlhf.data.chat import IGNORE, encode_dialogue
 from rlhf.data.filters import is_dialogue
 from rlhf.data.jsonl import read_jsonl
+from rlhf.data.sampler import IndexStream
 from rlhf.errors import RLHFError
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
-from rlhf.world import World, WorldConfig
 
 
 @dataclass
@@ -23,8 +23,7 @@ class SFTConfig:
     out: str = "runs/sft"
     seed: int = 0
     init: str = "runs/pretrain/model"
-    world: WorldConfig = field(default_factory=WorldConfig)
-    data: str | None = None  # JSONL of {"messages"} or {"prompt", "completion"}; default: the world's demonstrations
+    data: str | None = None  # JSONL of {"messages"} or {"prompt", "completion"}; `rlhf sft`: the world's demonstrations
     dialogue_filter: bool = False  # Gopher heuristic on {"text"} documents turned into dialogues
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.0))
     epochs: float = 6.0  # the demonstrations are small: fewer passes leave samples at T=1 garbled
@@ -56,10 +55,8 @@ def _text_to_messages(text: str, where: str) -> list[dict]:
     return [{"role": "user" if s.strip() == speakers[0] else "assistant", "content": c.strip()} for s, c in turns]
 
 
-def load_dialogues(cfg: SFTConfig, world: World) -> tuple[list[list[dict]], int]:
-    """(dialogues, number dropped by the dialogue filter)."""
-    if cfg.data is None:
-        return [d["messages"] for d in world.demonstrations()], 0
+def load_dialogues(cfg: SFTConfig) -> tuple[list[list[dict]], int]:
+    """(dialogues from cfg.data, number dropped by the dialogue filter)."""
     out, dropped = [], 0
     for lineno, obj in read_jsonl(cfg.data):
         if cfg.dialogue_filter and "text" in obj and not is_dialogue(obj["text"]):
@@ -86,9 +83,13 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
-def run(cfg: SFTConfig, show_progress: bool = True) -> Path:
-    world = World(cfg.world)
-    dialogues, dropped = load_dialogues(cfg, world)  # bad data fails before the model is loaded
+def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict]] | None = None) -> Path:
+    """Fine-tune on `dialogues` (message lists), or on the `data` file when it is set."""
+    dropped = 0
+    if cfg.data is not None:
+        dialogues, dropped = load_dialogues(cfg)  # bad data fails before the model is loaded
+    if not dialogues:
+        raise RLHFError("sft: no dialogues to train on; set data to a JSONL file of {\"messages\"}")
     tokenizer = load_tokenizer(cfg.init)
     model = load_causal_lm(cfg.init)
     examples = [encode_dialogue(tokenizer, d, cfg.max_len) for d in dialogues]
@@ -98,15 +99,12 @@ def run(cfg: SFTConfig, show_progress: bool = True) -> Path:
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
-    rng = torch.Generator().manual_seed(cfg.seed)
+    order = IndexStream(len(examples), torch.Generator().manual_seed(cfg.seed))
     with RunDir(cfg.out, cfg) as run_dir:
         t0 = time.time()
-        order: list[int] = []
         with progress_bar("sft", steps, show_progress and accelerator.is_main_process) as bar:
             for step in range(steps):
-                if len(order) < cfg.batch_size:
-                    order += torch.randperm(len(examples), generator=rng).tolist()
-                idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+                idx = order.take(cfg.batch_size)
                 batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = response_loss(logits, batch["labels"])

@@ -199,6 +199,6 @@ class World:
 
     @classmethod
     def load(cls, directory: str | Path) -> "World":
-        from rlhf.config import _build
+        from rlhf.config import build_config
         meta = json.loads((Path(directory) / "world.json").read_text())
-        return cls(_build(WorldConfig, meta["config"], str(directory)))
+        return cls(build_config(WorldConfig, meta["config"], str(directory)))

@@ -18,7 +18,7 @@ from rlhf.feedback.app.models import Assignment, Label, LoginSession, Project, T
 from rlhf.feedback.app.plots import hbar_chart, histogram
 from rlhf.feedback.app.projects import create_project, get_project
 from rlhf.feedback.app.quality import quality_report
-from rlhf.feedback.app.web import templates
+from rlhf.feedback.app.templating import templates
 
 router = APIRouter(prefix="/admin")
 

@@ -12,7 +12,7 @@ from rlhf.feedback.app.accounts import SESSION_LIFETIME, authenticate, end_sessi
 from rlhf.feedback.app.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, csrf_session, current_session, get_db,
                                     tokens_match)
 from rlhf.feedback.app.models import LoginSession
-from rlhf.feedback.app.web import templates
+from rlhf.feedback.app.templating import templates
 
 router = APIRouter()
 

@@ -12,7 +12,7 @@ from rlhf.errors import RLHFError
 from rlhf.feedback.app.deps import csrf_session, current_session, get_db
 from rlhf.feedback.app.models import Assignment, LoginSession, Project, Task
 from rlhf.feedback.app.projects import FLAGS, BadLabel, get_project, next_assignment, progress, submit
-from rlhf.feedback.app.web import templates
+from rlhf.feedback.app.templating import templates
 
 router = APIRouter()
 

@@ -1,19 +1,15 @@
 """The FastAPI application: wiring of database, templates, static files and routers."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
+from rlhf.feedback.app import routes_admin, routes_auth, routes_label
 from rlhf.feedback.app.accounts import LoginRateLimiter
 from rlhf.feedback.app.db import open_database
 from rlhf.feedback.app.deps import LoginRequired
-
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
+from rlhf.feedback.app.templating import HERE, templates
 
 
 def wants_json(request: Request) -> bool:
@@ -22,8 +18,6 @@ def wants_json(request: Request) -> bool:
 
 def create_app(db: str) -> FastAPI:
     """`db` is a SQLite file path or a database URL; the schema is migrated before serving."""
-    from rlhf.feedback.app import routes_admin, routes_auth, routes_label
-
     app = FastAPI(title="rlhf labeling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sessions = open_database(db)
     app.state.login_limiter = LoginRateLimiter()

@@ -1,0 +1,84 @@
+"""Checkpoints a trainer continues from exactly: models, optimizer and scheduler states, every RNG, the
+data position and the trainer's scalars.
+
+A checkpoint folder holds one subfolder per model (a Hugging Face folder, or `model.safetensors` for a
+plain module such as a value head), `trainer_state.pt` (optimizers, schedulers, data streams, RNGs)
+and `state.json` (the step and the trainer's scalars, readable by people).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from rlhf.errors import RLHFError
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+@dataclass
+class TrainerState:
+    """What a trainer saves and restores. `models`: name -> module; `stateful`: name -> anything with
+    state_dict()/load_state_dict() (optimizers, schedulers, index streams); `generators`: the trainer's
+    own torch generators. The tokenizer is saved beside every Hugging Face model."""
+    models: dict[str, Any]
+    stateful: dict[str, Any] = field(default_factory=dict)
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+    tokenizer: Any = None
+
+    def save(self, path: Path, step: int, **scalars) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        for name, model in self.models.items():
+            model = _unwrap(model)
+            if isinstance(model, PreTrainedModel):
+                model.save_pretrained(str(path / name), safe_serialization=True)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(str(path / name))
+            else:
+                (path / name).mkdir(exist_ok=True)
+                save_file(model.state_dict(), str(path / name / "model.safetensors"))
+        torch.save({"stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+                    "generators": {k: g.get_state() for k, g in self.generators.items()},
+                    "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+                    "torch_rng": torch.get_rng_state()}, path / "trainer_state.pt")
+        (path / "state.json").write_text(json.dumps({"step": step, **scalars}))
+
+    def load(self, path: str | Path, trainer: str, mismatch_hint: str = "") -> dict:
+        """Restore everything from `path`; returns state.json (step and scalars)."""
+        path = Path(path)
+        if not (path / "state.json").is_file():
+            raise RLHFError(f"resume: {path} is not a {trainer} checkpoint (no state.json)")
+        for name, model in self.models.items():
+            _load_weights(_unwrap(model), path / name, name, mismatch_hint)
+        blob = torch.load(path / "trainer_state.pt", weights_only=False)
+        for k, obj in self.stateful.items():
+            obj.load_state_dict(blob["stateful"][k])
+        for k, g in self.generators.items():
+            if k in blob["generators"]:  # e.g. a PPO-ptx run resumed from a plain PPO checkpoint
+                g.set_state(blob["generators"][k])
+        random.setstate(blob["python_rng"])
+        np.random.set_state(blob["numpy_rng"])
+        torch.set_rng_state(blob["torch_rng"])
+        return json.loads((path / "state.json").read_text())
+
+
+def _load_weights(model, folder: Path, name: str, hint: str) -> None:
+    weights = load_file(str(folder / "model.safetensors"))
+    tied = isinstance(model, PreTrainedModel) and model.config.tie_word_embeddings
+    if tied:  # tied output weights are saved once
+        weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+    expected = set(model.state_dict()) - ({"lm_head.weight"} if tied else set())
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise RLHFError(f"resume: {folder} does not match this run's {name} model{f' ({hint})' if hint else ''} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(weights, strict=False)
