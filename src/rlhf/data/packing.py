@@ -51,6 +51,13 @@ class PackedStream:
         self.blocks = torch.stack([t[i * self.seq_len: (i + 1) * self.seq_len + 1] for i in range(n)])
         self.position, self.epoch = 0, self.epoch + 1
 
+    def state_dict(self) -> dict:
+        return {"blocks": self.blocks, "position": self.position, "epoch": self.epoch, "order": self.order.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.blocks, self.position, self.epoch = state["blocks"], state["position"], state["epoch"]
+        self.order.load_state_dict(state["order"])
+
     def batch(self, n: int) -> torch.Tensor:
         rows = []
         while len(rows) < n:

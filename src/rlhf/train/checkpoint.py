@@ -54,9 +54,7 @@ class TrainerState:
 
     def load(self, path: str | Path, trainer: str, mismatch_hint: str = "") -> dict:
         """Restore everything from `path`; returns state.json (step and scalars)."""
-        path = Path(path)
-        if not (path / "state.json").is_file():
-            raise RLHFError(f"resume: {path} is not a {trainer} checkpoint (no state.json)")
+        path = checkpoint_dir(path, trainer)
         for name, model in self.models.items():
             _load_weights(_unwrap(model), path / name, name, mismatch_hint)
         blob = torch.load(path / "trainer_state.pt", weights_only=False)
@@ -71,6 +69,13 @@ class TrainerState:
         return json.loads((path / "state.json").read_text())
 
 
+def checkpoint_dir(path: str | Path, trainer: str) -> Path:
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise RLHFError(f"resume: {path} is not a {trainer} checkpoint (no state.json)")
+    return path
+
+
 def _load_weights(model, folder: Path, name: str, hint: str) -> None:
     weights = load_file(str(folder / "model.safetensors"))
     tied = isinstance(model, PreTrainedModel) and model.config.tie_word_embeddings
@@ -82,3 +87,14 @@ def _load_weights(model, folder: Path, name: str, hint: str) -> None:
         raise RLHFError(f"resume: {folder} does not match this run's {name} model{f' ({hint})' if hint else ''} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.load_state_dict(weights, strict=False)
+
+
+def resume(state: TrainerState, path: str | Path | None, trainer: str, steps: int, mismatch_hint: str = "") -> tuple[int, dict]:
+    """(step to start from, the checkpoint's scalars): (0, {}) without a checkpoint to resume from."""
+    if not path:
+        return 0, {}
+    scalars = state.load(path, trainer, mismatch_hint)
+    start = int(scalars["step"])
+    if start >= steps:
+        raise RLHFError(f"resume: {path} is at step {start}, and this run has steps={steps}: nothing to do")
+    return start, scalars

@@ -28,7 +28,7 @@ from rlhf.models.value import VALUE_INITS, load_value_model
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.experience import Experience, Models, policy_forward, rollout
 from rlhf.rundir import RunDir
-from rlhf.train.checkpoint import TrainerState
+from rlhf.train.checkpoint import TrainerState, resume
 from rlhf.train.common import NonFiniteLoss, OptimConfig, make_accelerator, make_optimizer
 from rlhf.train.loop import Hooks, rl_loop
 
@@ -326,12 +326,9 @@ def run(cfg: PPOConfig, show_progress: bool = True, *, prompts: list | None = No
     ptx_docs = load_texts(cfg.ptx_data) if cfg.ptx_data else ptx_docs
     if cfg.ptx_coef > 0 and not ptx_docs:
         raise RLHFError("ptx_coef > 0 needs pretraining text: set ptx_data to a JSONL file of {\"text\": ...}")
-    t, start = setup(cfg, prompts, ptx_docs), 0
-    if cfg.resume:
-        state = t.state().load(cfg.resume, "PPO", mismatch_hint="value_init differs?")
-        t.kl_ctl.beta, start = state["beta"], int(state["step"])
-        if start >= cfg.steps:
-            raise RLHFError(f"resume: {cfg.resume} is at step {start}, and this run has steps={cfg.steps}: nothing to do")
+    t = setup(cfg, prompts, ptx_docs)
+    start, scalars = resume(t.state(), cfg.resume, "PPO", cfg.steps, mismatch_hint="value_init differs?")
+    t.kl_ctl.beta = scalars.get("beta", t.kl_ctl.beta)
     with RunDir(cfg.out, cfg) as run_dir:
         failed = rl_loop(t, cfg, run_dir, start, Hooks(**hooks), show_progress and t.accelerator.is_main_process, "PPO")
     if failed:

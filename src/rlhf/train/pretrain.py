@@ -15,6 +15,7 @@ from rlhf.models.lm import count_parameters, create_model, load_tokenizer, save_
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+from rlhf.train.checkpoint import TrainerState, checkpoint_dir, resume
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 
 
@@ -39,6 +40,8 @@ class PretrainConfig:
     seq_len: int = 128
     eval_fraction: float = 0.05
     eval_every: int = 100
+    save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
+    resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
 
 
 @torch.no_grad()
@@ -64,8 +67,8 @@ def run(cfg: PretrainConfig, show_progress: bool = True, *, docs: list[str] | No
     train_docs, eval_docs = train_eval_split(docs, cfg.eval_fraction, rng, min_eval=1)
     accelerator = make_accelerator(cfg.seed)
     with RunDir(cfg.out, cfg) as run_dir:
-        if cfg.tokenizer:
-            tokenizer = load_tokenizer(cfg.tokenizer)
+        if cfg.tokenizer or cfg.resume:
+            tokenizer = load_tokenizer(cfg.tokenizer or checkpoint_dir(cfg.resume, "pretraining") / "model")
         else:
             tokenizer = train_tokenizer(list(docs) + list(tokenizer_texts), cfg.vocab_size)
         train_stream = PackedStream(tokenizer, train_docs, cfg.seq_len, rng)
@@ -74,29 +77,34 @@ def run(cfg: PretrainConfig, show_progress: bool = True, *, docs: list[str] | No
         opt, sched = make_optimizer(model, cfg.optim, cfg.steps)
         model, opt = accelerator.prepare(model, opt)
         model.train()
+        state = TrainerState({"model": model}, {"opt": opt, "sched": sched, "data": train_stream}, tokenizer=tokenizer)
+        start, _ = resume(state, cfg.resume, "pretraining", cfg.steps)
         n_params = count_parameters(model)
         tokens_per_step = cfg.batch_size * cfg.seq_len * accelerator.num_processes
         t0, last_eval = time.time(), float("nan")
-        with progress_bar("pretrain", cfg.steps, show_progress and accelerator.is_main_process) as bar:
-            for step in range(cfg.steps):
+        with progress_bar("pretrain", cfg.steps - start, show_progress and accelerator.is_main_process) as bar:
+            for step in range(start, cfg.steps):
                 batch = train_stream.batch(cfg.batch_size).to(accelerator.device)
                 logits = model(input_ids=batch[:, :-1]).logits
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
                 grad_norm = optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
                 row = {"loss": loss.item(), "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "tokens_per_s": tokens_per_step * (step + 1) / (time.time() - t0)}
+                       "tokens_per_s": tokens_per_step * (step + 1 - start) / (time.time() - t0)}
                 if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                     last_eval = eval_loss(accelerator.unwrap_model(model), eval_blocks, 64)
                     row.update(eval_loss=last_eval, eval_ppl=math.exp(last_eval))
                 run_dir.log(step + 1, **row)
                 bar.advance(loss=row["loss"], eval_loss=last_eval)
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                    state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1)
         elapsed = time.time() - t0
         if accelerator.is_main_process:
             save_model(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Pretraining", {
                 "result": {"parameters": n_params, "steps": cfg.steps, "final_train_loss": row["loss"],
                            "eval_loss": last_eval, "eval_perplexity": math.exp(last_eval),
-                           "tokens_seen": tokens_per_step * cfg.steps, "tokens_per_s": tokens_per_step * cfg.steps / elapsed,
+                           "tokens_seen": tokens_per_step * cfg.steps,
+                           "tokens_per_s": tokens_per_step * (cfg.steps - start) / elapsed,
                            "corpus_passes": train_stream.epoch, "eval_docs": len(eval_docs)},
                 "checkpoint": "model/ (Hugging Face folder: AutoModelForCausalLM.from_pretrained)"})
     return Path(cfg.out)

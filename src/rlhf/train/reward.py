@@ -24,6 +24,7 @@ from rlhf.models.lm import backbone
 from rlhf.models.reward import init_reward_model, raw_scores, score_head, score_sequences
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+from rlhf.train.checkpoint import TrainerState, resume
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 
 
@@ -44,6 +45,8 @@ class RewardConfig:
     normalize: bool = True
     pack_responses: bool = True  # forward a ranking's shared prompt once, its K responses beside it (same scores)
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
+    save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
+    resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=5, weight_decay=0.0,
                                                                    schedule="linear", betas=(0.9, 0.999)))
 
@@ -236,10 +239,13 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     else:
         lengths = [max(len(s) for s in group) for group in train_enc]
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
+    state = TrainerState({"model": model}, {"opt": opt, "sched": sched}, tokenizer=tokenizer)
+    start, scalars = resume(state, cfg.resume, "reward model", steps)
     with RunDir(cfg.out, cfg) as run_dir:
-        t0, pairs_seen = time.time(), 0
-        with progress_bar("reward", steps, show_progress and accelerator.is_main_process) as bar:
-            for step, idx in enumerate(schedule):
+        t0, pairs_seen = time.time(), scalars.get("pairs_seen", 0)
+        with progress_bar("reward", steps - start, show_progress and accelerator.is_main_process) as bar:
+            for step in range(start, steps):
+                idx = schedule[step]
                 if cfg.pack_responses:
                     rows, start = [], 0
                     for i in idx:  # response indices follow the order of `idx`, as ranking_loss expects
@@ -255,6 +261,8 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
                 run_dir.log(step + 1, loss=loss.item(), train_accuracy=correct / max(1, n_pairs),
                             pairs_per_s=pairs_seen / (time.time() - t0))
                 bar.advance(loss=loss.item(), acc=correct / max(1, n_pairs))
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+                    state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1, pairs_seen=pairs_seen)
         train_seconds = time.time() - t0
         model = accelerator.unwrap_model(model)
         result = {"rankings_train": len(train_set), "rankings_eval": len(eval_set), "pairs_trained": pairs_seen,

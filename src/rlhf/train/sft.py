@@ -15,6 +15,7 @@ from rlhf.errors import RLHFError
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+from rlhf.train.checkpoint import TrainerState, resume
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 
 
@@ -29,6 +30,8 @@ class SFTConfig:
     epochs: float = 6.0  # the demonstrations are small: fewer passes leave samples at T=1 garbled
     batch_size: int = 32
     max_len: int = 128
+    save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
+    resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
 
 
 def _to_messages(obj: dict, where: str) -> list[dict]:
@@ -100,10 +103,12 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
     model, opt = accelerator.prepare(model, opt)
     model.train()
     order = IndexStream(len(examples), torch.Generator().manual_seed(cfg.seed))
+    state = TrainerState({"model": model}, {"opt": opt, "sched": sched, "order": order}, tokenizer=tokenizer)
+    start, _ = resume(state, cfg.resume, "SFT", steps)
     with RunDir(cfg.out, cfg) as run_dir:
         t0 = time.time()
-        with progress_bar("sft", steps, show_progress and accelerator.is_main_process) as bar:
-            for step in range(steps):
+        with progress_bar("sft", steps - start, show_progress and accelerator.is_main_process) as bar:
+            for step in range(start, steps):
                 idx = order.take(cfg.batch_size)
                 batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -111,6 +116,8 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
                 optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
                 run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0])
                 bar.advance(loss=loss.item())
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+                    state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1)
         if accelerator.is_main_process:
             save_model(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Supervised fine-tuning", {
