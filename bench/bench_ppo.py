@@ -98,7 +98,8 @@ def ours(args) -> dict:
     torch.set_num_threads(args.threads)
     from rlhf.rollout.engine import SamplingConfig
     from rlhf.train.common import OptimConfig
-    from rlhf.train.ppo import PPOConfig, run
+    from rlhf.stages import PPOStage as PPOConfig  # as `rlhf ppo` runs it: the world's gold score logged each step
+    from rlhf.stages import run_ppo as run
 
     work = Path(args.work)
     cfg = PPOConfig(out=str(work / "ours"), seed=0, policy=str(work / "policy"), reward_model=str(work / "rm"),

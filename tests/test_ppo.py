@@ -530,3 +530,29 @@ def test_ppo_ptx_mixes_in_the_pretraining_loss(full_run, ppo_models, tiny_world_
     assert all(math.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows if "pg_loss" in r)
     plain, mixed = weights(full_run / "checkpoints" / "step-1" / "policy"), weights(out / "checkpoints" / "step-1" / "policy")
     assert any(not torch.allclose(plain[k], mixed[k]) for k in plain)
+
+
+def test_hooks_add_metrics_evaluate_and_stop_the_run(ppo_models, tiny_world_config, tmp_path, one_thread):
+    """on_iteration adds metrics and may stop the run (cleanly, with a checkpoint); evaluate runs on schedule."""
+    seen, evaluated = [], []
+
+    def on_iteration(step, metrics, batch):
+        seen.append((step, len(batch.texts), "rm_score" in metrics))
+        return {"mean_words": sum(len(t.split()) for t in batch.texts) / len(batch.texts),
+                **({"stop": "enough"} if step == 2 else {})}
+
+    def evaluate(models):
+        evaluated.append(models.value is None)
+        return {"probe": 1.5}
+
+    out = tmp_path / "run"
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, eval_every=1), show_progress=False,
+            on_iteration=on_iteration, evaluate=evaluate)
+    assert seen == [(1, 8, True), (2, 8, True)]
+    assert evaluated == [True, True, True]  # before step 1, after steps 1 and 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "mean_words" in r] == [1, 2]
+    assert [r["step"] for r in rows if "eval_probe" in r] == [0, 1, 2]
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-2"}
+    summary = json.loads((out / "summary.json").read_text())["result"]
+    assert summary["steps"] == 2 and summary["stopped"] == "enough"
