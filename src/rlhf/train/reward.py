@@ -14,13 +14,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rlhf.data.batching import left_pad
 from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
-from rlhf.errors import RLHFError
-from rlhf.models.lm import load_tokenizer
-from rlhf.data.batching import left_pad
 from rlhf.data.sampler import IndexStream, train_eval_split
-from rlhf.models.lm import backbone
+from rlhf.errors import RLHFError
+from rlhf.models.lm import backbone, load_tokenizer
 from rlhf.models.reward import init_reward_model, raw_scores, score_head, score_sequences
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
@@ -240,11 +239,11 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         lengths = [max(len(s) for s in group) for group in train_enc]
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
     state = TrainerState({"model": model}, {"opt": opt, "sched": sched}, tokenizer=tokenizer)
-    start, scalars = resume(state, cfg.resume, "reward model", steps)
+    first, scalars = resume(state, cfg.resume, "reward model", steps)
     with RunDir(cfg.out, cfg) as run_dir:
         t0, pairs_seen = time.time(), scalars.get("pairs_seen", 0)
-        with progress_bar("reward", steps - start, show_progress and accelerator.is_main_process) as bar:
-            for step in range(start, steps):
+        with progress_bar("reward", steps - first, show_progress and accelerator.is_main_process) as bar:
+            for step in range(first, steps):
                 idx = schedule[step]
                 if cfg.pack_responses:
                     rows, start = [], 0
