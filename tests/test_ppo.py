@@ -6,6 +6,7 @@ takes a few seconds on one core.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from rlhf.data.chat import encode_prompt
 from rlhf.errors import RLHFError
-from rlhf.models.lm import save_model
+from rlhf.models.lm import load_tokenizer, save_model
 from rlhf.models.reward import init_reward_model
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.rollout.engine import SamplingConfig, response_logprobs, sample
@@ -556,3 +557,73 @@ def test_hooks_add_metrics_evaluate_and_stop_the_run(ppo_models, tiny_world_conf
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-2"}
     summary = json.loads((out / "summary.json").read_text())["result"]
     assert summary["steps"] == 2 and summary["stopped"] == "enough"
+
+
+# ---------------------------------------------------------------- reward-model ensemble and gold-free stops
+
+
+def test_ensemble_score_modes_on_hand_made_members():
+    members = torch.tensor([[1.0, 2.0], [3.0, 0.0], [2.0, 1.0]])  # (K=3 members, B=2 responses)
+    assert torch.equal(ppo.ensemble_score(members, "first", 1.0), torch.tensor([1.0, 2.0]))
+    assert torch.allclose(ppo.ensemble_score(members, "mean", 1.0), torch.tensor([2.0, 1.0]))
+    assert torch.equal(ppo.ensemble_score(members, "min", 1.0), torch.tensor([1.0, 0.0]))
+    # unbiased std across members is 1.0 for both columns
+    assert torch.allclose(ppo.ensemble_score(members, "uwo", 0.5), torch.tensor([1.5, 0.5]))
+
+
+@pytest.fixture(scope="module")
+def second_rm(ppo_models):
+    rm = init_reward_model(ppo_models["policy"], seed=7)
+    path = ppo_models["root"] / "rm2"
+    rm.save_pretrained(str(path), safe_serialization=True)
+    load_tokenizer(ppo_models["rm"]).save_pretrained(str(path))
+    return path
+
+
+def test_kl_budget_stops_before_training_on_the_batch_that_spent_it(ppo_models, second_rm, tiny_world_config,
+                                                                     tmp_path, one_thread):
+    """Step 1 samples from the reference itself (KL exactly 0); a large learning rate moves the policy so far
+    that step 2's batch exceeds the budget, and the run stops without updating on it: the saved policy is the
+    one after step 1."""
+    out = tmp_path / "run"
+    optim = dataclasses.replace(ppo.PPOConfig().optim, lr=3e-2)
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, kl_budget=0.05, save_every=1, ensemble=[str(second_rm)],
+                    optim=optim), show_progress=False)
+    result = json.loads((out / "summary.json").read_text())["result"]
+    assert result["steps"] == 2 and result["stopped"].startswith("KL budget spent")
+    assert_same_weights(out / "model", out / "checkpoints" / "step-1" / "policy")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.05
+    assert all(r["ens_disagreement"] > 0 and r["ens_min"] <= r["ens_mean"] for r in rows)
+    assert result["ens_disagreement_start"] > 0
+
+
+def test_disagreement_stop_after_the_first_iterations(ppo_models, second_rm, tiny_world_config, tmp_path, one_thread):
+    out = tmp_path / "run"
+    run_ppo(cfg_for(ppo_models, out, tiny_world_config, kl_budget=0, disagreement_stop=1e-9, ensemble=[str(second_rm)]),
+            show_progress=False)
+    result = json.loads((out / "summary.json").read_text())["result"]
+    assert result["steps"] == 4 and "ensemble disagreement" in result["stopped"]  # 3 iterations set the baseline
+
+
+def test_optimizing_the_ensemble_mean_changes_the_reward(ppo_models, second_rm, tiny_world_config, tmp_path, one_thread):
+    out_first, out_mean = tmp_path / "first", tmp_path / "mean"
+    for out, how in ((out_first, "first"), (out_mean, "mean")):
+        run_ppo(cfg_for(ppo_models, out, tiny_world_config, steps=1, ensemble=[str(second_rm)], ensemble_reward=how),
+                show_progress=False)
+    first, mean = (json.loads((o / "metrics.jsonl").read_text().splitlines()[0]) for o in (out_first, out_mean))
+    assert first["ens_mean"] == pytest.approx(mean["ens_mean"])  # same samples, same members
+    assert weights(out_first / "model").keys() == weights(out_mean / "model").keys()
+    assert any(not torch.equal(a, b) for a, b in zip(weights(out_first / "model").values(), weights(out_mean / "model").values()))
+
+
+@pytest.mark.parametrize("kw, match", [({"ensemble_reward": "mean"}, "needs ensemble"),
+                                       ({"ensemble_reward": "max", "ensemble": ["x"]}, "expected first, mean, min or uwo")])
+def test_ensemble_settings_are_checked(ppo_models, tiny_world_config, tmp_path, kw, match):
+    with pytest.raises(RLHFError, match=match):
+        run_ppo(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, **kw), show_progress=False)
+
+
+def test_ensemble_member_with_another_vocabulary_is_rejected(ppo_models, other_vocab_rm, tiny_world_config, tmp_path):
+    with pytest.raises(RLHFError, match="another vocabulary"):
+        run_ppo(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, ensemble=[str(other_vocab_rm)]), show_progress=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,9 @@ class PipelineConfig:
     # default: plain PPO lifts gold by 0.35 but knowledge-question accuracy falls 0.31 -> 0.17; with
     # ptx_coef 2 gold rises by 0.60 and accuracy to 0.62. Set ppo.ptx_coef=0 for plain PPO.
     ppo: PPOStage = field(default_factory=lambda: PPOStage(ptx_coef=2.0))
+    # reward models trained on the same comparisons with other seeds (and so other held-out splits); PPO
+    # watches their disagreement on its samples (ppo.ensemble_reward decides whether it also optimizes them)
+    reward_ensemble: int = 3
     best_of_n: int = 16
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.0))
     # a second table sampled at the policies' own temperature: greedy decoding picks a distribution's mode
@@ -49,6 +52,8 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise RLHFError(f"stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+        if self.reward_ensemble < 1:
+            raise RLHFError(f"reward_ensemble: at least 1 reward model, got {self.reward_ensemble}")
         for name in STAGES:
             getattr(getattr(self, name), "validate", lambda: None)()
 
@@ -70,6 +75,7 @@ def _wire(cfg: PipelineConfig, root: Path) -> None:
     cfg.reward.data = str(root / "labels" / "comparisons.jsonl")
     cfg.ppo.policy = str(root / "sft" / "model")
     cfg.ppo.reward_model = str(root / "reward" / "model")
+    cfg.ppo.ensemble = [str(root / "reward" / f"member-{k}" / "model") for k in range(1, cfg.reward_ensemble)]
 
 
 def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
@@ -86,6 +92,10 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             console.rule(f"[bold]{name}")
             t = time.time()
             run_stage(getattr(cfg, name), show_progress)
+            if name == "reward":
+                for k in range(1, cfg.reward_ensemble):
+                    reward.run(replace(cfg.reward, seed=cfg.seed + 1000 * k, out=str(root / "reward" / f"member-{k}")),
+                               show_progress)
             timings[name] = round(time.time() - t, 1)
         console.rule("[bold]evaluation")
         t = time.time()

@@ -12,6 +12,7 @@ from pathlib import Path
 from rlhf.eval.drift import proxy_gold_kl
 from rlhf.train import ppo, pretrain, sft
 from rlhf.world import World, WorldConfig
+from rlhf.world.templates import ABSTAIN_RE, REFUSAL_RE
 
 
 @dataclass
@@ -42,6 +43,13 @@ def run_sft(cfg: SFTStage, show_progress: bool = True) -> Path:
     return sft.run(cfg, show_progress, dialogues=dialogues)
 
 
+def watch_rates(step: int, metrics: dict, exp) -> dict:
+    """Gold-free drift signals a user can write for any task: the share of sampled responses that abstain
+    ("I don't know") or refuse, by surface patterns (the gold reward judges more than these)."""
+    return {"rate_abstain": sum(bool(ABSTAIN_RE.search(t)) for t in exp.texts) / len(exp.texts),
+            "rate_refuse": sum(bool(REFUSAL_RE.search(t)) for t in exp.texts) / len(exp.texts)}
+
+
 def run_ppo(cfg: PPOStage, show_progress: bool = True, **hooks) -> Path:
     """PPO on the world's training prompts (unless `prompts` is set), PPO-ptx on its corpus (unless `ptx_data`
     is set), the gold reward logged beside the RM's, and every eval_every steps proxy, gold and KL on the first
@@ -52,5 +60,6 @@ def run_ppo(cfg: PPOStage, show_progress: bool = True, **hooks) -> Path:
     ptx_docs = world.corpus() if cfg.ptx_coef > 0 and not cfg.ptx_data else None
     held_out = world.prompts("eval")[: cfg.eval_prompts]
     hooks = {"gold": lambda prompt, response: world.score(prompt, response).total,
-             "evaluate": lambda models: proxy_gold_kl(models, world, held_out, cfg.sampling, cfg.seed), **hooks}
+             "evaluate": lambda models: proxy_gold_kl(models, world, held_out, cfg.sampling, cfg.seed),
+             "on_iteration": watch_rates, **hooks}
     return ppo.run(cfg, show_progress, prompts=prompts, ptx_docs=ptx_docs, **hooks)

@@ -5,7 +5,7 @@ and its held-out evaluation (`eval/drift.py`) take the same path; so will other 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,6 +24,7 @@ class Models:
     value: torch.nn.Module | None  # None: log-probs only (evaluation)
     tokenizer: object
     rm_tokenizer: object | None = None  # set when the RM reads another vocabulary: responses are re-encoded
+    ensemble: list = field(default_factory=list)  # more reward models (same vocabulary as `reward`), scored beside it
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Experience:
     values: torch.Tensor | None
     scores: torch.Tensor  # the reward model's (normalized) score
     gen_seconds: float
+    member_scores: torch.Tensor | None = None  # (K, B): the reward model's and each ensemble member's scores
 
 
 def policy_forward(m: Models, ids, attn, P: int, temperature: float, with_entropy: bool = False):
@@ -61,13 +63,15 @@ def rollout(m: Models, prompts: list, encoded: list[list[int]], sampling: Sampli
     logp, values = policy_forward(m, ids, attn, P, sampling.temperature)
     ref_logp = response_logprobs(m.ref, ids, attn, P, sampling.temperature) * mask
     scores = score_responses(m, ids, attn, prompts, texts)
+    members = (torch.stack([scores] + [score_responses(replace(m, reward=r), ids, attn, prompts, texts) for r in m.ensemble])
+               if m.ensemble else None)
     return Experience(roll, prompts, texts, mask, logp * mask, ref_logp, values * mask if values is not None else None,
-                      scores, gen_seconds)
+                      scores, gen_seconds, members)
 
 
 def score_responses(m: Models, ids, attn, prompts: list, texts: list[str]) -> torch.Tensor:
     """(B,) the reward model's normalized score of each sampled response: on the rollout's own tokens, or
-    on the re-encoded text when the RM reads another vocabulary. (A reward-model ensemble goes here.)"""
+    on the re-encoded text when the RM reads another vocabulary."""
     if m.rm_tokenizer is not None:
         return torch.tensor(score_texts(m.reward, m.rm_tokenizer, prompts, texts), device=ids.device)
     return reward_scores(m.reward, ids, attn)

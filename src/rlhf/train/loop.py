@@ -26,7 +26,8 @@ class Hooks:
     """What a caller plugs into an RL run. gold(prompt, response): a score logged beside the RM's (the
     world's gold reward in the pipeline); evaluate(models): metrics logged as eval_* every eval_every steps
     and before the first; on_iteration(step, metrics, batch): a dict of more metrics, whose "stop" key
-    (a reason) ends the run cleanly after this step, with a checkpoint."""
+    (a reason) ends the run cleanly after this step, with a checkpoint. A trainer's step may return a "stop"
+    metric as well (PPO: a spent KL budget), after which nothing more is trained."""
     gold: Callable[[object, str], float] | None = None
     evaluate: Callable[[Models], dict] | None = None
     on_iteration: Callable[[int, dict, Experience], dict | None] | None = None
@@ -74,13 +75,14 @@ def _steps(trainer, cfg, run_dir: RunDir, start: int, hooks: Hooks, show_progres
     with progress_bar(trainer.name, cfg.steps - start, show_progress) as bar:
         for step in range(start, cfg.steps):
             metrics, exp = trainer.step(step)
+            stopped = metrics.pop("stop", None)  # the trainer's own gold-free stop (e.g. PPO's KL budget)
             done = progress["done"] = step + 1
             golds = [hooks.gold(p, r) for p, r in zip(exp.prompts, exp.texts)] if hooks.gold else None
             row = progress["row"] = {"rm_score": metrics.pop("rm_score"),
                                      **({"gold": float(np.mean(golds))} if golds else {}), **metrics,
                                      "episodes_per_s": (done - start) * cfg.rollout_batch_size / (time.time() - t0)}
             extra = (hooks.on_iteration(done, row, exp) if hooks.on_iteration else None) or {}
-            stopped = extra.pop("stop", None)
+            stopped = extra.pop("stop", None) or stopped
             run_dir.log(done, **row, **extra)
             log_eval(done)
             bar.advance(rm=row["rm_score"], **({"gold": row["gold"]} if golds else {}), kl=row["kl"])

@@ -51,6 +51,17 @@ class PPOConfig:
     # policy: a value head on the policy itself (one backbone pass gives log-probs and values)
     value_init: str = "reward"
     retokenize: bool = False  # RM with a different vocabulary: decode text and re-encode for the RM
+    # a reward-model ensemble (Coste et al. 2024): more RMs, trained on other seeds and label splits. PPO
+    # optimizes `ensemble_reward` of them: first (reward_model alone; the others are only watched for their
+    # disagreement), mean, min (worst case) or uwo (mean - uwo_coef * std across members)
+    ensemble: list[str] = field(default_factory=list)
+    ensemble_reward: str = "first"
+    uwo_coef: float = 1.0
+    # gold-free stops: a KL budget (nats per response; measured over 3 seeds, the gold reward peaks near
+    # 1-2 nats and falls past 4) and the ensemble's disagreement on the policy's samples rising above
+    # disagreement_stop x its value in the first 3 iterations (0: off)
+    kl_budget: float = 3.0
+    disagreement_stop: float = 0.0
     prompts: str | None = None  # JSONL of {"prompt": str | messages}; `rlhf ppo`: the world's training prompts
     steps: int = 40  # PPO iterations (rollout batches)
     rollout_batch_size: int = 64  # episodes sampled per iteration
@@ -92,6 +103,10 @@ class PPOConfig:
             raise RLHFError(f"whiten_advantages: expected minibatch, batch or none, got '{self.whiten_advantages}'")
         if self.whiten_advantages == "minibatch" and self.minibatch_size < 8:
             raise RLHFError(f"whitening advantages needs minibatch_size >= 8, got {self.minibatch_size}")
+        if self.ensemble_reward not in ("first", "mean", "min", "uwo"):
+            raise RLHFError(f"ensemble_reward: expected first, mean, min or uwo, got '{self.ensemble_reward}'")
+        if self.ensemble_reward != "first" and not self.ensemble:
+            raise RLHFError(f"ensemble_reward={self.ensemble_reward} needs ensemble: a list of reward-model folders")
         if self.value_init not in VALUE_INITS:
             raise RLHFError(f"value_init: expected 'reward', 'sft' or 'policy', got '{self.value_init}'")
 
@@ -169,8 +184,11 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
     # 1. generate and score
     idx, encoded = t.sampler.batch(B)
     exp = rollout(m, [t.sampler.prompts[i] for i in idx], encoded, cfg.sampling, t.gen_sample)
+    watch = watch_signals(t, exp)
+    if "stop" in watch:  # a gold-free stop: this batch is not trained on, the policy stays as it is
+        return {"rm_score": exp.scores.mean().item(), "response_length": exp.mask.sum(1).mean().item(), **watch}, exp
     # 2. shape: the RM score (a fixed score without EOS, clipped) on the last token, -beta * KL on every token
-    scores = exp.scores
+    scores = exp.scores if exp.member_scores is None else ensemble_score(exp.member_scores, cfg.ensemble_reward, cfg.uwo_coef)
     if cfg.no_eos_score is not None:
         scores = torch.where(exp.roll.finished, scores, torch.full_like(scores, cfg.no_eos_score))
     scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
@@ -198,8 +216,37 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
            "beta": t.kl_ctl.beta, "response_length": mask.sum(1).mean().item(),
            "eos_rate": exp.roll.finished.float().mean().item(), "explained_variance": explained.item(),
            "lr": t.opt["sched_policy"].get_last_lr()[0], "tokens_per_s": mask.sum().item() / max(1e-9, exp.gen_seconds),
-           **{k: float(np.mean(v)) for k, v in stats.items() if v}}
+           **{k: float(np.mean(v)) for k, v in stats.items() if v}, **watch}
     return row, exp
+
+
+def ensemble_score(members: torch.Tensor, how: str, uwo_coef: float) -> torch.Tensor:
+    """(K, B) member scores -> (B,) the reward PPO optimizes."""
+    if how == "first":
+        return members[0]
+    return {"mean": members.mean(0), "min": members.min(0).values,
+            "uwo": members.mean(0) - uwo_coef * members.std(0)}[how]
+
+
+def watch_signals(t: Trainer, exp: Experience) -> dict:
+    """Signals that need no gold reward: the KL spent, the ensemble's disagreement (mean over samples of the
+    std across members) on this batch; a "stop" reason once the KL budget is spent or disagreement has
+    grown past disagreement_stop x its first 3 iterations' mean."""
+    cfg, out = t.cfg, {}
+    kl = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
+    if exp.member_scores is not None:
+        out["ens_disagreement"] = exp.member_scores.std(0).mean().item()
+        out["ens_mean"], out["ens_min"] = exp.member_scores.mean().item(), exp.member_scores.min(0).values.mean().item()
+        t.watch_start.append(out["ens_disagreement"])
+        start = float(np.mean(t.watch_start[:3]))
+        if cfg.disagreement_stop and len(t.watch_start) > 3 and out["ens_disagreement"] > cfg.disagreement_stop * start:
+            out["stop"] = (f"ensemble disagreement {out['ens_disagreement']:.3f} passed {cfg.disagreement_stop:g} x its "
+                           f"start ({start:.3f})")
+    if cfg.kl_budget and kl > cfg.kl_budget:
+        out["stop"] = f"KL budget spent: this batch's KL to the reference is {kl:.2f} nats (budget {cfg.kl_budget:g})"
+    if "stop" in out:
+        out["kl"] = kl
+    return out
 
 
 def ppo_update(t: Trainer, step: int, exp: Experience, advantages, returns) -> dict[str, list[float]]:
@@ -260,11 +307,14 @@ class Trainer:
     kl_ctl: AdaptiveKL
     gen_sample: torch.Generator
     gen_shuffle: torch.Generator
+    watch_start: list = field(default_factory=list)  # ensemble disagreement per iteration, for disagreement_stop
     name = "ppo"
     plots = {"reward": ["rm_score", "gold"], "kl": ["kl", "kl_k3"], "beta": ["beta"], "losses": ["pg_loss", "vf_loss"],
              "ppo": ["clipfrac", "approx_kl"], "entropy": ["entropy"], "explained_variance": ["explained_variance"],
              "response_length": ["response_length"], "throughput": ["episodes_per_s"],
-             "held-out proxy vs gold": ["eval_proxy", "eval_gold"], "held-out KL": ["eval_kl"]}
+             "held-out proxy vs gold": ["eval_proxy", "eval_gold"], "held-out KL": ["eval_kl"],
+             "reward ensemble": ["ens_mean", "ens_min"], "ensemble disagreement": ["ens_disagreement"],
+             "watched rates": ["rate_abstain", "rate_refuse"]}
 
     def step(self, step: int) -> tuple[dict, Experience]:
         return ppo_step(self, step)
@@ -285,7 +335,10 @@ class Trainer:
         return replace(self.m, value=None)
 
     def result(self) -> dict:
-        return {"final_beta": self.kl_ctl.beta}
+        out = {"final_beta": self.kl_ctl.beta, "kl_budget": self.cfg.kl_budget}
+        if self.watch_start:
+            out.update(ens_disagreement_start=float(np.mean(self.watch_start[:3])), ens_disagreement_end=self.watch_start[-1])
+        return out
 
 
 def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
@@ -300,13 +353,17 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
                         "use value_init=sft with retokenize=true")
     accelerator = make_accelerator(cfg.seed)
     policy, ref, reward = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
+    ensemble = [load_reward_model(path).requires_grad_(False).to(accelerator.device) for path in cfg.ensemble]
+    for path in cfg.ensemble:
+        if load_tokenizer(path).get_vocab() != (rm_tokenizer or tokenizer).get_vocab():
+            raise RLHFError(f"ensemble: {path} reads another vocabulary than reward_model {cfg.reward_model}")
     value = load_value_model(cfg.value_init, cfg.reward_model, cfg.policy, policy, cfg.seed)
     ref.requires_grad_(False)
     reward.requires_grad_(False)
     opt_p, sched_p = make_optimizer(policy, cfg.optim, cfg.steps)
     opt_v, sched_v = make_optimizer(value, replace(cfg.optim, lr=cfg.value_lr), cfg.steps)
     policy, value, opt_p, opt_v = accelerator.prepare(policy, value, opt_p, opt_v)
-    m = Models(policy, ref.to(accelerator.device), reward.to(accelerator.device), value, tokenizer, rm_tokenizer)
+    m = Models(policy, ref.to(accelerator.device), reward.to(accelerator.device), value, tokenizer, rm_tokenizer, ensemble)
     for model in (m.policy, m.ref, m.reward, m.value):
         model.eval()  # no dropout anywhere during RL
     ptx = PtxStream(tokenizer, ptx_docs, cfg.ptx_seq_len, cfg.seed) if cfg.ptx_coef > 0 else None
