@@ -162,6 +162,20 @@ def overopt(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetO
     _print_result(study.run(_config(study.OveroptConfig, config, set_, out), not quiet))
 
 
+@study_app.command("seeds")
+def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds: each sets seed and world.seed"),
+           config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML pipeline config (as `rlhf pipeline`)"),
+           set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a pipeline config key (repeatable)"),
+           out: str = typer.Option("runs/seeds", "--out", "-o", help="study directory; seed N runs in <out>/seed-N"),
+           quiet: bool = QuietOpt) -> None:
+    """The whole pipeline once per seed (finished seeds are reused), then the result with seeds as the unit."""
+    from rlhf.eval import seeds as study
+    from rlhf.pipeline import PipelineConfig
+
+    seed_list = study.parse_seeds(seeds)
+    _print_result(study.run(study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_)), not quiet))
+
+
 def _mount_label_app() -> None:
     from rlhf.feedback.label_cli import label_app
 
