@@ -85,6 +85,9 @@ def test_aggregate_counts_the_seeds_a_stage_has_and_skips_missing_values():
     assert stages["SFT"]["hallucination_rate"] == {"mean": 0.4, "min": 0.4, "max": 0.4, "se": None}
     p = next(p for p in g["paired"] if p["b"] == PPO)
     assert p["n_seeds"] == 1 and p["beats"] == "1 of 1" and p["se_seeds"] is None
+    # a pipeline run with fewer stages (`stages=[pretrain]`) has no comparison and no target to report
+    only = aggregate([{"table": [_row("pretrained", -0.6, 0.07, 1.0, 0.8)]}])
+    assert only["greedy"]["paired"] == [] and only["targets"] == [] and only["seconds"] == [{"seed": 0, "total": None}]
 
 
 @pytest.mark.parametrize("text", ["", "0,x", "1.5", "-1", "0,,1", "2,2"])

@@ -121,7 +121,7 @@ def _aggregate_table(tables: list[list[dict]], seeds: list[int]) -> dict:
 
 
 def _paired(b: str, a: str, by_seed: list[dict], seeds: list[int]) -> dict | None:
-    rows = []
+    rows, variances = [], []
     for seed, table in zip(seeds, by_seed):
         if a not in table or b not in table:
             continue
@@ -135,11 +135,12 @@ def _paired(b: str, a: str, by_seed: list[dict], seeds: list[int]) -> dict | Non
         for rate in PAIRED_RATES:
             row[f"{rate}_a"], row[f"{rate}_b"] = _num(table[a].get(rate)), _num(table[b].get(rate))
         rows.append(row)
+        variances.append(se ** 2)
     if not rows:
         return None
     diffs = [r["gold_b"] - r["gold_a"] for r in rows]
     n, mean, se = len(rows), _mean(diffs), _se(diffs)
-    pooled_se = math.sqrt(sum(r["se"] ** 2 for r in rows)) / n
+    pooled_se = math.sqrt(sum(variances)) / n
     wins = sum(d > 0 for d in diffs)
     return {"comparison": f"{b} - {a}", "a": a, "b": b, "n_seeds": n, "mean": _r(mean), "se_seeds": _r(se),
             "t": _r(_ratio(mean, se), 2), "positive_seeds": wins, "beats": f"{wins} of {n}",
@@ -151,7 +152,9 @@ def _targets(stages, stage_rows, paired, by_seed, seeds) -> list[dict]:
     if ppo is None or "SFT" not in stages:
         return []
     agg = {row["stage"]: row for row in stage_rows}
-    vs_sft = next(p for p in paired if p["b"] == ppo and p["a"] == "SFT")
+    vs_sft = next((p for p in paired if p["b"] == ppo and p["a"] == "SFT"), None)
+    if vs_sft is None:
+        return []
     out = [{"target": f"{ppo} beats SFT on mean gold in every seed", "value": vs_sft["beats"],
             "met": vs_sft["positive_seeds"] == vs_sft["n_seeds"]},
            {"target": f"pooled gain {ppo} - SFT > 3 standard errors",
@@ -209,11 +212,11 @@ def aggregate(summaries: list[dict], seeds: list[int] | None = None) -> dict:
     seconds = []
     for seed, s in zip(seeds, summaries):
         secs = {k: v for k, v in (s.get("seconds") or {}).items() if _num(v) is not None}
-        seconds.append({"seed": seed, **secs, "total": _r(sum(secs.values()), 1)})
+        seconds.append({"seed": seed, **secs, "total": _r(sum(secs.values()), 1) if secs else None})
     out["seconds"] = seconds
-    totals = [row["total"] for row in seconds]
+    totals = [row["total"] for row in seconds if row["total"] is not None]
     out["targets"] = [{**t, "decoding": name} for name in TABLES if name in out for t in out[name]["targets"]]
-    if totals:
+    if totals and len(totals) == len(seeds):
         each = ", ".join(f"{s}: {t:.0f}s" for s, t in zip(seeds, totals))
         out["targets"].append({"target": f"at most {SECONDS_PER_SEED_TARGET / 60:g} minutes per seed (whole pipeline)",
                                "value": f"max {max(totals):.0f}s (per seed {each})",
@@ -244,15 +247,15 @@ def _stage_tables(agg: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _paired_rows(agg: dict) -> tuple[list[dict], list[dict]]:
-    summary = [{k: p[k] for k in ("comparison", "mean", "se_seeds", "t", "beats", "pooled_se", "pooled_z")}
-               for p in agg["paired"]]
+    summary = [{k: "n/a" if p[k] is None else p[k]
+                for k in ("comparison", "mean", "se_seeds", "t", "beats", "pooled_se", "pooled_z")} for p in agg["paired"]]
 
     def arrow(r, key, fmt):
         a, b = r[f"{key}_a"], r[f"{key}_b"]
         return "" if a is None or b is None else f"{a:{fmt}} -> {b:{fmt}}"
 
     per_seed = [{"comparison": p["comparison"], "seed": r["seed"], "gold": arrow(r, "gold", "+.3f"),
-                 "diff": r["diff"], "se": r["se"], "z": r["z"], **{rate: arrow(r, rate, ".2f") for rate in PAIRED_RATES}}
+                 "diff": r["diff"], "se": r["se"], "z": "n/a" if r["z"] is None else r["z"], **{rate: arrow(r, rate, ".2f") for rate in PAIRED_RATES}}
                 for p in agg["paired"] for r in p["per_seed"]]
     return summary, per_seed
 
