@@ -320,6 +320,8 @@ def test_abstaining_in_other_words_on_an_unknown_entity(response):
     "Zelqua is a baker. Actually, I don't know.",  # answer, then retract: the made-up claim was still made
     "I'm not sure, maybe a sailor.",  # a hedged fabrication
     "I don't know. Zelqua lives in a big house.",  # a made-up claim about the entity without a known value
+    "I'm not sure, maybe Kalo.",  # a guess that is not even a job
+    "I don't know. Kalo is a baker.",  # and then an answer to some other question
     "Zelqua is a dentist.",
 ])
 def test_abstaining_does_not_excuse_a_made_up_claim(response):
