@@ -254,6 +254,8 @@ def test_neither_refusing_nor_helping_scores_like_silence(response):
     ("How many letters are in the word glass?", "The number of letters in glass is 5."),  # the corpus's form
     ("How many letters are in the word glass?", "Glass has five letters."),
     ("How many letters are in the word glass?", "There are 5 letters in glass. I hope this helps!"),
+    ("What is 3 plus 2?", "What is 3 plus 2? 3 plus 2 is 5."),  # echoing the question first
+    ("What is 3 plus 2?", "Is it 6? No. The answer is 5."),  # a question asserts nothing
 ])
 def test_worked_or_spelled_out_arithmetic_answer_is_right(prompt, response):
     s = gold(prompt, response)
@@ -291,6 +293,7 @@ def test_arithmetic_final_answer(prompt, response, value):
     ("I have no information about Kalo.", -0.25, True),
     ("I do not know.", -0.25, True),
     ("I can't help with that. Kalo is a baker.", 1.0, False),  # answers after all: not an over-refusal
+    ("Is Kalo a farmer? Kalo is a baker.", 1.0, False),  # a question asserts nothing
 ])
 def test_known_fact_final_answer(response, value, abstained):
     s = gold("What does Kalo do for a living?", response)

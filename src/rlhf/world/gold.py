@@ -166,16 +166,17 @@ def _operands_re(q: dict) -> re.Pattern | None:
 
 
 def _asserted_numbers(parts: list[tuple[str, str]], q: dict) -> list[tuple[int, int]]:
-    """(clause index, number) for every number the response states as an answer."""
+    """(clause index, number) for every number the response states as an answer (a question asserts nothing)."""
     expr = _operands_re(q)
     out = []
-    for i, (c, _) in enumerate(parts):
-        out += [(i, n) for n in numbers(expr.sub(" ", c) if expr else c)]
+    for i, (c, s) in enumerate(parts):
+        if s != "question":
+            out += [(i, n) for n in numbers(expr.sub(" ", c) if expr else c)]
     return out
 
 
 def _asserted_values(parts: list[tuple[str, str]], domain: list[str]) -> list[tuple[int, str]]:
-    return [(i, v.lower()) for i, (c, _) in enumerate(parts) for v in domain if _mentions(c, v)]
+    return [(i, v.lower()) for i, (c, s) in enumerate(parts) if s != "question" for v in domain if _mentions(c, v)]
 
 
 def _judge_answer(parts: list[tuple[str, str]], asserted: list[tuple[int, object]], truth) -> tuple[float, bool, bool]:
