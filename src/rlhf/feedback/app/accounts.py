@@ -196,7 +196,9 @@ class LoginRateLimiter:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _keys(username: str, ip: str) -> list[tuple]:
+    def _keys(username: str | None, ip: str) -> list[tuple]:
+        if username is None:  # input refused unread (too long): counts against the IP only
+            return [("ip", ip)]
         username = username[:MAX_USERNAME]
         return [("user_ip", username, ip), ("ip", ip), ("user", username)]
 
@@ -221,7 +223,7 @@ class LoginRateLimiter:
             self._evict(now)
             return any(self._count(key, now) >= self.limits[key[0]] for key in self._keys(username, ip))
 
-    def failed(self, username: str, ip: str) -> None:
+    def failed(self, username: str | None, ip: str) -> None:
         with self._lock:
             now = time.monotonic()
             for key in self._keys(username, ip):

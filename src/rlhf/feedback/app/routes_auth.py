@@ -46,7 +46,7 @@ def login(request: Request, username: str = Form(...), password: str = Form(...)
     limiter = request.app.state.login_limiter
     ip = request.client.host if request.client else "?"
     if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
-        limiter.failed("", ip)  # counts against the IP only; nothing of the input is kept
+        limiter.failed(None, ip)  # counts against the IP only; nothing of the input is kept
         return _login_page(request, "Wrong username or password.", 401)
     if limiter.blocked(username, ip):
         return _login_page(request, "Too many failed logins; wait a minute and try again.", 429)
