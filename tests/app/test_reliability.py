@@ -1,17 +1,22 @@
-"""Many annotators at once against a real uvicorn server on loopback, and a crash in the middle."""
+"""Many annotators at once against a real uvicorn server on loopback, and a crash in the middle;
+and the label count a separate SQLite connection sees after any sequence of requests."""
 from __future__ import annotations
 
+import os
+import random
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from app_support import count_labels, seed
 from rlhf.feedback.app.accounts import start_session
 from rlhf.feedback.app.db import open_database
-from rlhf.feedback.app.models import Assignment, Label, User
+from rlhf.feedback.app.models import Assignment, Label, Project, Task, User
 
 N_ANNOTATORS = 50
 TASKS = [{"id": f"q{i}", "prompt": f"Question {i}?", "responses": [f"a{i}", f"b{i}", f"c{i}"]} for i in range(100)]
@@ -95,3 +100,65 @@ def test_labels_acknowledged_before_a_kill_9_survive(db_path, tmp_path, start_se
     stored = set(open_database(db_path)().scalars(select(Label.assignment_id)).all())
     assert set(acked) <= stored
     assert 60 <= len(stored) < 2 * len(TASKS) and count_labels(open_database(db_path)) == len(stored)
+
+
+def external_count(db_path: str) -> int:
+    """The label count through an ordinary SQLite connection of another process, closed at once
+    (closing is what deleted the live WAL when the server had dropped its locks)."""
+    connection = sqlite3.connect(db_path, timeout=30)
+    try:
+        return connection.execute("SELECT count(*) FROM labels").fetchone()[0]
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("seed_", [0, 1, 2])
+def test_external_label_count_equals_acknowledged_after_any_requests_and_kill_9(db_path, tmp_path, start_server,
+                                                                               seed_):
+    """A random sequence of labels, double submits, skips, page views and /media requests naming the
+    database's own files; a separate connection counts the labels along the way; then kill -9."""
+    sessions = open_database(db_path)
+    seed(sessions, tmp_path, annotators=[f"ann{i}" for i in range(4)], overlap=2, tasks=TASKS[:24], batch_size=3)
+    with sessions() as db:  # media references an attacker would like served: the database files
+        task = Task(project_id=db.scalar(select(Project.id)), external_id="db-files", kind="image",
+                    prompt=[{"role": "user", "content": "p"}], is_gold=False,
+                    responses=[db_path, db_path + "-wal", db_path + "-shm", os.path.relpath(db_path)])
+        db.add(task)
+        db.commit()
+        media_id = task.id
+    server = start_server(db_path)
+    clients = logged_in_clients(sessions, server.url)
+    with sessions() as db:
+        admin_session = start_session(db, db.scalar(select(User).where(User.role == "admin")))
+    sessions.kw["bind"].dispose()  # this process keeps no connection open: only the server's remain
+    admin = httpx.Client(base_url=server.url, cookies={"rlhf_session": admin_session.token}, timeout=30)
+    rng = random.Random(seed_)
+    acked: set[int] = set()
+    for step in range(150):
+        action = rng.choices(["label", "skip", "page", "media", "count"], weights=[5, 1, 1, 3, 2])[0]
+        client, csrf = rng.choice(clients)
+        headers = {"X-CSRF-Token": csrf}
+        if action == "media":
+            admin.get(f"/media/{media_id}/{rng.randrange(4)}")
+            continue
+        if action == "count":
+            assert external_count(db_path) == len(acked), f"step {step}"
+            continue
+        task = client.post("/api/projects/demo/next", headers=headers).json()
+        if task["assignment_id"] is None:
+            continue
+        if action == "page":
+            assert client.get(task["url"]).status_code == 200
+            continue
+        url = f"/api/assignments/{task['assignment_id']}/" + ("skip" if action == "skip" else "label")
+        body = {"reason": "unsure"} if action == "skip" else {"ranks": [1, 2, 3], "ratings": [5, 4, 3]}
+        for _ in range(rng.choice([1, 1, 2])):
+            response = client.post(url, json=body, headers=headers)
+            if response.status_code == 200 and response.json()["stored"]:
+                acked.add(task["assignment_id"])
+    for client, _ in clients:
+        client.close()
+    admin.close()
+    assert len(acked) >= 20
+    server.kill()
+    assert external_count(db_path) == len(acked)

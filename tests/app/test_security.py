@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app_support import PASSWORD, answer, login, next_task, seed, write_jsonl
-from rlhf.feedback.app import accounts
+from rlhf.feedback.app import accounts, create_app
 from rlhf.feedback.app.accounts import LoginRateLimiter
 from rlhf.feedback.app.db import open_database
 from rlhf.feedback.app.models import Assignment, Project, Task, User
@@ -451,3 +451,36 @@ def test_authenticated_responses_are_not_cached(client, seeded):
                  "/admin/projects/demo/export"):
         response = client.get(path)
         assert response.status_code == 200 and response.headers.get("cache-control") == "no-store", path
+
+
+def test_migration_hashes_existing_session_tokens(db_path):
+    """A database from before this change (revision 0001) keeps its users logged in, by hash."""
+    from alembic import command
+    from alembic.config import Config
+
+    from rlhf.feedback.app.db import MIGRATIONS, make_engine
+
+    engine = make_engine(db_path)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    engine.dispose()
+    token = "an-old-plain-token"
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("INSERT INTO users (id, username, password_hash, role, created_at) "
+                    "VALUES (1, 'old', 'x', 'annotator', '2026-01-01 00:00:00')")
+        raw.execute("INSERT INTO sessions (token, user_id, csrf_token, expires_at) "
+                    "VALUES (?, 1, 'csrf', '2999-01-01 00:00:00')", (token,))
+        raw.execute("INSERT INTO projects VALUES (1, 'p', 1, 0.0, 10, 0, '2026-01-01 00:00:00')")
+        raw.execute("INSERT INTO tasks VALUES (1, 1, 't', 'text', '[]', '[\"a\", \"b\"]', 0, NULL)")
+        raw.execute("INSERT INTO assignments VALUES (1, 1, 1, '[0, 1]', 'done', '2026-01-01 00:00:00')")
+        raw.execute("INSERT INTO labels VALUES (1, 1, 0, NULL, '[1, 2]', '[4, 4]', NULL, '2026-01-01 00:00:00')")
+    app = create_app(db_path)  # migrates to the newest revision
+    with TestClient(app, cookies={"rlhf_session": token}) as client:
+        assert client.get("/api/session").json()["username"] == "old"
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT token_hash FROM sessions").fetchall() == [(hashlib.sha256(token.encode()).hexdigest(),)]
+        assert raw.execute("SELECT disabled FROM users").fetchall() == [(0,)]
+        assert raw.execute("SELECT count(*) FROM labels").fetchone() == (1,)  # nothing cascaded away

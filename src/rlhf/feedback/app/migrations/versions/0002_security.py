@@ -35,17 +35,14 @@ def upgrade() -> None:
                              "VALUES (:token_hash, :user_id, :csrf_token, :expires_at)"),
                      {"token_hash": hashlib.sha256(row.token.encode()).hexdigest(), "user_id": row.user_id,
                       "csrf_token": row.csrf_token, "expires_at": row.expires_at})
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()))
-    with op.batch_alter_table("projects") as batch:
-        batch.add_column(sa.Column("media_root", sa.Text, nullable=True))
+    # Plain ADD COLUMN (no table rebuild: rebuilding "users" would cascade-delete rows that refer to it)
+    op.add_column("users", sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()))
+    op.add_column("projects", sa.Column("media_root", sa.Text, nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("projects") as batch:
-        batch.drop_column("media_root")
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("disabled")
+    op.drop_column("projects", "media_root")  # SQLite >= 3.35 drops columns in place (no rebuild)
+    op.drop_column("users", "disabled")
     op.drop_table("sessions")  # hashes cannot be turned back into tokens: everyone logs in again
     op.create_table(
         "sessions",
