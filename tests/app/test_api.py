@@ -305,5 +305,6 @@ def test_sql_injection_strings_are_stored_literally(app, make_client, tmp_path):
     admin = make_client()
     login(admin, "admin")
     assert admin.get("/admin/projects/sqli").status_code == 200
-    refused = admin.post("/admin/projects", data={"name": SQLI[0], "csrf_token": admin.get("/api/session").json()["csrf_token"]})
+    admin_csrf = admin.get("/api/session").json()["csrf_token"]
+    refused = admin.post("/admin/projects", data={"name": SQLI[0], "csrf_token": admin_csrf})
     assert refused.status_code == 400 and "bad project name" in refused.text

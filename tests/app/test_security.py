@@ -481,6 +481,7 @@ def test_migration_hashes_existing_session_tokens(db_path):
     with TestClient(app, cookies={"rlhf_session": token}) as client:
         assert client.get("/api/session").json()["username"] == "old"
     with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT token_hash FROM sessions").fetchall() == [(hashlib.sha256(token.encode()).hexdigest(),)]
+        hashed = hashlib.sha256(token.encode()).hexdigest()
+        assert raw.execute("SELECT token_hash FROM sessions").fetchall() == [(hashed,)]
         assert raw.execute("SELECT disabled FROM users").fetchall() == [(0,)]
         assert raw.execute("SELECT count(*) FROM labels").fetchone() == (1,)  # nothing cascaded away

@@ -68,7 +68,8 @@ def create_project(name: str = typer.Argument(..., help="project name"),
         project = make_project(session, name, overlap, gold_fraction, batch_size,
                                None if media_root is None else str(media_root))
         root = f", media root {project.media_root}" if project.media_root else ""
-        typer.echo(f"created project {project.name} (overlap {project.overlap}, gold {project.gold_fraction:.0%}{root})")
+        typer.echo(f"created project {project.name} (overlap {project.overlap}, "
+                   f"gold {project.gold_fraction:.0%}{root})")
 
 
 @label_app.command("import")

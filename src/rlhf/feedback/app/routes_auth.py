@@ -1,5 +1,5 @@
-"""Log in and out, change one's password, end one's other sessions. Login has its own CSRF token (a cookie matched against a form field) because
-there is no session yet to hold one."""
+"""Log in and out, change one's password, end one's other sessions. Login has its own CSRF token
+(a cookie matched against a form field) because there is no session yet to hold one."""
 from __future__ import annotations
 
 import secrets
@@ -92,7 +92,8 @@ def password(request: Request, current: str = Form(...), new: str = Form(...), c
     limiter = request.app.state.login_limiter
     ip = request.client.host if request.client else "?"
     if limiter.blocked(session.user.username, ip):
-        return _account_page(request, session, "Too many wrong passwords; wait a minute and try again.", status_code=429)
+        return _account_page(request, session, "Too many wrong passwords; wait a minute and try again.",
+                             status_code=429)
     try:
         ended = change_password(db, session, current, new, confirm)
     except RLHFError as exc:
