@@ -162,3 +162,27 @@ def test_external_label_count_equals_acknowledged_after_any_requests_and_kill_9(
     assert len(acked) >= 20
     server.kill()
     assert external_count(db_path) == len(acked)
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_concurrent_failed_logins_keep_server_memory_bounded(db_path, tmp_path, start_server):
+    """Production argon2 (64 MiB a hash) in a real server: 12 simultaneous failed logins used to
+    take it from ~85 to ~780 MiB; with at most 2 hashes at once it grows by about 2 x 64 MiB."""
+    seed(open_database(db_path), tmp_path, annotators=["ann1"])
+    server = start_server(db_path)
+    before = peak_rss_mib(server.proc.pid)
+
+    def failed_login(i: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            client.get("/login")
+            return client.post("/login", data={"username": f"guess{i}", "password": "wrong password",
+                                               "csrf_token": client.cookies["rlhf_login_csrf"]}).status_code
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(failed_login, range(12)))
+    assert codes == [401] * 12
+    growth = peak_rss_mib(server.proc.pid) - before
+    assert growth < 4 * 64, f"peak memory grew by {growth:.0f} MiB"
