@@ -17,14 +17,20 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from app_support import PASSWORD, answer, login, next_task, seed, write_jsonl
+from rlhf.errors import RLHFError
 from rlhf.feedback.app import accounts, create_app
 from rlhf.feedback.app.accounts import LoginRateLimiter
-from rlhf.feedback.app.db import open_database
+from rlhf.feedback.app.db import MIGRATIONS, make_engine, open_database
+from rlhf.feedback.app.importer import import_tasks
+from rlhf.feedback.label_cli import label_app
 from rlhf.feedback.app.models import Assignment, Project, Task, User
 
 HEADERS = ("content-security-policy", "x-content-type-options", "x-frame-options", "referrer-policy")
@@ -134,9 +140,6 @@ def test_import_refuses_media_outside_the_root_and_active_types(app, make_client
         {"id": "d", "kind": "image", "prompt": "p", "responses": ["ok.gif", "missing.gif"]},
         {"id": "e", "kind": "video", "prompt": "p", "responses": ["ok.gif", "https://example.org/v.mp4"]},
     ])
-    from rlhf.errors import RLHFError
-    from rlhf.feedback.app.importer import import_tasks
-
     with app.state.sessions() as db, pytest.raises(RLHFError) as err:
         import_tasks(db, "demo", tasks, media_root=str(root), guard=app.state.database_files)
     report = str(err.value)
@@ -455,11 +458,6 @@ def test_authenticated_responses_are_not_cached(client, seeded):
 
 def test_migration_hashes_existing_session_tokens(db_path):
     """A database from before this change (revision 0001) keeps its users logged in, by hash."""
-    from alembic import command
-    from alembic.config import Config
-
-    from rlhf.feedback.app.db import MIGRATIONS, make_engine
-
     engine = make_engine(db_path)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -485,3 +483,19 @@ def test_migration_hashes_existing_session_tokens(db_path):
         assert raw.execute("SELECT token_hash FROM sessions").fetchall() == [(hashed,)]
         assert raw.execute("SELECT disabled FROM users").fetchall() == [(0,)]
         assert raw.execute("SELECT count(*) FROM labels").fetchone() == (1,)  # nothing cascaded away
+
+
+def test_cli_sets_media_roots_and_bounds_project_numbers(db_path, tmp_path):
+    def cli(*args):
+        return CliRunner().invoke(label_app, [str(a) for a in args] + ["--db", db_path])
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    made = cli("create-project", "clips", "--media-root", tmp_path / "clips")
+    assert made.exit_code == 0 and f"media root {(tmp_path / 'clips').resolve()}" in made.output
+    missing = cli("create-project", "other", "--media-root", tmp_path / "nope")
+    assert isinstance(missing.exception, RLHFError) and "does not exist" in str(missing.exception)
+    huge = cli("create-project", "big", "--overlap", BIG)
+    assert isinstance(huge.exception, RLHFError) and "--overlap must be in 1..100" in str(huge.exception)
+    tasks = write_jsonl(tmp_path / "t.jsonl", [{"id": "v", "kind": "video", "prompt": "p",
+                                                "responses": ["a.mp4", "https://example.org/b.mp4"]}])
+    assert "imported 1 tasks" in cli("import", tasks, "--project", "clips").output
