@@ -81,25 +81,60 @@ def test_fifty_concurrent_annotators_lose_and_duplicate_nothing(db_path, tmp_pat
     assert len(labels) == 2 * len(TASKS)  # every task answered by its two annotators
 
 
+def add_database_media_task(sessions, db_path: str) -> int:
+    """A media task naming the database's own files (written straight into the database, as an
+    older version's import accepted it): what an attacker would like /media to serve."""
+    with sessions() as db:
+        task = Task(project_id=db.scalar(select(Project.id)), external_id="db-files", kind="image",
+                    prompt=[{"role": "user", "content": "p"}], is_gold=False,
+                    responses=[db_path, db_path + "-wal", db_path + "-shm", os.path.relpath(db_path)])
+        db.add(task)
+        db.commit()
+        return task.id
+
+
+def admin_client(sessions, base_url: str) -> httpx.Client:
+    with sessions() as db:
+        session = start_session(db, db.scalar(select(User).where(User.role == "admin")))
+    return httpx.Client(base_url=base_url, cookies={"rlhf_session": session.token}, timeout=30)
+
+
 def test_labels_acknowledged_before_a_kill_9_survive(db_path, tmp_path, start_server):
     sessions = seed_load(db_path, tmp_path)
+    media_id = add_database_media_task(sessions, db_path)
     server = start_server(db_path)
+    admin = admin_client(sessions, server.url)
     acked: list[int] = []
     stop = threading.Event()
-    with ThreadPoolExecutor(N_ANNOTATORS) as pool:
-        for client, csrf in logged_in_clients(sessions, server.url):
+
+    def media_and_external_reads() -> None:
+        """Meanwhile: /media requests for the database files, and separate connections opened and closed."""
+        try:
+            while not stop.is_set():
+                for index in range(4):
+                    admin.get(f"/media/{media_id}/{index}")
+                external_count(db_path)
+        except httpx.TransportError:
+            return  # the server was killed
+    with ThreadPoolExecutor(N_ANNOTATORS + 1) as pool:
+        clients = logged_in_clients(sessions, server.url)
+        sessions.kw["bind"].dispose()  # this process keeps no connection open: only the server's remain
+        pool.submit(media_and_external_reads)
+        for client, csrf in clients:
             pool.submit(annotate, client, csrf, acked, stop)
         deadline = time.monotonic() + 60
         while len(set(acked)) < 60 and time.monotonic() < deadline:
             time.sleep(0.02)
         server.kill()  # mid-load: requests are in flight
         stop.set()
+    admin.close()
+    stored = external_count(db_path)
     restarted = start_server(db_path)
     assert httpx.get(f"{restarted.url}/login").status_code == 200
     restarted.stop()
-    stored = set(open_database(db_path)().scalars(select(Label.assignment_id)).all())
-    assert set(acked) <= stored
-    assert 60 <= len(stored) < 2 * len(TASKS) and count_labels(open_database(db_path)) == len(stored)
+    stored_ids = set(open_database(db_path)().scalars(select(Label.assignment_id)).all())
+    assert set(acked) <= stored_ids and len(stored_ids) == stored
+    assert 60 <= stored < 2 * len(TASKS) and count_labels(open_database(db_path)) == stored
 
 
 def external_count(db_path: str) -> int:
@@ -119,19 +154,11 @@ def test_external_label_count_equals_acknowledged_after_any_requests_and_kill_9(
     database's own files; a separate connection counts the labels along the way; then kill -9."""
     sessions = open_database(db_path)
     seed(sessions, tmp_path, annotators=[f"ann{i}" for i in range(4)], overlap=2, tasks=TASKS[:24], batch_size=3)
-    with sessions() as db:  # media references an attacker would like served: the database files
-        task = Task(project_id=db.scalar(select(Project.id)), external_id="db-files", kind="image",
-                    prompt=[{"role": "user", "content": "p"}], is_gold=False,
-                    responses=[db_path, db_path + "-wal", db_path + "-shm", os.path.relpath(db_path)])
-        db.add(task)
-        db.commit()
-        media_id = task.id
+    media_id = add_database_media_task(sessions, db_path)
     server = start_server(db_path)
     clients = logged_in_clients(sessions, server.url)
-    with sessions() as db:
-        admin_session = start_session(db, db.scalar(select(User).where(User.role == "admin")))
+    admin = admin_client(sessions, server.url)
     sessions.kw["bind"].dispose()  # this process keeps no connection open: only the server's remain
-    admin = httpx.Client(base_url=server.url, cookies={"rlhf_session": admin_session.token}, timeout=30)
     rng = random.Random(seed_)
     acked: set[int] = set()
     for step in range(150):
