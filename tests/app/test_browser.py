@@ -4,6 +4,9 @@ labeling page, and never run as a page or a script in the app's origin."""
 from __future__ import annotations
 
 import json
+import math
+import struct
+import wave
 from pathlib import Path
 
 import pytest
@@ -146,10 +149,16 @@ def test_media_root_images_show_on_the_labeling_page(db_path, tmp_path, browser,
     frames = [Image.new("P", (24, 16), i) for i in (1, 2)]
     frames[0].save(root / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     (root / "trick.png").write_text("window.pwned = true;")  # a script disguised as an image
+    with wave.open(str(root / "tone.wav"), "wb") as tone:  # half a second of a 440 Hz tone
+        tone.setnchannels(1)
+        tone.setsampwidth(2)
+        tone.setframerate(8000)
+        tone.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 8000)))
+                                  for i in range(4000)))
     sessions = open_database(db_path)
     seed(sessions, tmp_path, annotators=["ann1"], media_root=root,
          tasks=[{"id": "clips", "kind": "image", "prompt": "Which clip is better?", "responses": ["a.png", "b.gif"]}])
-    trick = media_task(sessions, ["trick.png", "a.png"], "trick")
+    trick = media_task(sessions, ["trick.png", "tone.wav"], "trick")
     server = start_server(db_path)
     page = browser.new_page()
     login_in_browser(page, server.url, "ann1")
@@ -174,3 +183,10 @@ def test_media_root_images_show_on_the_labeling_page(db_path, tmp_path, browser,
                                                           r.headers.get('content-disposition')])""",
                             f"/media/{trick}/0")
     assert headers == [200, "image/png", 'attachment; filename="trick.png"']
+    duration = page.evaluate("""url => new Promise(done => {
+        const v = document.createElement('video');
+        v.onloadedmetadata = () => done(v.duration);
+        v.onerror = () => done(-1);
+        v.src = url;
+    })""", f"/media/{trick}/1")
+    assert duration == pytest.approx(0.5, abs=0.01)  # media elements play attachments too
