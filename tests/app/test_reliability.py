@@ -210,6 +210,7 @@ def test_concurrent_failed_logins_keep_server_memory_bounded(db_path, tmp_path, 
                                                "csrf_token": client.cookies["rlhf_login_csrf"]}).status_code
     with ThreadPoolExecutor(12) as pool:
         codes = list(pool.map(failed_login, range(12)))
-    assert codes == [401] * 12
+    # 503 (no hashing slot within HASH_WAIT seconds) is allowed: on a loaded machine a hash takes seconds
+    assert set(codes) <= {401, 503} and codes.count(401) >= 2, codes
     growth = peak_rss_mib(server.proc.pid) - before
     assert growth < 4 * 64, f"peak memory grew by {growth:.0f} MiB"

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -159,14 +158,24 @@ def test_import_refuses_media_outside_the_root_and_active_types(app, make_client
             import_tasks(db, "demo", good, media_root=str(tmp_path))
 
 
-def test_cli_import_never_opens_the_database_as_a_task_file(db_path, tmp_path):
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """`rlhf ARGS` through the real entry point (errors: one line, exit 2); (exit code, stderr)."""
+    from rlhf import cli
+
+    monkeypatch.setattr(sys, "argv", ["rlhf", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_cli_import_never_opens_the_database_as_a_task_file(db_path, tmp_path, capsys, monkeypatch):
     seed(open_database(db_path), tmp_path)
     os.link(db_path, tmp_path / "tasks.jsonl")  # the database under another name
     for target in (db_path, str(tmp_path / "tasks.jsonl")):
-        result = subprocess.run([sys.executable, "-m", "rlhf.cli", "label", "import", target, "--project", "demo",
-                                 "--db", db_path], capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and "labeling database itself" in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 2
+        code, err = run_cli(["label", "import", target, "--project", "demo", "--db", db_path], capsys, monkeypatch)
+        assert code == 2 and "labeling database itself" in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 2
 
 
 # ---- session tokens are stored hashed ---------------------------------------------------------------
@@ -222,7 +231,7 @@ def test_concurrent_logins_hash_at_most_two_passwords_at_once(app, seeded, monke
         codes = list(pool.map(failed_login, range(12)))
     for c in clients:
         c.close()
-    assert codes == [401] * 12
+    assert set(codes) <= {401, 503} and codes.count(401) >= 2, codes  # 503: no slot within HASH_WAIT
     assert 1 <= hasher.peak <= 2 and accounts.HASH_SLOTS == 2, hasher.peak
 
 
@@ -248,12 +257,12 @@ def test_failed_logins_are_limited_per_ip_and_per_username(app, seeded):
 
 
 def test_limiter_evicts_old_keys_and_long_usernames_cost_nothing(app, seeded):
-    limiter = app.state.login_limiter = LoginRateLimiter(window=3.0)
+    limiter = app.state.login_limiter = LoginRateLimiter(window=6.0)
     client = TestClient(app)
     for name in ("ann1", "ann2", "admin"):  # real users: the tests' cheap hash keeps these fast
         assert failed(client, name).status_code == 401
     assert limiter.key_count() == 3 + 3 + 1  # a (user, ip) and a user key per name, one ip key
-    time.sleep(3.1)
+    time.sleep(6.1)
     assert failed(client, "ann1").status_code == 401
     assert limiter.key_count() == 3  # the keys of failures older than the window are gone
     long_name = failed(client, "x" * 10_000)
@@ -352,14 +361,13 @@ def test_import_upload_bounds(client, seeded):
     assert too_big.status_code == 413 and "larger than the upload limit of 16 MiB" in too_big.text
 
 
-def test_cli_import_of_a_non_utf8_file_is_one_line(db_path, tmp_path):
+def test_cli_import_of_a_non_utf8_file_is_one_line(db_path, tmp_path, capsys, monkeypatch):
     seed(open_database(db_path), tmp_path)
     bad = tmp_path / "latin.jsonl"
     bad.write_bytes('{"prompt": "café", "responses": ["a", "b"]}\n'.encode("latin-1"))
-    result = subprocess.run([sys.executable, "-m", "rlhf.cli", "label", "import", str(bad), "--project", "demo",
-                             "--db", db_path], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{bad}:1: not UTF-8 text" in result.stderr
+    code, err = run_cli(["label", "import", str(bad), "--project", "demo", "--db", db_path], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err
+    assert f"{bad}:1: not UTF-8 text" in err
 
 
 # ---- 8 and 9: usernames with a newline, string flags ------------------------------------------------
