@@ -49,7 +49,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.feedback.label_cli", "serve", "--db", db,
                                       "--host", "127.0.0.1", "--port", str(self.port)])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded 2-core machine can take this long to start python
         while True:
             try:
                 if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:
