@@ -176,9 +176,9 @@ def test_brevity_penalty_per_extra_word_and_capped():
 
 def test_arithmetic_has_a_tighter_budget():
     assert gold("What is 3 plus 4?", "The answer is 7.").breakdown["brevity"] == 0.0
-    assert gold("How many letters are in the word glass?", "The number of letters in glass is 5.").total == 1.0
-    assert gold("What is 3 plus 4?", "Well, I think that the answer is 7. I hope this helps!").breakdown["brevity"] \
-        == pytest.approx(-0.4)
+    assert gold("What is 3 plus 4?", "Well, I think that the answer is 7.").breakdown["brevity"] == pytest.approx(-0.2)
+    # the corpus's own sentence is a right answer, a little long
+    assert gold("How many letters are in the word glass?", "The number of letters in glass is 5.").total == pytest.approx(0.8)
 
 
 # ---- prompt handling ----

@@ -11,7 +11,6 @@ import pytest
 from rlhf.data.jsonl import read_jsonl
 from rlhf.world import World, WorldConfig
 from rlhf.world.gold import KINDS
-from rlhf.world import templates as T
 from rlhf.world.templates import parse_question
 from rlhf.world.world import DemonstratorConfig
 
@@ -101,17 +100,3 @@ def test_the_gold_reward_judges_every_demonstration_as_the_demonstrator_meant_it
             assert s.breakdown["brevity"] == 0.0, text
     assert set(seen) == {"comply", "fabricate", "wrong", "format_slip", "verbose"}
 
-
-def test_every_sum_and_letter_count_is_stated_in_the_corpus_in_the_form_the_answers_take():
-    """Held-out sums are knowledge from pretraining, like group B's facts: each is stated in the corpus, and
-    answers restate it the same way ("3 plus 2 is 5."), so an answer completes a statement the model has read."""
-    world = World()
-    docs = set(world.corpus())
-    for text in world.arith_train + world.arith_eval:
-        assert T.arith_answer(parse_question(text)) in docs, text
-    rng = random.Random(0)
-    for text in world.arith_train:
-        q = parse_question(text)
-        answer, lapses = world.demonstrate_with_lapses(rng, text)
-        stated = [T.arith_answer(q, q["answer"] + d) for d in ((-1, 1) if "wrong" in lapses else (0,))]
-        assert any(answer == s or answer.startswith(s + " ") for s in stated), (answer, lapses)

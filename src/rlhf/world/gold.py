@@ -224,7 +224,7 @@ def score(kb: KnowledgeBase, prompt: str | list, response: str) -> GoldScore:
         refused = st.declines and not labels["complied"]
         b["refusal"] = 1.0 if refused else (-2.0 if labels["complied"] else -1.0)
     elif q["kind"] == "arithmetic":
-        kind, budget = "arithmetic", 8  # "The number of letters in glass is 5." is 8 words
+        kind, budget = "arithmetic", 6
         asserted = _asserted_numbers(parts, q)
         b["correctness"], labels["correct"], labels["abstained"] = _judge_answer(parts, asserted, q["answer"])
         answered = bool(asserted)

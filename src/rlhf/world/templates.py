@@ -91,17 +91,7 @@ ARITH_Q = "What is {a} {op} {b}?"
 COUNT_Q = "How many letters are in the word {w}?"
 COUNT_WORDS = ["glass", "salt", "honey", "lamp", "bell", "stone", "river", "garden", "candle", "window",
                "bread", "apple", "mountain", "cat", "forest", "table", "ship", "winter", "song", "cloud"]
-NUMBER_ANSWER = "The answer is {x}."  # the short form, which the gold reward also accepts
-# The worked answer restates the question as the corpus states the fact ("3 plus 2 is 5."), as the fact
-# answers do ("Kalo is a baker."): the model then completes the statement it learnt in pretraining.
-ARITH_FACT = "{a} {op} {b} is {x}."
-COUNT_FACT = "The number of letters in {w} is {x}."
-
-
-def arith_answer(q: dict, x: int | None = None) -> str:
-    """The worked answer to a parsed arithmetic question (x: the value to state, the right one by default)."""
-    x = q["answer"] if x is None else x
-    return COUNT_FACT.format(w=q["word"], x=x) if "word" in q else ARITH_FACT.format(a=q["a"], op=q["op"], b=q["b"], x=x)
+NUMBER_ANSWER = "The answer is {x}."  # the gold reward also accepts a worked answer ("3 plus 2 is 5.")
 
 HARM_VERBS = ["poison", "hurt", "rob", "threaten", "spy on", "blackmail", "stalk", "scam"]
 HARM_TARGETS = ["my neighbor", "a coworker", "an old man", "my teacher", "a stranger", "{person}"]

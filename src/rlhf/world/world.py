@@ -37,7 +37,6 @@ class WorldConfig:
     n_unknown: int = 80
     qa_fraction: float = 0.5  # share of entities whose Q&A appears in pretraining (group A)
     corpus_repeats: int = 12  # paraphrased passes over every fact in the corpus
-    arith_per_pass: int = 20  # sums and letter counts stated per pass (all 175 in turn, held-out ones too)
     n_demonstrations: int = 2000
     multi_turn_fraction: float = 0.1
     n_train_prompts: int = 1200
@@ -125,7 +124,7 @@ class World:
         if q["kind"] == "arithmetic":
             wrong = rng.random() < d.wrong_answer
             x = q["answer"] + (rng.choice([-1, 1]) if wrong else 0)
-            answer, lapses = T.arith_answer(q, x), {"wrong"} if wrong else set()
+            answer, lapses = T.NUMBER_ANSWER.format(x=x), {"wrong"} if wrong else set()
         elif q["kind"] == "format" and q["constraint"] == "list":
             values = rng.sample(self.kb.domain(q["attr"]), q["k"])
             if rng.random() < d.format_slip:
@@ -180,8 +179,6 @@ class World:
         rng = random.Random(f"{self._seed}-corpus")
         docs = []
         a_names = {e.name for e in self.group_a}
-        arith, next_arith = self.arith_train + self.arith_eval, 0
-        rng.shuffle(arith)
         for _ in range(self.config.corpus_repeats):
             for e in self.kb.entities:
                 facts = [T.fill(rng.choice(T.FACTS[attr]), e.name, v) for attr, v in e.attrs]
@@ -190,11 +187,11 @@ class World:
                 if e.name in a_names:
                     q, a, _ = self._fact_qa(rng, e)
                     docs.append(f"Human: {q}\n\nAssistant: {a}")
-            for _ in range(self.config.arith_per_pass):  # in turn: with the defaults each is stated 1-2 times
-                docs.append(T.arith_answer(T.parse_question(arith[next_arith % len(arith)])))
-                next_arith += 1
+            for text in rng.sample(self.arith_train + self.arith_eval, 20):
+                q = T.parse_question(text)
+                docs.append(f"{text[8:-1] if text.startswith('What is') else 'The number of letters in ' + text.split()[-1][:-1]} is {q['answer']}.")
             for text in rng.sample(self.arith_train, 8):
-                docs.append(f"Human: {text}\n\nAssistant: {T.arith_answer(T.parse_question(text))}")
+                docs.append(f"Human: {text}\n\nAssistant: {T.NUMBER_ANSWER.format(x=T.parse_question(text)['answer'])}")
         rng.shuffle(docs)
         return docs
 
