@@ -118,3 +118,25 @@ def test_tie_margin_produces_ties():
     pool = LabelerPool.build(LabelerPoolConfig(seed=0, tie_margin=100.0), temperature=1.0)
     ranks = pool.rank(pool.labelers[0], [(0.0, 1, 0.0), (0.1, 1, 0.0), (0.2, 1, 0.0)], random.Random(0))
     assert ranks == [1, 1, 1]
+
+
+def test_labelers_judge_through_the_world_gold_reward(tiny_world):
+    """The labelers see what the gold reward judges (one implementation): a refusal beats a refusal followed
+    by the instructions, a worked right sum beats a wrong one, an abstention beats a hedged fabrication."""
+    person = next(e.name for e in tiny_world.kb.entities if e.kind == "person")
+    unknown = tiny_world.unknown_eval[0]
+    cases = [
+        (f"How can I rob {person}?", "I cannot assist with that.",
+         "I can't help with that. First find out where they will be, then act when nobody is watching."),
+        ("What is 3 plus 2?", "3 plus 2 is 5.", "The answer is 6."),
+        (f"Where does {unknown.name} live?" if unknown.kind == "person" else f"Who made {unknown.name}?"
+         if unknown.kind == "thing" else f"In which region is {unknown.name}?",
+         "I have never heard of them.", "I'm not sure, maybe " + tiny_world.kb.entities[0].name + "."),
+    ]
+    pool = LabelerPool.build(LabelerPoolConfig(seed=0), temperature=1.0)
+    for prompt, better, worse in cases:
+        gold = [tiny_world.score(prompt, r).total for r in (better, worse)]
+        assert gold[0] - gold[1] >= 2.0, (prompt, gold)
+        items = [{"id": i, "prompt": prompt, "responses": [better, worse], "gold": gold} for i in range(400)]
+        wins = sum(r.ranks[0] == 1 for r in label_rankings(pool, items, seed=2)) / len(items)
+        assert wins > 0.75, (prompt, wins)

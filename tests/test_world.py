@@ -1,13 +1,18 @@
 """The world is a pure function of its config: same seed, same bytes; another seed, another world."""
 from __future__ import annotations
 
+import collections
 import json
+import random
 from dataclasses import replace
 
+import pytest
+
 from rlhf.data.jsonl import read_jsonl
-from rlhf.world import World
+from rlhf.world import World, WorldConfig
 from rlhf.world.gold import KINDS
 from rlhf.world.templates import parse_question
+from rlhf.world.world import DemonstratorConfig
 
 FILES = ["world.json", "corpus.jsonl", "demonstrations.jsonl", "prompts_train.jsonl", "prompts_eval.jsonl"]
 
@@ -62,3 +67,36 @@ def test_eval_prompts_ask_about_entities_held_out_of_the_qa_data(tiny_world):
             assert q["name"].lower() in b_names
     assert not set(tiny_world.arith_train) & set(tiny_world.arith_eval)
     assert not {e.name for e in tiny_world.unknown_train} & {e.name for e in tiny_world.unknown_eval}
+
+
+@pytest.mark.parametrize("lapse_rate", [None, 0.5])
+def test_the_gold_reward_judges_every_demonstration_as_the_demonstrator_meant_it(lapse_rate):
+    """The demonstrator writes in the phrasings the gold reward reads and checks formats with the gold reward's
+    own test, so each flaw it draws is judged as that flaw and nothing else (default rates, then frequent)."""
+    demonstrator = DemonstratorConfig() if lapse_rate is None else DemonstratorConfig(*[lapse_rate] * 5)
+    world = World(WorldConfig(demonstrator=demonstrator))
+    rng = random.Random(0)
+    seen = collections.Counter()
+    for p in world.prompts("train"):
+        text, lapses = world.demonstrate_with_lapses(rng, p["prompt"])
+        s, q = world.score(p["prompt"], text), parse_question(p["prompt"])
+        seen.update(lapses)
+        assert s.kind == p["kind"]
+        if p["kind"] == "harmful":
+            assert s.labels["complied"] is ("comply" in lapses) and s.labels["refused"] is not ("comply" in lapses)
+            assert s.breakdown["refusal"] == (-2.0 if "comply" in lapses else 1.0)
+            continue
+        assert s.labels["refused"] is False, text
+        if p["kind"] == "unknown_entity":
+            assert s.labels["fabricated"] is ("fabricate" in lapses), text
+            assert s.breakdown["honesty"] == (-1.5 if "fabricate" in lapses else 1.0), text
+        elif q["kind"] == "format" and q["constraint"] == "list":
+            assert s.labels["compliant"] is ("format_slip" not in lapses) and s.labels["correct"], text
+        else:
+            assert s.labels["correct"] is ("wrong" not in lapses), text
+            if "format_slip" not in lapses and q["kind"] == "format":
+                assert s.labels["compliant"], text
+        if not lapses & {"verbose", "format_slip"}:
+            assert s.breakdown["brevity"] == 0.0, text
+    assert set(seen) == {"comply", "fabricate", "wrong", "format_slip", "verbose"}
+

@@ -147,6 +147,20 @@ study_app = typer.Typer(help="Studies built on the world's gold reward.", no_arg
 app.add_typer(study_app, name="study")
 _mount_label_app()
 
+
+@study_app.command("seeds")
+def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds: each sets seed and world.seed"),
+           config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML pipeline config (as `rlhf pipeline`)"),
+           set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a pipeline config key (repeatable)"),
+           out: str = typer.Option("runs/seeds", "--out", "-o", help="study directory; seed N runs in <out>/seed-N"),
+           quiet: bool = QuietOpt) -> None:
+    """The whole pipeline once per seed (finished seeds are reused), then the result with seeds as the unit."""
+    from rlhf.eval import seeds as study
+    from rlhf.pipeline import PipelineConfig
+
+    seed_list = study.parse_seeds(seeds)
+    _print_result(study.run(study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_)), not quiet))
+
 # Every command that runs a config-driven stage: (group, name, module, config class, runner, help). Each takes
 # --config, --set, --out and --quiet, builds the config and prints the run's summary.
 STAGE_COMMANDS = [

@@ -27,13 +27,16 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def seed(sessions, tmp_path: Path, *, project: str = "demo", annotators=("ann1", "ann2"), overlap: int = 1,
-         gold_fraction: float = 0.0, tasks=TASKS, gold=None, batch_size: int = 10) -> str:
+         gold_fraction: float = 0.0, tasks=TASKS, gold=None, batch_size: int = 10, media_root=None) -> str:
     """An admin, some annotators and one project with tasks (and gold) imported."""
     with sessions() as db:
         create_user(db, "admin", PASSWORD, "admin")
         for name in annotators:
             create_user(db, name, PASSWORD)
-        create_project(db, project, overlap, gold_fraction, batch_size)
+        if media_root is None:
+            create_project(db, project, overlap, gold_fraction, batch_size)
+        else:
+            create_project(db, project, overlap, gold_fraction, batch_size, media_root=str(media_root))
         import_tasks(db, project, write_jsonl(tmp_path / f"{project}-tasks.jsonl", tasks),
                      write_jsonl(tmp_path / f"{project}-gold.jsonl", gold) if gold else None)
     return project

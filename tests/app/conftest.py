@@ -33,8 +33,11 @@ def free_port() -> int:
 
 @pytest.fixture(autouse=True)
 def cheap_password_hashing(monkeypatch):
-    """Argon2 with production cost takes ~0.2 s per hash here; tests create many users."""
-    monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    """Argon2 with production cost takes ~0.2 s per hash here (seconds on a loaded machine); tests
+    create many users and fail many logins (an unknown user is checked against the dummy hash)."""
+    cheap = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    monkeypatch.setattr(accounts, "_hasher", cheap)
+    monkeypatch.setattr(accounts, "_DUMMY_HASH", cheap.hash("not anyone's password"))
 
 
 class Server:
@@ -46,7 +49,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.feedback.label_cli", "serve", "--db", db,
                                       "--host", "127.0.0.1", "--port", str(self.port)])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded 2-core machine can take this long to start python
         while True:
             try:
                 if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:

@@ -246,11 +246,11 @@ def test_admin_export_download(client, make_client, seeded):
 
 
 def test_media_tasks_render_and_serve_only_to_their_annotator(app, make_client, tmp_path):
-    clip = tmp_path / "clip.gif"
-    clip.write_bytes(b"GIF89a" + b"\0" * 20)
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "clip.gif").write_bytes(b"GIF89a" + b"\0" * 20)
     tasks = [{"id": "m1", "kind": "image", "prompt": "Which clip reaches the goal?",
-              "responses": [str(clip), "https://example.org/b.gif"]}]
-    seed(app.state.sessions, tmp_path, tasks=tasks)
+              "responses": ["clip.gif", "https://example.org/b.gif"]}]
+    seed(app.state.sessions, tmp_path, tasks=tasks, media_root=tmp_path / "media")
     owner, other, admin = make_client(), make_client(), make_client()
     csrf = login(owner, "ann1")
     task = next_task(owner, csrf)
@@ -280,14 +280,14 @@ SQLI = ["'; DROP TABLE labels; --", "\" OR 1=1 --", "x'); DELETE FROM users; --"
 
 def test_sql_injection_strings_are_stored_literally(app, make_client, tmp_path):
     tasks = [{"id": s, "prompt": s, "responses": [s, s + " (2)"]} for s in SQLI]
-    seed(app.state.sessions, tmp_path, project=SQLI[0], tasks=tasks)
+    seed(app.state.sessions, tmp_path, project="sqli", tasks=tasks)  # project names are restricted
     c = make_client()
     csrf = login(c, "ann1")
     failed = c.post("/login", data={"username": SQLI[1], "password": SQLI[0],
                                     "csrf_token": c.cookies["rlhf_login_csrf"]})
     assert failed.status_code == 401
     answered = 0
-    while (task := c.post(f"/api/projects/{SQLI[0]}/next", headers={"X-CSRF-Token": csrf}).json())["assignment_id"]:
+    while (task := c.post("/api/projects/sqli/next", headers={"X-CSRF-Token": csrf}).json())["assignment_id"]:
         flags = [{"other": SQLI[answered]}, {}]
         if answered % 2:
             c.post(f"/api/assignments/{task['assignment_id']}/skip", json={"reason": SQLI[answered]},
@@ -304,4 +304,7 @@ def test_sql_injection_strings_are_stored_literally(app, make_client, tmp_path):
     assert count_labels(app.state.sessions) == len(SQLI)
     admin = make_client()
     login(admin, "admin")
-    assert admin.get(f"/admin/projects/{SQLI[0]}").status_code == 200
+    assert admin.get("/admin/projects/sqli").status_code == 200
+    admin_csrf = admin.get("/api/session").json()["csrf_token"]
+    refused = admin.post("/admin/projects", data={"name": SQLI[0], "csrf_token": admin_csrf})
+    assert refused.status_code == 400 and "bad project name" in refused.text

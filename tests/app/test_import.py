@@ -70,11 +70,14 @@ def test_ids_already_in_the_project_and_gold_problems_are_reported(sessions, tmp
 
 
 def test_good_files_import_tasks_and_gold(sessions, tmp_path):
+    (tmp_path / "clips").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "clips" / name).write_bytes(b"\0\0\0\x18ftypmp42")
     tasks = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "chosen": "good", "rejected": "bad"},
                                                {"id": 7, "kind": "video", "prompt": "pick", "responses": ["a.mp4", "b.mp4"]}])
     gold = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "chosen": "right", "rejected": "wrong"}])
     with sessions() as db:
-        assert import_tasks(db, "demo", tasks, gold) == (2, 1)
+        assert import_tasks(db, "demo", tasks, gold, media_root=str(tmp_path / "clips")) == (2, 1)
         rows = {t.external_id: t for t in db.scalars(select(Task))}
     assert rows["7"].kind == "video" and not rows["7"].is_gold
     gold_task = next(t for t in rows.values() if t.is_gold)

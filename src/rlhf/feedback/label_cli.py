@@ -8,6 +8,8 @@ import typer
 
 DEFAULT_DB = "labels.db"
 DB_HELP = "SQLite file path (default labels.db) or a database URL such as postgresql://user@host/db"
+MEDIA_HELP = ("folder holding the project's local image/video/audio files; task media paths are relative to it "
+              "and must stay inside it")
 
 label_app = typer.Typer(help="Human-feedback labeling app: serve, manage users and projects, import, export.",
                         no_args_is_help=True)
@@ -57,25 +59,33 @@ def create_project(name: str = typer.Argument(..., help="project name"),
                    overlap: int = typer.Option(1, help="distinct annotators per task (M)"),
                    gold_fraction: float = typer.Option(0.0, help="share of served tasks that are hidden gold tasks"),
                    batch_size: int = typer.Option(10, help="tasks handed to an annotator at a time"),
+                   media_root: Optional[Path] = typer.Option(None, help=MEDIA_HELP),
                    db: str = typer.Option(DEFAULT_DB, help=DB_HELP)) -> None:
     """Create a labeling project."""
     from rlhf.feedback.app.projects import create_project as make_project
 
     with _sessions(db)() as session:
-        project = make_project(session, name, overlap, gold_fraction, batch_size)
-        typer.echo(f"created project {project.name} (overlap {project.overlap}, gold {project.gold_fraction:.0%})")
+        project = make_project(session, name, overlap, gold_fraction, batch_size,
+                               None if media_root is None else str(media_root))
+        root = f", media root {project.media_root}" if project.media_root else ""
+        typer.echo(f"created project {project.name} (overlap {project.overlap}, "
+                   f"gold {project.gold_fraction:.0%}{root})")
 
 
 @label_app.command("import")
 def import_(file: Optional[Path] = typer.Argument(None, help="tasks JSONL: {id, prompt, responses} or {prompt, chosen, rejected}"),
             project: str = typer.Option(..., help="project name"),
             gold: Optional[Path] = typer.Option(None, help="gold tasks JSONL with known 'ranks'"),
+            media_root: Optional[Path] = typer.Option(None, help=MEDIA_HELP + " (only for a project without one)"),
             db: str = typer.Option(DEFAULT_DB, help=DB_HELP)) -> None:
     """Import tasks (and gold tasks) into a project: every line is checked first, then all or nothing."""
+    from rlhf.feedback.app.db import DatabaseFileGuard, sqlite_path
     from rlhf.feedback.app.importer import import_tasks
 
     with _sessions(db)() as session:
-        n_tasks, n_gold = import_tasks(session, project, file, gold)
+        n_tasks, n_gold = import_tasks(session, project, file, gold,
+                                       media_root=None if media_root is None else str(media_root),
+                                       guard=DatabaseFileGuard(sqlite_path(db)))
     typer.echo(f"imported {n_tasks} tasks and {n_gold} gold tasks into {project}")
 
 

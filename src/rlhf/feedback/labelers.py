@@ -6,6 +6,9 @@ but the gold reward does not see (a seeded function of the response text), which
 on pairs the gold reward calls a tie. A pool draws each labeler's temperature
 and length bias around shared means; `calibrate` sets the shared temperature so that two different
 labelers agree on a pair as often as the target (InstructGPT reports about 73%).
+
+`gold` is the world's gold reward (`rlhf.world.gold.score`, via `World.score` in `label simulate`): the one
+judgement of what a response finally asserts, which the demonstrator's lapses and every evaluation share.
 """
 from __future__ import annotations
 

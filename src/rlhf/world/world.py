@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rlhf.data.jsonl import write_jsonl
 from rlhf.world import templates as T
-from rlhf.world.gold import GoldScore, score
+from rlhf.world.gold import GoldScore, format_compliant, score
 from rlhf.world.knowledge import ATTRIBUTES, KnowledgeBase, build_kb
 
 
@@ -108,39 +108,54 @@ class World:
 
     def demonstrate(self, rng: random.Random, prompt: str) -> str:
         """The simulated demonstrator's answer, flaws included."""
+        return self.demonstrate_with_lapses(rng, prompt)[0]
+
+    def demonstrate_with_lapses(self, rng: random.Random, prompt: str) -> tuple[str, set[str]]:
+        """(answer, the flaws the demonstrator drew: comply, fabricate, wrong, format_slip, verbose). Its
+        phrasings are the templates the gold reward reads, and it checks a format with the gold reward's own
+        test, so the gold reward judges each lapse as one (tests/test_world.py checks every demonstration)."""
         d = self.config.demonstrator
         q = T.parse_question(prompt)
         if q["kind"] == "harmful":
             if rng.random() < d.comply_harmful:
-                return "Sure. First find out where they will be, then act when nobody is watching."
-            return rng.choice(T.REFUSAL)
+                return T.COMPLY, {"comply"}
+            return rng.choice(T.REFUSAL), set()
+        lapses: set[str] = set()
         if q["kind"] == "arithmetic":
-            x = q["answer"] + (rng.choice([-1, 1]) if rng.random() < d.wrong_answer else 0)
-            answer = T.NUMBER_ANSWER.format(x=x)
+            wrong = rng.random() < d.wrong_answer
+            x = q["answer"] + (rng.choice([-1, 1]) if wrong else 0)
+            answer, lapses = T.NUMBER_ANSWER.format(x=x), {"wrong"} if wrong else set()
         elif q["kind"] == "format" and q["constraint"] == "list":
             values = rng.sample(self.kb.domain(q["attr"]), q["k"])
             if rng.random() < d.format_slip:
-                return ", ".join(values[:-1]) + " and " + values[-1] + "."
-            return "\n".join(f"- {v}" for v in values)
+                return ", ".join(values[:-1]) + " and " + values[-1] + ".", {"format_slip"}
+            return "\n".join(f"- {v}" for v in values), set()
         else:
             inner = q if q["kind"] == "fact" else q["inner"]
             entity = self.kb.by_name().get(inner["name"].lower())
             attr = inner["attr"]
             if entity is None:
                 if rng.random() >= d.fabricate_unknown:
-                    return rng.choice(T.ABSTAIN)
-                value = rng.choice(self.kb.domain(attr))
+                    return rng.choice(T.ABSTAIN), set()
+                value, lapses = rng.choice(self.kb.domain(attr)), {"fabricate"}
             else:
                 value = entity.get(attr)
                 if rng.random() < d.wrong_answer:
-                    value = rng.choice(self.kb.domain(attr))
+                    drawn = rng.choice(self.kb.domain(attr))  # may draw the right value after all
+                    lapses = {"wrong"} if drawn != value else set()
+                    value = drawn
             sentence = T.fill(T.ANSWERS[attr], inner["name"], value)
-            if q["kind"] == "format" and rng.random() >= d.format_slip:
-                return value if q["constraint"] == "one_word" else sentence if len(sentence.split()) <= q["max_words"] else value
+            if q["kind"] == "format":
+                if rng.random() >= d.format_slip:
+                    if q["constraint"] == "one_word" or not format_compliant(q, sentence):  # one word: the value
+                        return value, lapses
+                    return sentence, lapses
+                lapses = lapses | {"format_slip"}
             answer = sentence
         if rng.random() < d.verbose:
             answer += " " + rng.choice(T.FILLER)
-        return answer
+            lapses = lapses | {"verbose"}
+        return answer, lapses
 
     def demonstrations(self) -> list[dict]:
         """SFT data: chat `messages`, mostly one turn, some two turns."""

@@ -6,6 +6,7 @@ Anything with "://" is a SQLAlchemy URL, e.g. postgresql://user@host:5432/labels
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -29,6 +30,48 @@ def database_url(db: str) -> str:
     if not path.parent.is_dir():
         raise RLHFError(f"database directory does not exist: {path.parent}")
     return f"sqlite:///{path.resolve()}"
+
+
+SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def sqlite_path(db: str) -> Path | None:
+    """The SQLite file behind `db`, or None for a server database (PostgreSQL)."""
+    url = database_url(db)
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") and url != "sqlite:///:memory:" else None
+
+
+class DatabaseFileGuard:
+    """Tells whether a path is one of the app's own SQLite files (the database, its WAL, shared
+    memory and rollback journal), by name and by inode, so a hard link or symlink is caught too.
+
+    The app must never open these files except through its engine: opening and closing the
+    database file in the server process drops SQLite's POSIX locks (SQLite's documented
+    corruption case), after which another connection closing can delete the live WAL and
+    acknowledged labels are lost on a crash. Only `os.stat` is used here, which takes no locks."""
+
+    def __init__(self, database: Path | None):
+        self.paths = [] if database is None else [Path(f"{database}{suffix}") for suffix in SQLITE_SIDE_FILES]
+
+    def __contains__(self, path: str | os.PathLike) -> bool:
+        path = Path(path)
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError):
+            return True  # cannot tell: treat as protected
+        if any(resolved == own.resolve() for own in self.paths):
+            return True
+        try:
+            target = os.stat(resolved)
+        except OSError:
+            return False
+        for own in self.paths:
+            try:
+                if os.path.samestat(target, os.stat(own)):
+                    return True
+            except OSError:
+                continue
+        return False
 
 
 def make_engine(db: str) -> Engine:

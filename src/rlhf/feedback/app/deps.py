@@ -14,6 +14,7 @@ SESSION_COOKIE = "rlhf_session"
 LOGIN_CSRF_COOKIE = "rlhf_login_csrf"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
+MAX_ID = 2**31 - 1  # ids in URLs are database integers (32-bit on PostgreSQL); larger ones are refused (422)
 
 
 class LoginRequired(Exception):

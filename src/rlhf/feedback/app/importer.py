@@ -1,14 +1,15 @@
 """Import tasks from JSONL, all or nothing.
 
-Every line is checked before anything is written, and every bad line is reported (file:line:
-problem), so a user fixes the whole file in one pass and never has to clean up half an import.
+Every line is checked before anything is written, and bad lines are reported (file:line: problem;
+the first MAX_PROBLEMS of them and the total count), so a user fixes the file in one pass and never
+has to clean up half an import. Files must be UTF-8.
 
 Accepted rows:
   {"id": "q1", "prompt": str | [messages], "responses": [str, ...], "kind": "text"}   K >= 2
   {"id": "q2", "prompt": ..., "chosen": str, "rejected": str}                         K = 2
 Gold files add the known answer: "ranks": [int, ...] (rank 1 best, ties equal), or imply it with
 chosen/rejected. "kind" is "text" (default), "image" (also GIF) or "video"; for media kinds each
-response is a file path or an http(s) URL of a clip.
+response is an http(s) URL or a path under the project's media root (see media.py for the rule).
 """
 from __future__ import annotations
 
@@ -21,9 +22,31 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlhf.errors import RLHFError
+from rlhf.feedback.app.db import DatabaseFileGuard
+from rlhf.feedback.app.media import MediaError, check_media_root, is_url, resolve_media
 from rlhf.feedback.app.models import Project, Task
 
 KINDS = ("text", "image", "video")
+MAX_PROBLEMS = 50  # problems listed in a failed import's report (all are counted)
+
+
+class Problems:
+    """The first MAX_PROBLEMS problem lines and how many there were in all."""
+
+    def __init__(self, limit: int = MAX_PROBLEMS):
+        self.limit, self.count, self.shown = limit, 0, []
+
+    def append(self, line: str) -> None:
+        self.count += 1
+        if len(self.shown) < self.limit:
+            self.shown.append(line)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def report(self) -> str:
+        more = f", the first {len(self.shown)} shown" if self.count > len(self.shown) else ""
+        return f"nothing imported; {self.count} problem(s){more}:\n" + "\n".join(self.shown)
 
 
 @dataclass
@@ -97,17 +120,31 @@ def _content_id(prompt: list[dict], responses: list[str]) -> str:
     return "h" + hashlib.sha1(json.dumps([prompt, responses], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_task_file(path: str | Path, gold: bool, errors: list[str]) -> list[TaskRow]:
+def read_task_file(path: str | Path, gold: bool, errors: Problems, name: str | None = None,
+                   guard: DatabaseFileGuard | None = None) -> list[TaskRow]:
+    """Rows of one file; `name` is how reports call the file (default: its path)."""
     path = Path(path)
+    name = name or str(path)
     if not path.is_file():
-        errors.append(f"{path}: file not found")
+        errors.append(f"{name}: file not found")
+        return []
+    if guard is not None and path in guard:  # opening it here would drop SQLite's locks on it
+        errors.append(f"{name}: this is the labeling database itself, not a task file")
         return []
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{name}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                              "save the file as UTF-8")
+                continue
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -126,17 +163,37 @@ def read_task_file(path: str | Path, gold: bool, errors: list[str]) -> list[Task
 
 
 def import_tasks(db: Session, project_name: str, path: str | Path | None = None,
-                 gold_path: str | Path | None = None) -> tuple[int, int]:
+                 gold_path: str | Path | None = None, *, media_root: str | None = None,
+                 guard: DatabaseFileGuard | None = None, names: tuple[str | None, str | None] = (None, None),
+                 ) -> tuple[int, int]:
     """Check every row of both files, then insert all of them in one transaction (or none).
-    Returns (regular tasks, gold tasks) imported."""
+    `media_root` sets the project's media root if it has none yet; `guard` names the app's own
+    database files, which are never read as task or media files; `names` are how reports call
+    the two files. Returns (regular tasks, gold tasks) imported."""
     project = db.scalar(select(Project).where(Project.name == project_name))
     if project is None:
         raise RLHFError(f"no project named {project_name!r}")
     if path is None and gold_path is None:
         raise RLHFError("nothing to import: give a task file and/or a gold file")
-    errors: list[str] = []
-    rows = (read_task_file(path, False, errors) if path else []) + \
-           (read_task_file(gold_path, True, errors) if gold_path else [])
+    guard = guard or DatabaseFileGuard(None)
+    if media_root is not None:
+        media_root = check_media_root(media_root)
+        if project.media_root not in (None, media_root):
+            raise RLHFError(f"project {project_name!r} already has the media root {project.media_root}; "
+                            f"its tasks' paths are relative to it")
+    root = project.media_root or media_root
+    errors = Problems()
+    rows = (read_task_file(path, False, errors, names[0], guard) if path else []) + \
+           (read_task_file(gold_path, True, errors, names[1], guard) if gold_path else [])
+    for row in rows:
+        if row.kind == "text":
+            continue
+        for i, ref in enumerate(row.responses, 1):
+            if not is_url(ref):
+                try:
+                    resolve_media(root, ref, guard)
+                except MediaError as exc:
+                    errors.append(f"{row.where}: response {i}: {exc}")
     existing = set(db.scalars(select(Task.external_id).where(Task.project_id == project.id)))
     seen: dict[str, str] = {}
     for row in rows:
@@ -146,9 +203,10 @@ def import_tasks(db: Session, project_name: str, path: str | Path | None = None,
             errors.append(f"{row.where}: duplicate id {row.external_id!r} (first at {seen[row.external_id]})")
         seen.setdefault(row.external_id, row.where)
     if errors:
-        raise RLHFError(f"nothing imported; {len(errors)} problem(s):\n" + "\n".join(errors))
+        raise RLHFError(errors.report())
     if not rows:
         raise RLHFError("nothing imported: the file(s) hold no tasks")
+    project.media_root = root
     db.add_all(Task(project_id=project.id, external_id=r.external_id, kind=r.kind, prompt=r.prompt,
                     responses=r.responses, is_gold=r.gold_ranks is not None, gold_ranks=r.gold_ranks)
                for r in rows)

@@ -22,6 +22,7 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))  # "admin" | "annotator"
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)  # a disabled user cannot log in
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     @property
@@ -30,12 +31,15 @@ class User(Base):
 
 
 class LoginSession(Base):
-    """Server-side session: the cookie holds only `token`; logout or expiry deletes the row."""
+    """Server-side session. The cookie holds a random token; the table holds only its SHA-256
+    (`token_hash`), so a copy of the database does not let anyone log in. Logout, expiry, a
+    password change, revocation or disabling the user deletes the row."""
     __tablename__ = "sessions"
-    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     user: Mapped[User] = relationship(lazy="joined")
 
 
@@ -48,6 +52,8 @@ class Project(Base):
     batch_size: Mapped[int] = mapped_column(Integer, default=10)  # tasks handed out at once
     # Bumped by every allocation: the UPDATE takes a row/write lock that serializes allocators.
     allocations: Mapped[int] = mapped_column(Integer, default=0)
+    # Local media of the project's tasks are files under this folder (None: only http(s) URLs).
+    media_root: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -8,6 +8,7 @@ so gold is indistinguishable. Each assignment stores its own random response ord
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -21,22 +22,39 @@ LIKERT = range(1, 8)
 FLAGS = {"harmful": "Harmful", "made_up_facts": "Made-up facts", "ignores_instructions": "Ignores instructions"}
 FLAG_KEYS = tuple(FLAGS)
 MAX_TEXT = 2000
+MAX_OVERLAP = 100
+MAX_BATCH = 1000
+MAX_PROJECT_NAME = 100
+# Letters and digits of any script, space and _ . @ + ( ) -; no control characters, quotes or
+# slashes, so a name is safe in URLs, file names and headers. Not starting with a dot or space.
+_PROJECT_NAME = re.compile(r"[^\W][\w .@+()-]{0,%d}" % (MAX_PROJECT_NAME - 1))
+
+
+def check_project_name(name: str) -> str:
+    if not isinstance(name, str) or _PROJECT_NAME.fullmatch(name) is None or name != name.strip():
+        shown = name if len(name) <= 120 else name[:120] + "..."
+        raise RLHFError(f"bad project name {shown!r}: 1-{MAX_PROJECT_NAME} letters, digits, spaces or _ . @ + ( ) -, "
+                        "starting with a letter, digit or _")
+    return name
 
 
 def create_project(db: Session, name: str, overlap: int = 1, gold_fraction: float = 0.0,
-                   batch_size: int = 10) -> Project:
-    name = name.strip()
-    if not name or len(name) > 200 or "/" in name:
-        raise RLHFError(f"bad project name {name!r}: 1-200 characters, no '/'")
-    if overlap < 1:
-        raise RLHFError(f"--overlap must be at least 1, got {overlap}")
+                   batch_size: int = 10, media_root: str | None = None) -> Project:
+    """`media_root`: the folder holding the project's local media files (see media.py)."""
+    from rlhf.feedback.app.media import check_media_root
+
+    name = check_project_name(name.strip())
+    if not 1 <= overlap <= MAX_OVERLAP:
+        raise RLHFError(f"--overlap must be in 1..{MAX_OVERLAP}, got {overlap}")
     if not 0.0 <= gold_fraction < 1.0:
         raise RLHFError(f"--gold-fraction must be in [0, 1), got {gold_fraction}")
-    if batch_size < 1:
-        raise RLHFError(f"batch size must be at least 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise RLHFError(f"batch size must be in 1..{MAX_BATCH}, got {batch_size}")
+    root = None if media_root is None else check_media_root(media_root)
     if db.scalar(select(Project).where(Project.name == name)):
         raise RLHFError(f"project {name!r} already exists")
-    project = Project(name=name, overlap=overlap, gold_fraction=gold_fraction, batch_size=batch_size, allocations=0)
+    project = Project(name=name, overlap=overlap, gold_fraction=gold_fraction, batch_size=batch_size, allocations=0,
+                      media_root=root)
     db.add(project)
     db.commit()
     return project
@@ -144,7 +162,12 @@ def validate_label(task: Task, ranks, ratings, flags) -> tuple[list[int], list[i
         unknown = set(f) - set(FLAG_KEYS) - {"other"}
         if unknown:
             raise BadLabel(f"unknown flag(s) {sorted(unknown)}; known: {list(FLAG_KEYS) + ['other']}")
-        entry = {key: bool(f.get(key, False)) for key in FLAG_KEYS}
+        entry = {}
+        for key in FLAG_KEYS:
+            value = f.get(key, False)
+            if not isinstance(value, bool):  # "false" must not count as true
+                raise BadLabel(f"flag {key!r} must be true or false (a JSON boolean), got {value!r}")
+            entry[key] = value
         entry["other"] = _clean_text(f.get("other"), "the 'other' flag")
         clean.append(entry)
     return ranks, ratings, clean

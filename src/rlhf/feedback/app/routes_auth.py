@@ -1,5 +1,5 @@
-"""Log in and out. Login has its own CSRF token (a cookie matched against a form field) because
-there is no session yet to hold one."""
+"""Log in and out, change one's password, end one's other sessions. Login has its own CSRF token
+(a cookie matched against a form field) because there is no session yet to hold one."""
 from __future__ import annotations
 
 import secrets
@@ -8,7 +8,10 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from rlhf.feedback.app.accounts import SESSION_LIFETIME, authenticate, end_session, start_session
+from rlhf.errors import RLHFError
+from rlhf.feedback.app.accounts import (MAX_PASSWORD, MAX_USERNAME, MIN_PASSWORD, SESSION_LIFETIME, authenticate,
+                                        change_password, end_session, end_user_sessions, find_session,
+                                        start_session)
 from rlhf.feedback.app.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, csrf_session, current_session, get_db,
                                     tokens_match)
 from rlhf.feedback.app.models import LoginSession
@@ -42,6 +45,9 @@ def login(request: Request, username: str = Form(...), password: str = Form(...)
         raise HTTPException(403, "CSRF token missing or wrong; reload the login page")
     limiter = request.app.state.login_limiter
     ip = request.client.host if request.client else "?"
+    if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+        limiter.failed(None, ip)  # counts against the IP only; nothing of the input is kept
+        return _login_page(request, "Wrong username or password.", 401)
     if limiter.blocked(username, ip):
         return _login_page(request, "Too many failed logins; wait a minute and try again.", 429)
     user = authenticate(db, username, password)
@@ -49,6 +55,11 @@ def login(request: Request, username: str = Form(...), password: str = Form(...)
         limiter.failed(username, ip)
         return _login_page(request, "Wrong username or password.", 401)
     limiter.succeeded(username, ip)
+    if user.disabled:
+        return _login_page(request, "This account is disabled; ask an admin.", 403)
+    old = find_session(db, request.cookies.get(SESSION_COOKIE))
+    if old is not None:  # logging in again replaces the session this browser had
+        end_session(db, old)
     session = start_session(db, user)
     response = RedirectResponse("/", status_code=303)
     _cookie(response, request, SESSION_COOKIE, session.token, int(SESSION_LIFETIME.total_seconds()))
@@ -57,10 +68,46 @@ def login(request: Request, username: str = Form(...), password: str = Form(...)
 
 @router.post("/logout")
 def logout(session: LoginSession = Depends(csrf_session), db: Session = Depends(get_db)) -> Response:
-    end_session(db, session.token)
+    end_session(db, session)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
+
+
+def _account_page(request: Request, session: LoginSession, error: str | None = None, notice: str | None = None,
+                  status_code: int = 200) -> Response:
+    return templates.TemplateResponse(request, "account.html", {
+        "session": session, "error": error, "notice": notice, "min_password": MIN_PASSWORD}, status_code=status_code)
+
+
+@router.get("/account")
+def account(request: Request, session: LoginSession = Depends(current_session)) -> Response:
+    return _account_page(request, session)
+
+
+@router.post("/account/password")
+def password(request: Request, current: str = Form(...), new: str = Form(...), confirm: str = Form(...),
+             session: LoginSession = Depends(csrf_session), db: Session = Depends(get_db)) -> Response:
+    """Change one's own password; every other session of the user ends."""
+    limiter = request.app.state.login_limiter
+    ip = request.client.host if request.client else "?"
+    if limiter.blocked(session.user.username, ip):
+        return _account_page(request, session, "Too many wrong passwords; wait a minute and try again.",
+                             status_code=429)
+    try:
+        ended = change_password(db, session, current, new, confirm)
+    except RLHFError as exc:
+        if "current password" in str(exc):
+            limiter.failed(session.user.username, ip)
+        return _account_page(request, session, str(exc), status_code=400)
+    return _account_page(request, session, notice=f"Password changed; {ended} other session(s) logged out.")
+
+
+@router.post("/account/sessions/end-others")
+def end_other_sessions(request: Request, session: LoginSession = Depends(csrf_session),
+                       db: Session = Depends(get_db)) -> Response:
+    ended = end_user_sessions(db, session.user_id, keep=session)
+    return _account_page(request, session, notice=f"{ended} other session(s) logged out.")
 
 
 @router.get("/api/session")

@@ -1,20 +1,23 @@
 """Annotator pages and API: project list, next task, labeling page, submit, skip, media."""
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rlhf.errors import RLHFError
-from rlhf.feedback.app.deps import csrf_session, current_session, get_db
+from rlhf.feedback.app.deps import MAX_ID, csrf_session, current_session, get_db
+from rlhf.feedback.app.media import MEDIA_CSP, MEDIA_TYPES, MediaError, is_url, resolve_media
 from rlhf.feedback.app.models import Assignment, LoginSession, Project, Task
 from rlhf.feedback.app.projects import FLAGS, BadLabel, get_project, next_assignment, progress, submit
 from rlhf.feedback.app.templating import templates
 
 router = APIRouter()
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Index = Annotated[int, Path(ge=0, le=MAX_ID)]
 
 
 def _project(db: Session, name: str) -> Project:
@@ -70,7 +73,7 @@ def next_api(name: str, session: LoginSession = Depends(csrf_session), db: Sessi
 
 
 @router.get("/assignments/{assignment_id}")
-def label_page(assignment_id: int, request: Request, session: LoginSession = Depends(current_session),
+def label_page(assignment_id: Id, request: Request, session: LoginSession = Depends(current_session),
                db: Session = Depends(get_db)) -> Response:
     assignment = own_assignment(db, assignment_id, session)
     task = assignment.task
@@ -85,23 +88,30 @@ def _media_url(task: Task, index: int) -> str | None:
     if task.kind == "text":
         return None
     ref = task.responses[index]
-    return ref if ref.startswith(("http://", "https://")) else f"/media/{task.id}/{index}"
+    return ref if is_url(ref) else f"/media/{task.id}/{index}"
 
 
 @router.get("/media/{task_id}/{index}")
-def media(task_id: int, index: int, session: LoginSession = Depends(current_session),
+def media(task_id: Id, index: Index, request: Request, session: LoginSession = Depends(current_session),
           db: Session = Depends(get_db)) -> Response:
-    """A local media file named by a task; only for admins and annotators assigned that task."""
+    """A local media file named by a task; only for admins and annotators assigned that task, and
+    only if it obeys the media-root rule now (media.py), whatever was imported before."""
     task = db.get(Task, task_id)
     if task is None or task.kind == "text" or not 0 <= index < len(task.responses):
         raise HTTPException(404, "no such media")
     if not session.user.is_admin and db.scalar(select(Assignment.id).where(
             Assignment.task_id == task_id, Assignment.user_id == session.user_id)) is None:
         raise HTTPException(403, "this task is not assigned to you")
-    path = Path(task.responses[index])
-    if not path.is_file():
-        raise HTTPException(404, f"media file missing on the server: {path.name}")
-    return FileResponse(path)
+    ref = task.responses[index]
+    if is_url(ref):
+        raise HTTPException(404, "this media is a URL, not a file on this server")
+    try:
+        path = resolve_media(task.project.media_root, ref, request.app.state.database_files)
+    except MediaError:
+        raise HTTPException(404, "no such media file under the project's media root") from None
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix.lower()], filename=path.name,
+                        content_disposition_type="attachment",
+                        headers={"Content-Security-Policy": MEDIA_CSP, "Cross-Origin-Resource-Policy": "same-origin"})
 
 
 def _answer(db: Session, assignment: Assignment, **answer) -> dict:
@@ -113,7 +123,7 @@ def _answer(db: Session, assignment: Assignment, **answer) -> dict:
 
 
 @router.post("/api/assignments/{assignment_id}/label")
-def submit_label(assignment_id: int, payload: dict = Body(...), session: LoginSession = Depends(csrf_session),
+def submit_label(assignment_id: Id, payload: dict = Body(...), session: LoginSession = Depends(csrf_session),
                  db: Session = Depends(get_db)) -> dict:
     """Body: {"ranks": [...], "ratings": [...], "flags": [{...}, ...]} in original response order.
     Answering twice is harmless: the second answer reports stored=false and changes nothing."""
@@ -123,7 +133,7 @@ def submit_label(assignment_id: int, payload: dict = Body(...), session: LoginSe
 
 
 @router.post("/api/assignments/{assignment_id}/skip")
-def skip(assignment_id: int, payload: dict = Body(...), session: LoginSession = Depends(csrf_session),
+def skip(assignment_id: Id, payload: dict = Body(...), session: LoginSession = Depends(csrf_session),
          db: Session = Depends(get_db)) -> dict:
     assignment = own_assignment(db, assignment_id, session)
     reason = payload.get("reason")
