@@ -3,7 +3,6 @@ headers every response carries (error pages included) and the request size limit
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
