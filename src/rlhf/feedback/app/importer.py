@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session
 from rlhf.errors import RLHFError
 from rlhf.feedback.app.db import DatabaseFileGuard
 from rlhf.feedback.app.media import MediaError, check_media_root, is_url, resolve_media
+
+MAX_UPLOAD_BYTES = 16 * 2**20  # one task or gold file uploaded on the dashboard
 from rlhf.feedback.app.models import Project, Task
 
 KINDS = ("text", "image", "video")

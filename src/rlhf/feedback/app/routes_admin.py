@@ -16,13 +16,12 @@ from rlhf.errors import RLHFError
 from rlhf.feedback.app.accounts import count_sessions, create_user, end_user_sessions, set_disabled
 from rlhf.feedback.app.deps import MAX_ID, csrf_admin, get_db, require_admin
 from rlhf.feedback.app.export import FORMATS, export_project
-from rlhf.feedback.app.importer import import_tasks
+from rlhf.feedback.app.importer import MAX_UPLOAD_BYTES, import_tasks
 from rlhf.feedback.app.models import Assignment, Label, LoginSession, Project, Task, User
 from rlhf.feedback.app.plots import hbar_chart, histogram
 from rlhf.feedback.app.projects import create_project, get_project
 from rlhf.feedback.app.quality import quality_report
 from rlhf.feedback.app.templating import templates
-from rlhf.feedback.app.web import MAX_UPLOAD_BYTES
 
 router = APIRouter(prefix="/admin")
 

@@ -11,9 +11,9 @@ from fastapi.staticfiles import StaticFiles
 from rlhf.feedback.app.accounts import LoginRateLimiter, ServerBusy
 from rlhf.feedback.app.db import DatabaseFileGuard, open_database, sqlite_path
 from rlhf.feedback.app.deps import LoginRequired
+from rlhf.feedback.app.importer import MAX_UPLOAD_BYTES
 from rlhf.feedback.app.templating import HERE, templates
 
-MAX_UPLOAD_BYTES = 16 * 2**20  # one task or gold file uploaded on the dashboard
 MAX_BODY_BYTES = 256 * 2**10  # any other request body (labels, forms, logins)
 IMPORT_PATH = re.compile(r"/admin/projects/[^/]+/import")
 SECURITY_HEADERS = {
