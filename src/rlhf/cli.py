@@ -161,6 +161,22 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
     seed_list = study.parse_seeds(seeds)
     _print_result(study.run(study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_)), not quiet))
 
+
+@study_app.command("signals")
+def signals_(runs: list[Path] = typer.Argument(..., help="PPO run directories (metrics.jsonl with the gold reward logged)")) -> None:
+    """Where PPO's gold-free stop rules (KL budget, ensemble disagreement, abstain/refuse drift) would have
+    ended each run, against the gold reward's peak."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhf.eval import signals
+
+    rows = signals.run(runs)
+    table = Table(*rows[0].keys(), title="gold (5-step mean) @ step where each rule stops")
+    for row in rows:
+        table.add_row(*row.values())
+    Console(width=200).print(table)
+
 # Every command that runs a config-driven stage: (group, name, module, config class, runner, help). Each takes
 # --config, --set, --out and --quiet, builds the config and prints the run's summary.
 STAGE_COMMANDS = [

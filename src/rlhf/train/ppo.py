@@ -231,18 +231,18 @@ def ensemble_score(members: torch.Tensor, how: str, uwo_coef: float) -> torch.Te
 
 def watch_signals(t: Trainer, exp: Experience) -> dict:
     """Signals that need no gold reward: the KL spent, the ensemble's disagreement (mean over samples of the
-    std across members) on this batch; a "stop" reason once the KL budget is spent (the mean over the last 3
-    batches) or disagreement has grown past disagreement_stop x its first 3 iterations' mean."""
+    std across members) on this batch; a "stop" reason once the KL budget is spent or disagreement has grown
+    past disagreement_stop x its first 3 iterations' mean (each read as the mean of the last 3 batches)."""
     cfg, out = t.cfg, {}
     kl = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
     if exp.member_scores is not None:
         out["ens_disagreement"] = exp.member_scores.std(0).mean().item()
         out["ens_mean"], out["ens_min"] = exp.member_scores.mean().item(), exp.member_scores.min(0).values.mean().item()
         t.watch_start.append(out["ens_disagreement"])
-        start = float(np.mean(t.watch_start[:3]))
-        if cfg.disagreement_stop and len(t.watch_start) > 3 and out["ens_disagreement"] > cfg.disagreement_stop * start:
-            out["stop"] = (f"ensemble disagreement {out['ens_disagreement']:.3f} passed {cfg.disagreement_stop:g} x its "
-                           f"start ({start:.3f})")
+        start, recent = float(np.mean(t.watch_start[:3])), float(np.mean(t.watch_start[-3:]))
+        if cfg.disagreement_stop and len(t.watch_start) > 3 and recent > cfg.disagreement_stop * start:
+            out["stop"] = (f"ensemble disagreement {recent:.3f} (last 3 batches) passed {cfg.disagreement_stop:g} x "
+                           f"its start ({start:.3f})")
     t.kl_history.append(kl)
     spent = float(np.mean(t.kl_history[-3:]))  # one batch's estimate is noisy: the last 3 batches' mean
     if cfg.kl_budget and spent > cfg.kl_budget:
