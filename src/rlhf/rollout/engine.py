@@ -16,9 +16,9 @@ import torch
 # transformers 5 renames the cache argument; `past_key_values` is the name every supported version takes
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
-from rlhf.data.batching import left_pad  # noqa: F401 (part of this API)
+from rlhf.data.batching import left_pad
 from rlhf.data.chat import decode_response, encode_prompt
-from rlhf.models.lm import logprobs_from_logits, position_ids  # noqa: F401 (position_ids: part of this API)
+from rlhf.models.lm import logprobs_from_logits, position_ids
 
 
 @dataclass
