@@ -84,6 +84,15 @@ def ppo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, 
 
 
 @app.command()
+def dpo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+        quiet: bool = QuietOpt) -> None:
+    """Direct preference optimization (sigmoid, IPO or cDPO loss) on comparisons or rankings."""
+    from rlhf.train import dpo as stage
+
+    _print_result(stage.run(_config(stage.DPOConfig, config, set_, out), not quiet))
+
+
+@app.command()
 def pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
              quiet: bool = QuietOpt) -> None:
     """World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."""
