@@ -110,7 +110,7 @@ def _pairs(n):
 
 
 def test_run_starts_at_log2_caches_reference_once_and_learns(tmp_path, nano_checkpoint, monkeypatch):
-    data = _write(tmp_path / "pairs.jsonl", _pairs(30) + [
+    data = _write(tmp_path / "pairs.jsonl", _pairs(20) + [
         {"prompt": "Name a town.", "responses": ["I don't know.", "Townville.", "Town 3."], "ranks": [1, 2, 3]}])
     calls = {"ref": 0}
     real = dpo.reference_logps
@@ -120,14 +120,15 @@ def test_run_starts_at_log2_caches_reference_once_and_learns(tmp_path, nano_chec
         return real(*args, **kwargs)
 
     monkeypatch.setattr(dpo, "reference_logps", counting)
-    cfg = DPOConfig(out=str(tmp_path / "run"), policy=str(nano_checkpoint), data=str(data), epochs=4.0, batch_size=4,
-                    eval_fraction=0.2, beta=0.5, kl_prompts=4, max_len=48,
+    cfg = DPOConfig(out=str(tmp_path / "run"), policy=str(nano_checkpoint), data=str(data), epochs=3.0, batch_size=4,
+                    eval_fraction=0.25, beta=0.5, kl_prompts=3, max_len=40,
+                    kl_sampling=dpo.SamplingConfig(max_new_tokens=8, temperature=0.7),
                     optim=dpo.OptimConfig(lr=3e-3, warmup_steps=0, weight_decay=0.0, schedule="constant"))
     out = dpo.run(cfg, show_progress=False)
     summary = json.loads((out / "summary.json").read_text())
     res = summary["result"]
     assert res["first_loss"] == pytest.approx(math.log(2), abs=1e-5)
-    assert calls["ref"] == 2  # train set and held-out set, once each, over 4 epochs
+    assert calls["ref"] == 2  # train set and held-out set, once each, over 3 epochs
     assert res["pairs_trained"] >= res["steps"] * 4  # 4 rankings per step; the 3-way ranking gives 3 pairs
     start, end = summary["heldout"]
     assert start["kl"] == pytest.approx(0.0, abs=1e-4)  # policy = reference before training
@@ -138,23 +139,25 @@ def test_run_starts_at_log2_caches_reference_once_and_learns(tmp_path, nano_chec
 
 def test_bad_input_one_clear_line(tmp_path, nano_checkpoint, tiny_world, cli):
     one = _write(tmp_path / "one.jsonl", _pairs(3) + [{"prompt": "q", "responses": ["only one"], "ranks": [1]}])
-    r = cli.run("dpo", "--set", f"policy={nano_checkpoint}", "--set", f"data={one}", "-o", tmp_path / "r1", "-q")
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == f"error: {one}:4: a ranking needs at least 2 responses, got 1"
-    assert not (tmp_path / "r1").exists()
-
     tied = _write(tmp_path / "tied.jsonl", [{"prompt": "q", "responses": ["a", "b"], "ranks": [1, 1]}])
-    r = cli.run("dpo", "--set", f"policy={nano_checkpoint}", "--set", f"data={tied}", "-o", tmp_path / "r2", "-q")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no pair to train on" in r.stderr
-
     # a reference with another tokenizer: its vocabulary differs from the policy's
     other_tok = train_tokenizer(tiny_world.corpus()[:50], vocab_size=320)
     other = tmp_path / "other"
     save_model(create_model("nano", other_tok, max_len=64), other_tok, other)
     good = _write(tmp_path / "good.jsonl", _pairs(4))
-    r = cli.run("dpo", "--set", f"policy={nano_checkpoint}", "--set", f"reference={other}", "--set", f"data={good}",
-                "-o", tmp_path / "r3", "-q")
+    pol = ["--set", f"policy={nano_checkpoint}", "-q"]
+    r1 = cli.start("dpo", *pol, "--set", f"data={one}", "-o", tmp_path / "r1")
+    r2 = cli.start("dpo", *pol, "--set", f"data={tied}", "-o", tmp_path / "r2")
+    r3 = cli.start("dpo", *pol, "--set", f"reference={other}", "--set", f"data={good}", "-o", tmp_path / "r3")
+
+    r = r1.result()
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"error: {one}:4: a ranking needs at least 2 responses, got 1"
+    r = r2.result()
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no pair to train on" in r.stderr
+    r = r3.result()
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and line.startswith(f"error: reference {other}: its vocabulary") and "Traceback" not in line
-    assert not (tmp_path / "r3").exists()
+    for name in ("r1", "r2", "r3"):
+        assert not (tmp_path / name).exists()

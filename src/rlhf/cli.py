@@ -93,6 +93,24 @@ def dpo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, 
 
 
 @app.command()
+def grpo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+         quiet: bool = QuietOpt) -> None:
+    """GRPO: group-normalized advantages, clipped ratio, KL to the reference as a loss term; no value model."""
+    from rlhf.train import grpo as stage
+
+    _print_result(stage.run(_config(stage.GRPOConfig, config, set_, out), not quiet))
+
+
+@app.command()
+def rloo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+         quiet: bool = QuietOpt) -> None:
+    """RLOO: REINFORCE with a leave-one-out baseline over K samples per prompt, KL as a reward penalty."""
+    from rlhf.train import grpo as stage
+
+    _print_result(stage.run(_config(stage.RLOOConfig, config, set_, out), not quiet))
+
+
+@app.command()
 def pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
              quiet: bool = QuietOpt) -> None:
     """World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."""
