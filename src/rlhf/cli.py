@@ -111,6 +111,24 @@ def rloo(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
 
 
 @app.command()
+def raft(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+         quiet: bool = QuietOpt) -> None:
+    """RAFT: sample K per prompt, keep the top fraction by reward model, fine-tune on them; repeat."""
+    from rlhf.train import raft as stage
+
+    _print_result(stage.run(_config(stage.RAFTConfig, config, set_, out), not quiet))
+
+
+@app.command()
+def rrhf(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+         quiet: bool = QuietOpt) -> None:
+    """RRHF: ranking loss on length-normalized log-probs of K scored responses, plus SFT on the best."""
+    from rlhf.train import rrhf as stage
+
+    _print_result(stage.run(_config(stage.RRHFConfig, config, set_, out), not quiet))
+
+
+@app.command()
 def pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
              quiet: bool = QuietOpt) -> None:
     """World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."""

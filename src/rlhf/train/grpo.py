@@ -21,17 +21,18 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.chat import decode_response, encode_prompt
-from rlhf.data.jsonl import read_jsonl, write_jsonl
+from rlhf.data.chat import encode_prompt
+from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
-from rlhf.models.reward import load_reward_model, score as rm_score
+from rlhf.models.reward import load_reward_model
 from rlhf.progress import progress_bar
-from rlhf.rollout.engine import SamplingConfig, sample
-from rlhf.rollout.packed import pack, packed_logprobs
+from rlhf.rollout.engine import SamplingConfig
+from rlhf.rollout.packed import packed_logprobs
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
 from rlhf.train.heldout import GoldFn, sample_kl
+from rlhf.train.sampling import check_same_vocab, read_prompts, sample_groups
 
 
 @dataclass
@@ -120,32 +121,6 @@ def check_config(cfg: GRPOConfig) -> None:
         raise RLHFError(f"epochs must be at least 1, got {cfg.epochs}")
 
 
-def read_prompts(path: str) -> list:
-    out = []
-    for lineno, obj in read_jsonl(path):
-        p = obj.get("prompt", obj.get("messages"))
-        if not p or not isinstance(p, (str, list)):
-            raise RLHFError(f"{path}:{lineno}: missing 'prompt' (a string or a list of messages)")
-        out.append(p)
-    if not out:
-        raise RLHFError(f"{path}: no prompts")
-    return out
-
-
-def reward_scores(reward_model, roll) -> torch.Tensor:
-    """The one place the reward model is called: prompt + response token ids -> normalized scores."""
-    return rm_score(reward_model, roll.input_ids, roll.attention_mask)
-
-
-def group_rows(prompt_ids: list[list[int]], response_ids: torch.Tensor, response_mask: torch.Tensor, G: int):
-    """Packed rows: each prompt once with its G sampled responses (up to and including EOS)."""
-    rows = []
-    for n, p in enumerate(prompt_ids):
-        resps = [response_ids[n * G + g][response_mask[n * G + g].bool()].tolist() for g in range(G)]
-        rows += pack(p, resps, len(p) + response_ids.shape[1] + 1, start=n * G)
-    return rows
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -158,10 +133,8 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
     if eval_prompts is None and cfg.eval_prompts:
         eval_prompts = read_prompts(cfg.eval_prompts)
     eval_prompts = (eval_prompts or [])[: cfg.n_eval_prompts]
-    tokenizer, rm_tokenizer = load_tokenizer(cfg.policy), load_tokenizer(cfg.reward_model)
-    if tokenizer.get_vocab() != rm_tokenizer.get_vocab():
-        raise RLHFError(f"reward model {cfg.reward_model}: its tokenizer differs from the policy's ({len(rm_tokenizer)} vs "
-                        f"{len(tokenizer)} tokens); GRPO/RLOO score the sampled token ids directly")
+    tokenizer = load_tokenizer(cfg.policy)
+    check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
     accelerator = make_accelerator(cfg.seed)
     policy, ref, reward_model = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
     for m in (ref, reward_model):
@@ -193,20 +166,16 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                     order += torch.randperm(len(prompts), generator=gen_prompts).tolist()
                 idx, order = order[: cfg.prompts_per_step], order[cfg.prompts_per_step:]
                 # ---- sample G responses per prompt, score them
-                roll = sample(policy, [encoded[i] for i in idx for _ in range(G)], cfg.sampling, tokenizer.eos_token_id,
-                              pad, gen_sample)
-                with torch.no_grad():
-                    raw = reward_scores(reward_model, roll)
+                groups = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in idx], G, cfg.sampling,
+                                       gen_sample)
+                roll, raw, texts = groups.roll, groups.scores, groups.texts
                 scores = raw if cfg.no_eos_score is None else torch.where(roll.finished, raw, torch.full_like(raw, cfg.no_eos_score))
                 scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
                 # ---- log-probs: one packed forward per micro-batch (prompt once per group)
                 rows_per_mb, old_logp, ref_logp, seq_kl = [], [], [], []
                 with torch.no_grad():
                     for m0 in range(0, len(idx), cfg.micro_batch_prompts):
-                        sl = slice(m0 * G, (m0 + cfg.micro_batch_prompts) * G)
-                        rows = group_rows([encoded[i] for i in idx[m0:m0 + cfg.micro_batch_prompts]],
-                                          roll.response_ids[sl], roll.response_mask[sl], G)
-                        rows = [(p, rs, [w - m0 * G for w in where]) for p, rs, where in rows]
+                        rows = groups.rows([encoded[i] for i in idx], m0, m0 + cfg.micro_batch_prompts)
                         rows_per_mb.append(rows)
                         r_lp, mask = packed_logprobs(ref, rows, pad, T)
                         ref_logp.append(r_lp)
@@ -239,11 +208,10 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                     opt.zero_grad(set_to_none=True)
                 sched.step()
                 episodes += len(idx) * G
-                texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
-                groups = scores.view(-1, G)
+                by_group = scores.view(-1, G)
                 row = {"rm_score": raw.mean().item(), "reward": rewards.mean().item(),
-                       "group_std": groups.std(1).mean().item(),
-                       "zero_std_groups": (groups.std(1) == 0).float().mean().item(),
+                       "group_std": by_group.std(1).mean().item(),
+                       "zero_std_groups": (by_group.std(1) == 0).float().mean().item(),
                        "response_length": roll.response_mask.float().sum(1).mean().item(),
                        "eos_rate": roll.finished.float().mean().item(), "grad_norm": float(grad_norm),
                        "lr": sched.get_last_lr()[0], "episodes_per_s": episodes / (time.time() - t0),
