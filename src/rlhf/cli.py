@@ -128,6 +128,15 @@ def rrhf(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
     _print_result(stage.run(_config(stage.RRHFConfig, config, set_, out), not quiet))
 
 
+@app.command("best-of-n")
+def best_of_n(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+              quiet: bool = QuietOpt) -> None:
+    """Best-of-N: N samples per prompt, the reward model picks; gold/RM tables and the picks as SFT data."""
+    from rlhf.eval import bon as stage
+
+    _print_result(stage.run(_config(stage.BestOfNConfig, config, set_, out), not quiet))
+
+
 @app.command()
 def pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
              quiet: bool = QuietOpt) -> None:
