@@ -13,7 +13,9 @@ recomputation), as we run.
 
 Timing: TRL's is trainer.train() as the peer prints it; ours is the training loop (`seconds` in the run's
 summary: sampling, reward scoring, reference and policy passes, updates, per-step metrics), without model
-loading, the final save and the plots.
+loading, the final save and the plots. Both sides' CPU time (process user + system seconds) of the same span
+is recorded too: on a shared machine whose load changes during a run, episodes per CPU-second compare the
+sides more steadily than wall time (use --threads 1 then, so no thread waits spinning for a descheduled one).
 """
 from __future__ import annotations
 
@@ -26,6 +28,20 @@ from pathlib import Path
 
 from bench_ppo import build  # the same policy / reward model folders and prompts as the PPO benchmark
 from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
+
+PEER_WRAPPER = r"""
+import json, os, runpy, sys, time
+import trl
+_train = trl.GRPOTrainer.train
+def train(self, *a, **k):  # CPU seconds of trainer.train(), beside the peer's wall-clock timing
+    c = time.process_time()
+    out = _train(self, *a, **k)
+    print("BENCH_CPU " + json.dumps({"train_cpu_seconds": time.process_time() - c}))
+    return out
+trl.GRPOTrainer.train = train
+sys.argv = [os.environ["BENCH_PEER"], *sys.argv[1:]]
+runpy.run_path(os.environ["BENCH_PEER"], run_name="__main__")
+"""
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -50,7 +66,8 @@ def ours(args) -> dict:
                      optim=OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="linear"))
     run(cfg, show_progress=False)
     result = json.loads((work / "ours" / "summary.json").read_text())["result"]
-    return {"episodes": result["episodes"], "seconds": result["seconds"], "episodes_per_s": result["episodes_per_s"],
+    return {"episodes": result["episodes"], "seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
+            "episodes_per_s": result["episodes_per_s"],
             "response_length": result["response_length"], "threads": torch.get_num_threads()}
 
 
@@ -72,19 +89,21 @@ def main() -> None:
         return
 
     require_peers(args.tok, args.python, args.peer, args.data)
-    env = peer_env(args.threads, THREADS=str(args.threads))
+    env = peer_env(args.threads, THREADS=str(args.threads), BENCH_PEER=args.peer)
     report: dict = {"threads": args.threads, "episodes": args.episodes, "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench_grpo_") as work:
         report.update(build(Path(work), args.tok, args.data))
         for rep in range(args.repeats):
             row: dict = {}
             if not args.skip_peer:
-                proc = subprocess.run([args.python, args.peer, args.tok, args.data, str(args.episodes)],
+                proc = subprocess.run([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.episodes)],
                                       env=env, capture_output=True, text=True)
                 lines = [l for l in proc.stdout.splitlines() if l.startswith("PEER_JSON ")]
                 if proc.returncode or not lines:
                     sys.exit(f"peer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
                 row["trl"] = trl = json.loads(lines[-1][len("PEER_JSON "):])
+                cpu = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_CPU ")]
+                trl["train_cpu_seconds"] = json.loads(cpu[-1][len("BENCH_CPU "):])["train_cpu_seconds"]
                 print(f"[{rep + 1}] trl:  {trl['episodes']} episodes in {trl['wall_s']}s = {trl['episodes_per_s']} episodes/s, "
                       f"mean completion {trl['mean_completion_len']} tokens (dropped args {trl['dropped_args']}, "
                       f"threads={trl['threads']})", flush=True)
@@ -98,7 +117,10 @@ def main() -> None:
                   f"mean response {us['response_length']:.1f} tokens, threads={us['threads']}", flush=True)
             if "trl" in row:
                 row["ratio"] = us["episodes_per_s"] / row["trl"]["episodes_per_s"]
-                print(f"[{rep + 1}] ratio ours/trl: {row['ratio']:.2f}x episodes/s")
+                row["ratio_cpu"] = row["trl"]["train_cpu_seconds"] / us["cpu_seconds"] * us["episodes"] / row["trl"]["episodes"]
+                print(f"[{rep + 1}] ratio ours/trl: {row['ratio']:.2f}x episodes/s; per CPU second (ours "
+                      f"{us['episodes'] / us['cpu_seconds']:.2f}, trl {row['trl']['episodes'] / row['trl']['train_cpu_seconds']:.2f} "
+                      f"episodes per CPU-s): {row['ratio_cpu']:.2f}x")
             report["runs"].append(row)
     print(f"prompt tokens (mean): ours {report['ours_prompt_tokens']:.1f}, trl {report['peer_prompt_tokens']:.1f}")
     print("BENCH_JSON " + json.dumps(report))

@@ -201,10 +201,10 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
     policy, opt = accelerator.prepare(policy, opt)
     ref = ref.to(accelerator.device)
     policy.eval()  # no dropout: at the start policy = reference exactly, and the loss is log 2
-    t_cache = time.time()
+    t_cache, c_cache = time.time(), time.process_time()
     ref_train = reference_logps(ref, train_packed, pad, average, cfg.ref_batch_size)
     ref_eval = reference_logps(ref, eval_packed, pad, average, cfg.ref_batch_size)
-    cache_seconds = time.time() - t_cache
+    cache_seconds, cache_cpu = time.time() - t_cache, time.process_time() - c_cache
     lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_packed]
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
     kl_prompts = list({str(r.prompt): list(r.prompt) for r in eval_set}.values())[: cfg.kl_prompts]
@@ -222,7 +222,7 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
             return row
 
         before = held_out(0)
-        t0, pairs_seen, first_loss = time.time(), 0, None
+        t0, c0, pairs_seen, first_loss = time.time(), time.process_time(), 0, None
         with progress_bar("dpo", steps, show_progress and accelerator.is_main_process) as bar:
             for step, idx in enumerate(schedule):
                 logps = forward_rankings(policy, [train_packed[i] for i in idx], pad, average)
@@ -237,12 +237,13 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
                 bar.advance(loss=loss.item(), acc=acc)
                 if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
                     held_out(step + 1)
-        train_seconds = time.time() - t0
+        train_seconds, train_cpu = time.time() - t0, time.process_time() - c0
         after = held_out(steps)
         policy = accelerator.unwrap_model(policy)
         result = {"loss": cfg.loss, "beta": cfg.beta, "rankings_train": len(train_set), "rankings_eval": len(eval_set),
                   "pairs_trained": pairs_seen, "steps": steps, "first_loss": first_loss, "final_loss": loss.item(),
                   "reference_cache_seconds": cache_seconds, "train_seconds": train_seconds,
+                  "reference_cache_cpu_seconds": cache_cpu, "train_cpu_seconds": train_cpu,
                   "pairs_per_s": pairs_seen / train_seconds,
                   "pairs_per_s_with_cache": pairs_seen / (train_seconds + cache_seconds)}
         if cfg.loss in ("sigmoid", "cdpo"):

@@ -159,7 +159,7 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
             return row
 
         before = held_out(0)
-        t0, episodes, samples = time.time(), 0, []
+        t0, c0, episodes, samples = time.time(), time.process_time(), 0, []
         with progress_bar(cfg.estimator, cfg.steps, show_progress and accelerator.is_main_process) as bar:
             for step in range(cfg.steps):
                 while len(order) < cfg.prompts_per_step:
@@ -231,10 +231,10 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                                         "response": texts[j], "rm": round(raw[j].item(), 3),
                                         "advantage": round(adv[j].item(), 3),
                                         **({"gold": round(golds[j], 3)} if golds else {})})
-        seconds = time.time() - t0
+        seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
         after = held_out(cfg.steps)
         result = {"estimator": cfg.estimator, "kl_mode": cfg.kl_mode, "steps": cfg.steps, "episodes": episodes,
-                  "seconds": seconds, "episodes_per_s": episodes / seconds,
+                  "seconds": seconds, "cpu_seconds": cpu_seconds, "episodes_per_s": episodes / seconds,
                   **{k: row[k] for k in ("rm_score", "kl", "response_length", "eos_rate") if k in row}}
         heldout = [{"when": w, **r} for w, r in (("start", before), ("end", after)) if r]
         if accelerator.is_main_process:
