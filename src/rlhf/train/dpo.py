@@ -146,17 +146,23 @@ def forward_rankings(model, packed: list[list[PackedRow]], pad_id: int, average:
     return sequence_logps(logp, mask, average)
 
 
+def by_length(packed: list[list[PackedRow]], batch: int) -> list[list[int]]:
+    """Ranking indices in chunks of `batch`, sorted by packed length: little padding when order does not matter."""
+    order = sorted(range(len(packed)), key=lambda i: max(len(p) + sum(len(x) for x in rs) for p, rs, _ in packed[i]))
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
 @torch.no_grad()
 def reference_logps(ref, packed: list[list[PackedRow]], pad_id: int, average: bool, batch: int) -> list[torch.Tensor]:
-    """The cache: one tensor of K sequence log-probs per ranking, computed once."""
-    out = []
-    for i in range(0, len(packed), batch):
-        chunk = packed[i:i + batch]
-        flat = forward_rankings(ref, chunk, pad_id, average).cpu()
+    """The cache: one tensor of K sequence log-probs per ranking, computed once (rankings of similar
+    length batched together)."""
+    out: list[torch.Tensor] = [None] * len(packed)
+    for chunk in by_length(packed, batch):
+        flat = forward_rankings(ref, [packed[i] for i in chunk], pad_id, average).cpu()
         k = 0
-        for rows in chunk:
-            n = sum(len(rs) for _, rs, _ in rows)
-            out.append(flat[k:k + n])
+        for i in chunk:
+            n = sum(len(rs) for _, rs, _ in packed[i])
+            out[i] = flat[k:k + n]
             k += n
     return out
 
@@ -165,11 +171,10 @@ def reference_logps(ref, packed: list[list[PackedRow]], pad_id: int, average: bo
 def evaluate_pairs(policy, packed, ref_cache, rankings, cfg: DPOConfig, pad_id: int) -> dict:
     """Implicit-reward accuracy, mean margin and loss on held-out rankings."""
     losses, margins = [], []
-    for i in range(0, len(packed), cfg.ref_batch_size):
-        sl = slice(i, i + cfg.ref_batch_size)
-        logps = forward_rankings(policy, packed[sl], pad_id, cfg.loss == "ipo").cpu()
-        loss, m = ranking_losses(logps, torch.cat(ref_cache[sl]), rankings[sl], cfg)
-        losses.append(loss.item() * len(rankings[sl]))
+    for chunk in by_length(packed, cfg.ref_batch_size):
+        logps = forward_rankings(policy, [packed[i] for i in chunk], pad_id, cfg.loss == "ipo").cpu()
+        loss, m = ranking_losses(logps, torch.cat([ref_cache[i] for i in chunk]), [rankings[i] for i in chunk], cfg)
+        losses.append(loss.item() * len(chunk))
         margins.append(m)
     m = torch.cat(margins)
     return {"accuracy": (m > 0).float().mean().item(), "margin": m.mean().item(),
