@@ -1,0 +1,100 @@
+"""Log-probs of several responses to one prompt from a single forward pass ("packed" rows).
+
+A row holds a prompt once and its responses laid out after it; a block attention mask lets each response
+see the prompt and itself only, at the positions it would have alone, so every response's log-probs equal
+those of the separate sequence prompt + response (up to float rounding), while the prompt is computed once
+instead of K times. The LM head runs only on the positions that predict response tokens. DPO, RRHF and
+GRPO/RLOO (K responses or a group per prompt) all score responses this way.
+
+A row is `(prompt tokens, [response tokens, ...], [index of each response in the output])`, the layout
+`rlhf.train.reward.pack_ranking` makes for the reward model; `pack` makes it for log-probs.
+"""
+from __future__ import annotations
+
+import torch
+
+PackedRow = tuple[list[int], list[list[int]], list[int]]
+
+
+def pack(prompt: list[int], responses: list[list[int]], max_len: int, start: int = 0) -> list[PackedRow]:
+    """Rows for one prompt and its responses, each prompt + response at most `max_len` tokens: a response
+    keeps at most max_len - 1 tokens (one prompt token must predict its first), the prompt is cut from the
+    left to fit, and responses whose prompt is cut at the same place share a row (all of them unless
+    max_len bites)."""
+    if not prompt:
+        raise ValueError("empty prompt")
+    groups: dict[int, PackedRow] = {}
+    for k, toks in enumerate(responses):
+        toks = toks[:max_len - 1]
+        cut = max(0, len(prompt) - (max_len - len(toks)))
+        row = groups.setdefault(cut, (prompt[cut:], [], []))
+        row[1].append(toks)
+        row[2].append(start + k)
+    return list(groups.values())
+
+
+def block_mask(seg: torch.Tensor, attn_implementation: str | None) -> torch.Tensor:
+    """(B, 1, W, W) mask from segment ids (0 prompt, j + 1 response j, -1 padding): causal, and a response
+    sees the prompt and itself. Boolean for SDPA, additive float otherwise."""
+    width = seg.shape[1]
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool, device=seg.device).tril()
+    allowed = causal & (k >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(width, dtype=torch.bool, device=seg.device) & (q < 0)  # pad queries see themselves: no NaN
+    mask = allowed[:, None]
+    if (attn_implementation or "sdpa") != "sdpa":
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=seg.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return mask
+
+
+def packed_logprobs(model, rows: list[PackedRow], pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of every response in `rows`: (N, T) log-probs and (N, T) float mask, where N is
+    the number of responses (ordered by their indices) and T the longest response; logits are divided by
+    `temperature` as when sampling. Each row needs a non-empty prompt (its last token predicts a response's
+    first token); an empty response gets an all-zero mask."""
+    model_ = getattr(model, "module", model)
+    device = next(model_.parameters()).device
+    width = max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    src, tgt, owner = [], [], []  # flat position that predicts each response token, the token, its response
+    lengths: dict[int, int] = {}
+    for b, (p, rs, where) in enumerate(rows):
+        if not p:
+            raise ValueError("a packed row needs a non-empty prompt")
+        ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+        seg[b, :len(p)] = 0
+        pos[b, :len(p)] = torch.arange(len(p))
+        col = len(p)
+        for j, (x, w) in enumerate(zip(rs, where)):
+            ids[b, col:col + len(x)] = torch.tensor(x, dtype=torch.long)
+            seg[b, col:col + len(x)] = j + 1
+            pos[b, col:col + len(x)] = torch.arange(len(p), len(p) + len(x))
+            preds = [len(p) - 1] + list(range(col, col + len(x) - 1))
+            src += [b * width + c for c in preds][:len(x)]
+            tgt += x
+            owner += [w] * len(x)
+            lengths[w] = len(x)
+            col += len(x)
+    ids, seg, pos = ids.to(device), seg.to(device), pos.to(device)
+    mask = block_mask(seg, getattr(model_.config, "_attn_implementation", "sdpa"))
+    hidden = model_.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(src, dtype=torch.long, device=device)]
+    logits = model_.get_output_embeddings()(picked).float()
+    if temperature > 0:
+        logits = logits / temperature
+    flat = torch.log_softmax(logits, -1).gather(-1, torch.tensor(tgt, device=device)[:, None]).squeeze(-1)
+    index = sorted(lengths)
+    base = index[0]
+    if index != list(range(base, base + len(index))):
+        raise ValueError("packed rows must number their responses consecutively")
+    n, T = len(index), max(1, max(lengths.values()))
+    out_mask = torch.zeros(n, T, dtype=torch.bool, device=device)
+    for w, L in lengths.items():
+        out_mask[w - base, :L] = True
+    # tokens go in (response, position) order: sort the flat entries by owner (stable keeps token order)
+    order = sorted(range(len(owner)), key=lambda i: owner[i])
+    out = torch.zeros(n, T, dtype=flat.dtype, device=device)
+    out = out.masked_scatter(out_mask, flat[torch.tensor(order, dtype=torch.long, device=device)])
+    return out, out_mask.float()

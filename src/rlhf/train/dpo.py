@@ -1,0 +1,266 @@
+"""Direct preference optimization: the policy learns from comparisons with no reward model and no sampling.
+
+With pi_ref frozen (the SFT model), the implicit reward of a response is beta * (log pi(y|x) - log pi_ref(y|x)),
+and each (chosen, rejected) pair contributes a loss on h = [log pi(y_w) - log pi(y_l)] - [log pi_ref(y_w) - log pi_ref(y_l)]:
+
+  sigmoid (DPO, Rafailov et al. 2023):   -log sigmoid(beta * h)
+  cdpo    (labels flipped with prob. e): -(1 - e) log sigmoid(beta * h) - e log sigmoid(-beta * h)
+  ipo     (Azar et al. 2023):            (h - 1 / (2 beta))^2, on per-token mean log-probs (as TRL)
+
+K-wise rankings give their C(K,2) untied pairs; every response of a ranking is forwarded once with the
+prompt shared (`rlhf.rollout.packed`), a ranking's loss is the mean over its pairs, and rankings weigh the
+same. The reference's log-probs of every response are computed once before training and cached: the
+reference is never run again during training (only to measure KL on held-out prompts).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.data.chat import encode_prompt, encode_response
+from rlhf.data.comparisons import Ranking, load_rankings
+from rlhf.data.sampler import train_eval_split
+from rlhf.errors import RLHFError
+from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
+from rlhf.progress import progress_bar
+from rlhf.rollout.engine import SamplingConfig
+from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
+from rlhf.rundir import RunDir
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
+from rlhf.train.heldout import GoldFn, sample_kl
+from rlhf.train.reward import batch_order
+
+LOSSES = ("sigmoid", "ipo", "cdpo")
+
+
+@dataclass
+class DPOConfig:
+    out: str = "runs/dpo"
+    seed: int = 0
+    policy: str = "runs/sft/model"
+    reference: str | None = None  # frozen reference; None: the policy's starting checkpoint
+    data: str = "runs/labels/comparisons.jsonl"  # every format `rlhf reward` reads (pairs, HH, K-wise rankings)
+    on_bad: str = "error"  # error | skip (counted in the summary)
+    limit: int | None = None
+    eval_fraction: float = 0.1  # held out with the same split (and seed) as `rlhf reward`
+    epochs: float = 1.0
+    batch_size: int = 8  # rankings per step
+    max_len: int = 256
+    loss: str = "sigmoid"  # sigmoid (DPO) | ipo | cdpo
+    beta: float = 0.1
+    label_smoothing: float = 0.1  # cdpo only: the assumed probability that a label is flipped
+    length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
+    ref_batch_size: int = 32  # rankings per reference forward when filling the cache
+    eval_every: int = 0  # held-out metrics every N steps (0: before training and at the end only)
+    kl_prompts: int = 64  # held-out prompts sampled for KL to the reference (0: off)
+    kl_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.7))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=5, weight_decay=0.0,
+                                                                   schedule="linear", betas=(0.9, 0.999)))
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-pair losses from sequence log-probs (summed; per-token means for IPO)."""
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if loss == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    e = label_smoothing if loss == "cdpo" else 0.0
+    return -(1 - e) * F.logsigmoid(beta * h) - e * F.logsigmoid(-beta * h)
+
+
+def sequence_logps(logp: torch.Tensor, mask: torch.Tensor, average: bool) -> torch.Tensor:
+    total = (logp * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+def pair_index(rankings: list[Ranking]) -> tuple[list[int], list[int], list[float]]:
+    """(better, worse, weight) over the concatenated responses of `rankings`: every untied pair, weighted
+    1 / (pairs in its ranking) so each ranking weighs the same."""
+    better, worse, weight, offset = [], [], [], 0
+    for r in rankings:
+        pairs = r.pairs()
+        better += [offset + i for i, _ in pairs]
+        worse += [offset + j for _, j in pairs]
+        weight += [1.0 / len(pairs)] * len(pairs)
+        offset += r.k
+    return better, worse, weight
+
+
+def ranking_losses(logps: torch.Tensor, ref_logps: torch.Tensor, rankings: list[Ranking], cfg: DPOConfig):
+    """(loss averaged over rankings, per-pair implicit-reward margins) for the responses of `rankings`."""
+    b, w, weight = pair_index(rankings)
+    b, w = torch.tensor(b, device=logps.device), torch.tensor(w, device=logps.device)
+    losses = dpo_loss(logps[b], logps[w], ref_logps[b], ref_logps[w], cfg.beta, cfg.loss, cfg.label_smoothing)
+    loss = (torch.tensor(weight, device=logps.device) * losses).sum() / len(rankings)
+    margins = cfg.beta * ((logps[b] - ref_logps[b]) - (logps[w] - ref_logps[w])).detach()
+    return loss, margins
+
+
+# ---------------------------------------------------------------- data and the reference cache
+
+
+def check_reference(policy_tok, ref_tok, policy, ref, ref_path: str) -> None:
+    if policy_tok.get_vocab() != ref_tok.get_vocab() or policy.config.vocab_size != ref.config.vocab_size:
+        raise RLHFError(f"reference {ref_path}: its vocabulary ({len(ref_tok)} tokens, embedding {ref.config.vocab_size}) "
+                        f"differs from the policy's ({len(policy_tok)}, {policy.config.vocab_size}); DPO compares "
+                        "log-probs of the same tokens, so the reference must share the policy's tokenizer")
+
+
+def load_pairs(cfg: DPOConfig) -> tuple[list[Ranking], dict]:
+    if cfg.loss not in LOSSES:
+        raise RLHFError(f"loss: expected one of {', '.join(LOSSES)}, got '{cfg.loss}'")
+    if cfg.beta <= 0:
+        raise RLHFError(f"beta must be > 0, got {cfg.beta}")
+    if cfg.loss == "cdpo" and not 0 < cfg.label_smoothing < 0.5:
+        raise RLHFError(f"label_smoothing: cdpo needs 0 < label_smoothing < 0.5, got {cfg.label_smoothing}")
+    rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
+    usable = [r for r in rankings if r.pairs()]
+    info = {**report.as_dict(), "rankings_all_tied": len(rankings) - len(usable)}
+    if not usable:
+        raise RLHFError(f"{cfg.data}: no ranking has two responses ranked differently: no pair to train on")
+    return usable, info
+
+
+def pack_all(tokenizer, rankings: list[Ranking], max_len: int) -> list[list[PackedRow]]:
+    """Each ranking as packed rows: its prompt once, its responses beside it (a response keeps at most
+    max_len - 1 tokens; the prompt is cut from the left so prompt + response fit in max_len)."""
+    return [pack(encode_prompt(tokenizer, list(r.prompt)), [encode_response(tokenizer, x) for x in r.responses], max_len)
+            for r in rankings]
+
+
+def forward_rankings(model, packed: list[list[PackedRow]], pad_id: int, average: bool) -> torch.Tensor:
+    """Sequence log-probs of every response of the given rankings (concatenated in order), one forward."""
+    rows, start = [], 0
+    for ranking_rows in packed:
+        k = sum(len(rs) for _, rs, _ in ranking_rows)
+        rows += [(p, rs, [start + x for x in where]) for p, rs, where in ranking_rows]
+        start += k
+    logp, mask = packed_logprobs(model, rows, pad_id)
+    return sequence_logps(logp, mask, average)
+
+
+def by_length(packed: list[list[PackedRow]], batch: int) -> list[list[int]]:
+    """Ranking indices in chunks of `batch`, sorted by packed length: little padding when order does not matter."""
+    order = sorted(range(len(packed)), key=lambda i: max(len(p) + sum(len(x) for x in rs) for p, rs, _ in packed[i]))
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+@torch.no_grad()
+def reference_logps(ref, packed: list[list[PackedRow]], pad_id: int, average: bool, batch: int) -> list[torch.Tensor]:
+    """The cache: one tensor of K sequence log-probs per ranking, computed once (rankings of similar
+    length batched together)."""
+    out: list[torch.Tensor] = [None] * len(packed)
+    for chunk in by_length(packed, batch):
+        flat = forward_rankings(ref, [packed[i] for i in chunk], pad_id, average).cpu()
+        k = 0
+        for i in chunk:
+            n = sum(len(rs) for _, rs, _ in packed[i])
+            out[i] = flat[k:k + n]
+            k += n
+    return out
+
+
+@torch.no_grad()
+def evaluate_pairs(policy, packed, ref_cache, rankings, cfg: DPOConfig, pad_id: int) -> dict:
+    """Implicit-reward accuracy, mean margin and loss on held-out rankings."""
+    losses, margins = [], []
+    for chunk in by_length(packed, cfg.ref_batch_size):
+        logps = forward_rankings(policy, [packed[i] for i in chunk], pad_id, cfg.loss == "ipo").cpu()
+        loss, m = ranking_losses(logps, torch.cat([ref_cache[i] for i in chunk]), [rankings[i] for i in chunk], cfg)
+        losses.append(loss.item() * len(chunk))
+        margins.append(m)
+    m = torch.cat(margins)
+    return {"accuracy": (m > 0).float().mean().item(), "margin": m.mean().item(),
+            "loss": sum(losses) / len(rankings), "pairs": len(m)}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) -> Path:
+    """`gold`: an optional (prompt, response) -> gold reward scorer for the held-out samples (the pipeline
+    passes the world's); without it the held-out checks are implicit-reward accuracy, margins and KL."""
+    rankings, data_report = load_pairs(cfg)
+    train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(cfg.seed))
+    if not train_set:
+        raise RLHFError(f"{cfg.data}: nothing left to train on after holding out eval_fraction={cfg.eval_fraction}")
+    tokenizer = load_tokenizer(cfg.policy)
+    ref_path = cfg.reference or cfg.policy
+    ref_tokenizer = load_tokenizer(ref_path)
+    accelerator = make_accelerator(cfg.seed)
+    policy, ref = load_causal_lm(cfg.policy), load_causal_lm(ref_path)
+    check_reference(tokenizer, ref_tokenizer, policy, ref, ref_path)
+    ref.requires_grad_(False)
+    average = cfg.loss == "ipo"
+    pad = tokenizer.pad_token_id
+    train_packed, eval_packed = pack_all(tokenizer, train_set, cfg.max_len), pack_all(tokenizer, eval_set, cfg.max_len)
+    steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
+    opt, sched = make_optimizer(policy, cfg.optim, steps)
+    policy, opt = accelerator.prepare(policy, opt)
+    ref = ref.to(accelerator.device)
+    policy.eval()  # no dropout: at the start policy = reference exactly, and the loss is log 2
+    t_cache, c_cache = time.time(), time.process_time()
+    ref_train = reference_logps(ref, train_packed, pad, average, cfg.ref_batch_size)
+    ref_eval = reference_logps(ref, eval_packed, pad, average, cfg.ref_batch_size)
+    cache_seconds, cache_cpu = time.time() - t_cache, time.process_time() - c_cache
+    lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_packed]
+    schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
+    kl_prompts = list({str(r.prompt): list(r.prompt) for r in eval_set}.values())[: cfg.kl_prompts]
+    with RunDir(cfg.out, cfg) as run_dir:
+
+        def held_out(step: int) -> dict:
+            row = {}
+            if eval_set:
+                row.update({f"eval_{k}": v for k, v in evaluate_pairs(policy, eval_packed, ref_eval, eval_set, cfg, pad).items()})
+            if kl_prompts:
+                row.update({f"eval_{k}": v for k, v in sample_kl(accelerator.unwrap_model(policy), ref, tokenizer, kl_prompts,
+                                                                  cfg.kl_sampling, cfg.seed, gold).items()})
+            if row:
+                run_dir.log(step, **row)
+            return row
+
+        before = held_out(0)
+        t0, c0, pairs_seen, first_loss = time.time(), time.process_time(), 0, None
+        with progress_bar("dpo", steps, show_progress and accelerator.is_main_process) as bar:
+            for step, idx in enumerate(schedule):
+                logps = forward_rankings(policy, [train_packed[i] for i in idx], pad, average)
+                ref_logps = torch.cat([ref_train[i] for i in idx]).to(logps.device)
+                loss, margins = ranking_losses(logps, ref_logps, [train_set[i] for i in idx], cfg)
+                first_loss = loss.item() if first_loss is None else first_loss
+                grad_norm = optimizer_step(accelerator, policy, opt, sched, loss, step, cfg.optim.grad_clip)
+                pairs_seen += len(margins)
+                acc = (margins > 0).float().mean().item()
+                run_dir.log(step + 1, loss=loss.item(), accuracy=acc, margin=margins.mean().item(), grad_norm=grad_norm,
+                            lr=sched.get_last_lr()[0], pairs_per_s=pairs_seen / (time.time() - t0))
+                bar.advance(loss=loss.item(), acc=acc)
+                if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                    held_out(step + 1)
+        train_seconds, train_cpu = time.time() - t0, time.process_time() - c0
+        after = held_out(steps)
+        policy = accelerator.unwrap_model(policy)
+        result = {"loss": cfg.loss, "beta": cfg.beta, "rankings_train": len(train_set), "rankings_eval": len(eval_set),
+                  "pairs_trained": pairs_seen, "steps": steps, "first_loss": first_loss, "final_loss": loss.item(),
+                  "reference_cache_seconds": cache_seconds, "train_seconds": train_seconds,
+                  "reference_cache_cpu_seconds": cache_cpu, "train_cpu_seconds": train_cpu,
+                  "pairs_per_s": pairs_seen / train_seconds,
+                  "pairs_per_s_with_cache": pairs_seen / (train_seconds + cache_seconds)}
+        if cfg.loss in ("sigmoid", "cdpo"):
+            result["log2"] = math.log(2)
+        heldout = [{"when": name, **{k[5:]: v for k, v in row.items()}} for name, row in (("start", before), ("end", after)) if row]
+        if accelerator.is_main_process:
+            save_model(policy, tokenizer, run_dir.sub("model"))
+            run_dir.plot_metrics({"loss": ["loss", "eval_loss"], "implicit-reward accuracy": ["accuracy", "eval_accuracy"],
+                                  "implicit-reward margin": ["margin", "eval_margin"], "held-out KL": ["eval_kl"],
+                                  "held-out gold": ["eval_gold"], "throughput": ["pairs_per_s"]})
+            run_dir.write_summary(f"DPO ({cfg.loss})", {"result": result, "held-out": heldout or "no held-out data",
+                                                        "data": data_report, "checkpoint": "model/"},
+                                  {"result": result, "heldout": heldout, "data": data_report})
+    return Path(cfg.out)

@@ -1,0 +1,125 @@
+"""GRPO / RLOO: group advantages on hand-made groups (identical rewards -> zero, no NaN), the clipped
+surrogate and KL term, group size 1 and other bad input, and short end-to-end runs of both estimators."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rlhf.errors import RLHFError
+from rlhf.models.reward import init_reward_model
+from rlhf.train import grpo
+from rlhf.train.grpo import GRPOConfig, RLOOConfig, group_advantages, policy_loss
+
+REWARDS = torch.tensor([[1.0, 2.0, 3.0, 6.0],  # mean 3, unbiased std sqrt(14 / 3) = 2.1602469
+                        [5.0, 5.0, 5.0, 5.0],  # identical: zero advantages
+                        [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)  # mean 0.5, std sqrt(1 / 3) = 0.5773503
+
+
+def test_grpo_advantages_by_hand():
+    adv = group_advantages(REWARDS, "grpo", scale=True, eps=1e-4)
+    want = torch.tensor([[-2 / 2.1603469, -1 / 2.1603469, 0.0, 3 / 2.1603469],
+                         [0.0, 0.0, 0.0, 0.0],
+                         [-0.5 / 0.5774503, -0.5 / 0.5774503, 0.5 / 0.5774503, 0.5 / 0.5774503]], dtype=torch.float64)
+    assert torch.allclose(adv, want, atol=1e-6), adv
+    assert torch.isfinite(adv).all() and (adv[1] == 0).all()
+    unscaled = group_advantages(REWARDS, "grpo", scale=False)
+    assert torch.allclose(unscaled, torch.tensor([[-2.0, -1, 0, 3], [0, 0, 0, 0], [-0.5, -0.5, 0.5, 0.5]], dtype=torch.float64))
+
+
+def test_rloo_advantages_by_hand():
+    adv = group_advantages(REWARDS, "rloo")
+    # r_i minus the mean of the other three: 1 - 11/3, 2 - 10/3, 3 - 9/3, 6 - 6/3; 0 - 2/3, 0 - 2/3, 1 - 1/3, 1 - 1/3
+    want = torch.tensor([[-8 / 3, -4 / 3, 0.0, 4.0], [0.0] * 4, [-2 / 3, -2 / 3, 2 / 3, 2 / 3]], dtype=torch.float64)
+    assert torch.allclose(adv, want, atol=1e-12)
+    assert (adv[1] == 0).all()
+
+
+def test_group_of_one_is_an_error():
+    with pytest.raises(RLHFError, match="group_size must be at least 2"):
+        group_advantages(torch.tensor([[1.0], [2.0]]), "grpo")
+
+
+def test_policy_loss_clipping_and_kl_term():
+    cfg = GRPOConfig(cliprange=0.2, beta=0.5, kl_mode="loss", loss_agg="token")
+    old = torch.zeros(2, 2, dtype=torch.float64)
+    logp = torch.log(torch.tensor([[1.5, 0.5], [1.1, 1.0]], dtype=torch.float64))  # ratios 1.5, 0.5, 1.1, 1.0
+    ref = logp.clone()  # KL term zero here
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.float64)
+    loss, s = policy_loss(logp, old, ref, adv, mask, cfg)
+    # tokens: A=+1, r=1.5 -> -min(1.5, 1.2) = -1.2; A=+1, r=0.5 -> -min(0.5, 0.8) = -0.5
+    #         A=-1, r=1.1 -> -min(-1.1, -1.1) = 1.1; A=-1, r=1.0 -> 1.0
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.1 + 1.0) / 4, abs=1e-12)
+    assert s["clipfrac"] == pytest.approx(0.5)
+    # the k3 KL term: ref - logp = d -> exp(d) - d - 1, times beta, averaged over tokens
+    ref2 = logp + torch.tensor([[0.3, 0.0], [0.0, -0.2]], dtype=torch.float64)
+    loss2, _ = policy_loss(logp, old, ref2, adv, mask, cfg)
+    k3 = (math.exp(0.3) - 0.3 - 1) + (math.exp(-0.2) + 0.2 - 1)
+    assert loss2.item() - loss.item() == pytest.approx(0.5 * k3 / 4, abs=1e-12)
+    # with kl_mode=reward the loss has no KL term (the penalty went into the reward)
+    loss3, _ = policy_loss(logp, old, ref2, adv, mask, GRPOConfig(cliprange=0.2, beta=0.5, kl_mode="reward", loss_agg="token"))
+    assert loss3.item() == pytest.approx(loss.item(), abs=1e-12)
+
+
+def test_identical_rewards_give_zero_gradient():
+    cfg = GRPOConfig()
+    logp = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    adv = group_advantages(torch.full((1, 4), 0.7, dtype=torch.float64), "grpo").flatten()
+    loss, _ = policy_loss(logp, logp.detach(), logp.detach(), adv, torch.ones(4, 3, dtype=torch.float64), cfg)
+    loss.backward()
+    assert torch.isfinite(logp.grad).all() and (logp.grad.abs() < 1e-12).all()
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def rm_checkpoint(tmp_path_factory, nano_checkpoint, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("rm") / "model"
+    model = init_reward_model(nano_checkpoint, seed=0)
+    model.config.pad_token_id = tiny_tokenizer.pad_token_id
+    model.save_pretrained(str(path))
+    tiny_tokenizer.save_pretrained(str(path))
+    return path
+
+
+def _prompts(path, n):
+    path.write_text("".join(json.dumps({"prompt": f"Where does person {i} live?"}) + "\n" for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("cls", [GRPOConfig, RLOOConfig])
+def test_short_run(tmp_path, nano_checkpoint, rm_checkpoint, cls):
+    prompts = _prompts(tmp_path / "p.jsonl", 8)
+    cfg = cls(out=str(tmp_path / "run"), policy=str(nano_checkpoint), reward_model=str(rm_checkpoint),
+              prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=4, steps=2, prompts_per_step=4,
+              micro_batch_prompts=2, group_size=3, epochs=2)
+    cfg.sampling.max_new_tokens = 6
+    seen = []
+    out = grpo.run(cfg, show_progress=False, gold=lambda p, r: seen.append((p, r)) or float(len(r) % 3))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["result"]["episodes"] == 2 * 4 * 3
+    start, end = summary["heldout"]
+    assert start["kl"] == pytest.approx(0.0, abs=1e-4) and "gold" in end
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert len(train) == 2 and all(math.isfinite(r["loss"]) for r in train) and "gold" in train[0]
+    assert len(seen) == 2 * 4 + 2 * 4 * 3  # 4 held-out prompts before and after, and every training sample
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_bad_input_one_line(tmp_path, nano_checkpoint, rm_checkpoint, cli):
+    prompts = _prompts(tmp_path / "p.jsonl", 4)
+    common = ["--set", f"policy={nano_checkpoint}", "--set", f"reward_model={rm_checkpoint}", "--set", f"prompts={prompts}", "-q"]
+    runs = {cmd: cli.start(cmd, *common, "--set", "group_size=1", "-o", tmp_path / cmd) for cmd in ("grpo", "rloo")}
+    bad_mode = cli.start("grpo", *common, "--set", "kl_mode=both", "-o", tmp_path / "x")
+    for cmd, future in runs.items():
+        r = future.result()
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            "error: group_size must be at least 2 (a group baseline compares responses to one prompt), got 1"], r.stderr
+        assert not (tmp_path / cmd).exists()
+    r = bad_mode.result()
+    assert r.returncode == 2 and r.stderr.strip() == "error: kl_mode: expected loss or reward, got 'both'"
