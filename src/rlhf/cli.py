@@ -149,6 +149,15 @@ def chat(checkpoint: Path = typer.Option(..., "--checkpoint", "-m"), temperature
         typer.echo(f"assistant> {reply}")
 
 
+@app.command()
+def control(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+            quiet: bool = QuietOpt) -> None:
+    """Deep RL from preferences over trajectory clips (gymnasium + stable-baselines3, simulated teacher)."""
+    from rlhf.control import pbrl as stage
+
+    _print_result(stage.run(_config(stage.ControlConfig, config, set_, out), not quiet))
+
+
 study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
