@@ -81,10 +81,12 @@ def select_pairs(buffer: TrajectoryBuffer, n: int, clip_len: int, rng: np.random
 def label_schedule(budget: int, rounds: int, initial_frac: float, decay: float) -> list[int]:
     """Labels asked before training (index 0) and after each of `rounds` training rounds: a share
     `initial_frac` first, the rest in proportion to 1 / (1 + decay * k) (fewer as training goes on).
-    Sums to exactly `budget` (largest remainders)."""
+    Sums to exactly `budget` (largest remainders); with no later rounds, all of it comes first."""
+    if rounds == 0:
+        return [budget]
     first = int(round(budget * initial_frac))
     weights = np.array([1 / (1 + decay * k) for k in range(rounds)], np.float64)
-    raw = (budget - first) * weights / weights.sum() if rounds else np.zeros(0)
+    raw = (budget - first) * weights / weights.sum()
     counts = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - counts), kind="stable")[:budget - first - counts.sum()]:
         counts[i] += 1
