@@ -258,3 +258,18 @@ def test_tiny_cartpole_run_writes_a_complete_run_dir(tmp_path):
     for name in ("return_vs_labels.png", "true_return_against_timesteps.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     assert "rlhf control: CartPole" in (out / "summary.md").read_text()
+
+
+def test_sac_replay_buffer_is_relabeled_with_the_learned_reward():
+    from rlhf.control.agents import AgentConfig, make_agent, relabel_replay
+
+    buffer = TrajectoryBuffer(10)
+    venv = LearnedRewardVecEnv(make_venv("Pendulum", 50, 1, seed=0), buffer, reward_fn=lambda x: np.zeros(len(x)))
+    model = make_agent(AgentConfig(algo="sac", n_envs=1, learning_starts=100, net_arch=[16]), venv, seed=0)
+    model.learn(60)
+    rb = model.replay_buffer
+    assert rb.pos == 60 and np.all(rb.rewards[:60] == 0)
+    # reward = the scaled action the reward model sees: SAC stores actions in [-1, 1] as action_features does
+    relabel_replay(model, lambda x: x[:, -1] * 3.0)
+    assert np.allclose(rb.rewards[:60, 0], rb.actions[:60, 0, 0] * 3.0)
+    assert np.all(rb.rewards[60:] == 0)

@@ -69,6 +69,8 @@ class ControlConfig:
             raise RLHFError("seeds: give at least one seed")
         if self.init_episodes < 1 or self.eval_episodes < 1 or self.oversample < 1:
             raise RLHFError("init_episodes, eval_episodes and oversample must be >= 1")
+        if self.reward.output not in ("tanh", "linear"):
+            raise RLHFError(f"reward.output: expected 'tanh' or 'linear', got '{self.reward.output}'")
         if self.reward.members < 1:
             raise RLHFError(f"reward.members: must be >= 1, got {self.reward.members}")
         self.teacher.check()
