@@ -26,7 +26,7 @@ from pathlib import Path
 from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()), ROOT.parent / "shared")
 PEER_PY = ROOT / ".peers" / "imitation" / "bin" / "python"
 PEER = SHARED / "bench" / "peers" / "peer_imitation_pbrl.py"
 SIDES = {  # our config, the peer's env id
@@ -35,29 +35,24 @@ SIDES = {  # our config, the peer's env id
 }
 
 
-def _timesteps(config: str) -> int:
-    import yaml
-
-    return int(yaml.safe_load((ROOT / config).read_text())["agent"]["timesteps"])
-
-
-def peer(env: str, labels: int, seed: int, timesteps: int, threads: int) -> dict:
+def peer(env: str, labels: int, seed: int, timesteps: int, threads: int, iters: int) -> dict:
     proc = subprocess.run([str(PEER_PY), str(PEER), SIDES[env][1], str(labels), str(seed), str(timesteps)],
-                          capture_output=True, text=True, env=peer_env(threads), cwd=ROOT)
+                          capture_output=True, text=True, env=peer_env(threads, ITERS=str(iters)), cwd=ROOT)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("PEER_JSON ")]
     if proc.returncode or not lines:
         sys.exit(f"peer failed on {env} seed {seed}:\n{proc.stderr[-2000:]}")
     return json.loads(lines[-1][len("PEER_JSON "):])
 
 
-def ours(env: str, labels: int, seed: int, threads: int, out: Path, done: dict[str, Path]) -> dict:
+def ours(env: str, labels: int, seed: int, threads: int, out: Path, done: dict[str, Path], sets: list[str]) -> dict:
     if env in done:  # a finished `rlhf control` run with this seed
         rows = json.loads((done[env] / "summary.json").read_text())["per_seed"]
         (row,) = [r for r in rows if r["seed"] == seed]
         return {k: v for k, v in row.items() if k not in ("curve", "ref_curve")}
     run = out / f"ours-{env}-seed{seed}"
     proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "control", "-q", "-c", SIDES[env][0], "-o", str(run),
-                           "--set", f"seeds=[{seed}]", "--set", f"labels={labels}", "--set", f"threads={threads}"],
+                           "--set", f"seeds=[{seed}]", "--set", f"labels={labels}", "--set", f"threads={threads}",
+                           *[x for kv in sets for x in ("--set", kv)]],
                           capture_output=True, text=True, env=peer_env(threads), cwd=ROOT)
     if proc.returncode:
         sys.exit(f"rlhf control failed on {env} seed {seed}:\n{proc.stderr[-2000:]}")
@@ -74,6 +69,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-pbrl"))
     ap.add_argument("--ours", nargs="*", default=[], metavar="ENV=RUNDIR",
                     help="take our side from a finished `rlhf control` run instead of running it again")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override our config (the peer gets our agent timesteps); e.g. for a quick smoke run")
+    ap.add_argument("--iters", type=int, default=10, help="the peer's preference iterations (its ITERS)")
     args = ap.parse_args()
     require_peers(str(PEER_PY), str(PEER))
     out = Path(args.out)
@@ -82,8 +80,8 @@ def main() -> None:
     rows = []
     for env in args.envs:
         for seed in args.seeds:
-            o = ours(env, args.labels, seed, args.threads, out, done)
-            p = peer(env, args.labels, seed, o["timesteps"], args.threads)
+            o = ours(env, args.labels, seed, args.threads, out, done, args.sets)
+            p = peer(env, args.labels, seed, o["timesteps"], args.threads, args.iters)
             neg = env == "Pendulum"
             rows.append({"env": env, "seed": seed, "labels_ours": o["labels"], "labels_peer": p["comparisons"],
                          "timesteps_ours": o["timesteps"], "timesteps_peer": p["timesteps"],

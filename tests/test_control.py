@@ -273,3 +273,28 @@ def test_sac_replay_buffer_is_relabeled_with_the_learned_reward():
     relabel_replay(model, lambda x: x[:, -1] * 3.0)
     assert np.allclose(rb.rewards[:60, 0], rb.actions[:60, 0, 0] * 3.0)
     assert np.all(rb.rewards[60:] == 0)
+
+
+@pytest.mark.parametrize("name", ["CartPole", "Pendulum"])
+def test_clip_pairs_render_to_gif_and_mp4(tmp_path, name):
+    import imageio.v2 as imageio
+
+    from rlhf.control.render import render_clip, write_pair
+
+    env = make_env(name, 20)
+    obs = [env.reset(seed=0)[0]]
+    for _ in range(9):
+        obs.append(env.step(env.action_space.sample())[0])
+    obs = np.stack(obs)
+    frames = render_clip(name, obs)
+    assert frames.shape[0] == 10 and frames.shape[-1] == 3 and frames.dtype == np.uint8
+    assert frames.std() > 10  # drawn, not a blank frame
+    assert not np.array_equal(frames[0], frames[-1])  # the pictures follow the states
+    gif = write_pair(name, obs, obs[::-1], tmp_path / "pair.gif")
+    back = imageio.mimread(gif)
+    # Pillow merges consecutive identical frames into one longer frame, so count at most 10
+    assert 2 <= len(back) <= 10 and back[0].shape[1] == 2 * frames.shape[2] + 8  # left | gap | right
+    mp4 = write_pair(name, obs, obs, tmp_path / "pair.mp4")
+    assert mp4.stat().st_size > 1000
+    with pytest.raises(RLHFError, match="clip files are .gif or .mp4"):
+        write_pair(name, obs, obs, tmp_path / "pair.avi")

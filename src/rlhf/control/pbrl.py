@@ -42,6 +42,7 @@ class ControlConfig:
     init_episodes: int = 8  # episodes of the untrained policy that the first labels come from
     buffer_episodes: int = 100  # clips are drawn from the most recent episodes
     eval_episodes: int = 10
+    clip_files: int = 0  # write the last N labeled clip pairs per seed as side-by-side GIFs under clips/
     baseline: bool = True  # also train the same algorithm on the true reward
     threads: int = 1
     out: str = "runs/control"
@@ -67,6 +68,8 @@ class ControlConfig:
             raise RLHFError(f"sampling: expected 'disagreement' or 'uniform', got '{self.sampling}'")
         if not self.seeds:
             raise RLHFError("seeds: give at least one seed")
+        if self.clip_files < 0:
+            raise RLHFError(f"clip_files: must be >= 0, got {self.clip_files}")
         if self.init_episodes < 1 or self.eval_episodes < 1 or self.oversample < 1:
             raise RLHFError("init_episodes, eval_episodes and oversample must be >= 1")
         if self.reward.output not in ("tanh", "linear"):
@@ -177,6 +180,12 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
               "equal": teacher.equal, "timesteps": steps, "pbrl_return": curve[-1]["return"],
               "rm_acc": curve[-1]["rm_acc"], "pbrl_wall_s": round(pbrl_wall, 1)}
     write_jsonl(rd.sub(f"labels_seed{seed}.jsonl"), labels.rows)
+    if cfg.clip_files:
+        from rlhf.control.render import write_pair
+
+        for i in range(max(0, len(labels) - cfg.clip_files), len(labels)):
+            write_pair(cfg.env, labels.xa[i][:, :obs_dim], labels.xb[i][:, :obs_dim],
+                       rd.sub(f"clips/{labels.rows[i]['id']}.gif"))
 
     if cfg.baseline:  # the same algorithm, settings and timesteps on the true reward
         torch.manual_seed(seed)
