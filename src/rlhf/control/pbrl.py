@@ -143,7 +143,7 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
     labels = _Labels()
     schedule = label_schedule(cfg.labels, cfg.rounds - 1, cfg.initial_frac, cfg.decay)
     chunk = a.timesteps // cfg.rounds
-    if a.algo == "ppo":  # whole rollouts per round
+    if a.algo == "ppo":  # whole rollouts per round (rounded down: the summary reports the timesteps run)
         rollout = a.n_steps * a.n_envs
         chunk = max(rollout, chunk // rollout * rollout)
     started = time.perf_counter()
