@@ -12,5 +12,5 @@ if [ "${1:-}" = "test" ]; then
   fi
   python3 -m pip install -q -e ".[test]"
 else
-  python3 -m pip install -q -e ".[app]"
+  python3 -m pip install -q -e ".[app,control]"
 fi

@@ -199,6 +199,8 @@ STAGE_COMMANDS = [
      "RRHF: ranking loss on length-normalized log-probs of K scored responses, plus SFT on the best."),
     (None, "best-of-n", "rlhf.eval.bon", "BestOfNConfig", "run",
      "Best-of-N: N samples per prompt, the reward model picks; gold/RM tables and the picks as SFT data."),
+    (None, "control", "rlhf.control.pbrl", "ControlConfig", "run",
+     "Deep RL from preferences over trajectory clips (gymnasium + stable-baselines3, simulated teacher)."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
      "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."),
     ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",

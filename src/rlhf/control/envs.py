@@ -1,0 +1,120 @@
+"""Control environments through gymnasium, at a fixed episode length.
+
+Termination is a reward channel: an agent rewarded +1 per step that may end its episode learns from the episode's
+length what the reward never said (Christiano et al. 2017, appendix A; the `seals` package). Every episode here
+runs exactly `episode_len` steps; what the original environment would have ended on is scored by the reward
+instead (CartPole: 1 while the pole is up and the cart on the track, else 0; Acrobot: -1 per step below the line,
+0 above it; MountainCarContinuous: +100 for each step at the goal, less the action cost).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from rlhf.errors import RLHFError
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    gym_id: str
+    episode_len: int  # default fixed horizon
+    kwargs: tuple = ()  # extra gym.make keyword arguments, as (key, value) pairs
+
+
+ENVS: dict[str, EnvSpec] = {
+    "CartPole": EnvSpec("CartPole-v1", 500),
+    "Pendulum": EnvSpec("Pendulum-v1", 200),
+    "MountainCarContinuous": EnvSpec("MountainCarContinuous-v0", 999),
+    "Acrobot": EnvSpec("Acrobot-v1", 500),
+}
+_ALIASES = {spec.gym_id: name for name, spec in ENVS.items()}
+
+
+def resolve(env: str) -> tuple[str, EnvSpec]:
+    """Short name or gymnasium id -> (short name, spec); an unknown id is one line naming the known ones."""
+    name = _ALIASES.get(env, env)
+    if name not in ENVS:
+        known = list(ENVS) + list(_ALIASES)
+        close = difflib.get_close_matches(env, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RLHFError(f"env: unknown environment id '{env}'{hint}; known: {', '.join(ENVS)}")
+    return name, ENVS[name]
+
+
+class FixedLength(gym.Wrapper):
+    """Never terminates; truncates after exactly `episode_len` steps. `info["true_reward"]` is the env's reward
+    under the fixed-length rule, so the learned-reward wrapper above this one can still report it."""
+
+    def __init__(self, env: gym.Env, episode_len: int, name: str):
+        super().__init__(env)
+        self.episode_len, self.name, self.t = episode_len, name, 0
+
+    def reset(self, **kwargs):
+        self.t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        if self.name == "CartPole":
+            # gymnasium's CartPole warns and pays 0 after its terminal step; it recomputes `terminated` from the
+            # state every step, so "out of bounds" is known here without the warning machinery.
+            self.env.unwrapped.steps_beyond_terminated = None
+            reward = 0.0 if terminated else 1.0
+        info = dict(info, true_reward=float(reward), ended=bool(terminated))
+        return obs, float(reward), False, self.t >= self.episode_len, info
+
+
+def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bool = False) -> gym.Env:
+    """One fixed-length environment. episode_len 0 = the environment's default horizon."""
+    name, spec = resolve(env)
+    length = episode_len or spec.episode_len
+    if length < 1:
+        raise RLHFError(f"episode_len: must be >= 1, got {episode_len}")
+    kwargs = dict(spec.kwargs)
+    if render:
+        kwargs["render_mode"] = "rgb_array"
+    # TimeLimit from gym.make would truncate at the registered horizon; ours replaces it.
+    e = gym.make(spec.gym_id, max_episode_steps=10**9, disable_env_checker=True, **kwargs)
+    e = FixedLength(e, length, name)
+    if seed is not None:
+        e.reset(seed=seed)
+        e.action_space.seed(seed)
+    return e
+
+
+def episode_len_of(env: str, episode_len: int = 0) -> int:
+    return episode_len or resolve(env)[1].episode_len
+
+
+def random_return(env: str, episode_len: int, episodes: int, seed: int) -> float:
+    """Mean true return of uniform random actions (the floor of the normalized score)."""
+    e = make_env(env, episode_len)
+    e.action_space.seed(seed)
+    total = 0.0
+    for i in range(episodes):
+        e.reset(seed=seed + i)
+        done = False
+        while not done:
+            _, r, term, trunc, _ = e.step(e.action_space.sample())
+            total += r
+            done = term or trunc
+    e.close()
+    return total / episodes
+
+
+def action_features(space: gym.Space, actions: np.ndarray) -> np.ndarray:
+    """Actions as reward-model inputs: one-hot for Discrete, scaled to [-1, 1] for Box."""
+    actions = np.asarray(actions)
+    if isinstance(space, gym.spaces.Discrete):
+        return np.eye(space.n, dtype=np.float32)[actions.astype(int).reshape(-1)]
+    low, high = space.low.astype(np.float32), space.high.astype(np.float32)
+    a = actions.reshape(len(actions), -1).astype(np.float32)
+    return np.clip(2 * (a - low) / (high - low) - 1, -1, 1)
+
+
+def action_dim(space: gym.Space) -> int:
+    return space.n if isinstance(space, gym.spaces.Discrete) else int(np.prod(space.shape))
