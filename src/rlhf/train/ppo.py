@@ -106,8 +106,6 @@ class PPOConfig:
             raise RLHFError(f"whitening advantages needs minibatch_size >= 8, got {self.minibatch_size}")
         if self.ensemble_reward not in ("first", "mean", "min", "uwo"):
             raise RLHFError(f"ensemble_reward: expected first, mean, min or uwo, got '{self.ensemble_reward}'")
-        if self.ensemble_reward != "first" and not self.ensemble:
-            raise RLHFError(f"ensemble_reward={self.ensemble_reward} needs ensemble: a list of reward-model folders")
         if self.value_init not in VALUE_INITS:
             raise RLHFError(f"value_init: expected 'reward', 'sft' or 'policy', got '{self.value_init}'")
 
@@ -357,6 +355,8 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
                         "use value_init=sft with retokenize=true")
     accelerator = make_accelerator(cfg.seed)
     policy, ref, reward = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
+    if cfg.ensemble_reward != "first" and not cfg.ensemble:  # checked here: the pipeline fills ensemble in late
+        raise RLHFError(f"ensemble_reward={cfg.ensemble_reward} needs ensemble: a list of reward-model folders")
     ensemble = [load_reward_model(path).requires_grad_(False).to(accelerator.device) for path in cfg.ensemble]
     for path in cfg.ensemble:
         if load_tokenizer(path).get_vocab() != (rm_tokenizer or tokenizer).get_vocab():
