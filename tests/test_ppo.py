@@ -25,6 +25,7 @@ from rlhf.rollout.engine import SamplingConfig, response_logprobs, sample
 from rlhf.rollout import experience
 from rlhf.stages import PPOStage, run_ppo
 from rlhf.train import ppo
+from rlhf.train.watch import ensemble_score
 from rlhf.train.ppo import AdaptiveKL, KLConfig, gae, masked_mean, masked_whiten, ppo_losses, shaped_rewards
 
 
@@ -564,11 +565,11 @@ def test_hooks_add_metrics_evaluate_and_stop_the_run(ppo_models, tiny_world_conf
 
 def test_ensemble_score_modes_on_hand_made_members():
     members = torch.tensor([[1.0, 2.0], [3.0, 0.0], [2.0, 1.0]])  # (K=3 members, B=2 responses)
-    assert torch.equal(ppo.ensemble_score(members, "first", 1.0), torch.tensor([1.0, 2.0]))
-    assert torch.allclose(ppo.ensemble_score(members, "mean", 1.0), torch.tensor([2.0, 1.0]))
-    assert torch.equal(ppo.ensemble_score(members, "min", 1.0), torch.tensor([1.0, 0.0]))
+    assert torch.equal(ensemble_score(members, "first", 1.0), torch.tensor([1.0, 2.0]))
+    assert torch.allclose(ensemble_score(members, "mean", 1.0), torch.tensor([2.0, 1.0]))
+    assert torch.equal(ensemble_score(members, "min", 1.0), torch.tensor([1.0, 0.0]))
     # unbiased std across members is 1.0 for both columns
-    assert torch.allclose(ppo.ensemble_score(members, "uwo", 0.5), torch.tensor([1.5, 0.5]))
+    assert torch.allclose(ensemble_score(members, "uwo", 0.5), torch.tensor([1.5, 0.5]))
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
 from rlhf.train.common import NonFiniteLoss, OptimConfig, make_accelerator, make_optimizer
 from rlhf.train.loop import Hooks, rl_loop
+from rlhf.train.watch import ENSEMBLE_MODES, Watch, ensemble_score
 
 
 @dataclass
@@ -104,7 +105,7 @@ class PPOConfig:
             raise RLHFError(f"whiten_advantages: expected minibatch, batch or none, got '{self.whiten_advantages}'")
         if self.whiten_advantages == "minibatch" and self.minibatch_size < 8:
             raise RLHFError(f"whitening advantages needs minibatch_size >= 8, got {self.minibatch_size}")
-        if self.ensemble_reward not in ("first", "mean", "min", "uwo"):
+        if self.ensemble_reward not in ENSEMBLE_MODES:
             raise RLHFError(f"ensemble_reward: expected first, mean, min or uwo, got '{self.ensemble_reward}'")
         if self.value_init not in VALUE_INITS:
             raise RLHFError(f"value_init: expected 'reward', 'sft' or 'policy', got '{self.value_init}'")
@@ -183,9 +184,11 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
     # 1. generate and score
     idx, encoded = t.sampler.batch(B)
     exp = rollout(m, [t.sampler.prompts[i] for i in idx], encoded, cfg.sampling, t.gen_sample)
-    watch = watch_signals(t, exp)
+    kl_now = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
+    watch = t.watch.update(kl_now, exp.member_scores)
     if "stop" in watch:  # a gold-free stop: this batch is not trained on, the policy stays as it is
-        return {"rm_score": exp.scores.mean().item(), "response_length": exp.mask.sum(1).mean().item(), **watch}, exp
+        return {"rm_score": exp.scores.mean().item(), "kl": kl_now, "response_length": exp.mask.sum(1).mean().item(),
+                **watch}, exp
     # 2. shape: the RM score (a fixed score without EOS, clipped) on the last token, -beta * KL on every token
     scores = exp.scores if exp.member_scores is None else ensemble_score(exp.member_scores, cfg.ensemble_reward, cfg.uwo_coef)
     if cfg.no_eos_score is not None:
@@ -217,37 +220,6 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
            "lr": t.opt["sched_policy"].get_last_lr()[0], "tokens_per_s": mask.sum().item() / max(1e-9, exp.gen_seconds),
            **{k: float(np.mean(v)) for k, v in stats.items() if v}, **watch}
     return row, exp
-
-
-def ensemble_score(members: torch.Tensor, how: str, uwo_coef: float) -> torch.Tensor:
-    """(K, B) member scores -> (B,) the reward PPO optimizes."""
-    if how == "first":
-        return members[0]
-    return {"mean": members.mean(0), "min": members.min(0).values,
-            "uwo": members.mean(0) - uwo_coef * members.std(0)}[how]
-
-
-def watch_signals(t: Trainer, exp: Experience) -> dict:
-    """Signals that need no gold reward: the KL spent, the ensemble's disagreement (mean over samples of the
-    std across members) on this batch; a "stop" reason once the KL budget is spent or disagreement has grown
-    past disagreement_stop x its first 3 iterations' mean (each read as the mean of the last 3 batches)."""
-    cfg, out = t.cfg, {}
-    kl = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
-    if exp.member_scores is not None:
-        out["ens_disagreement"] = exp.member_scores.std(0).mean().item()
-        out["ens_mean"], out["ens_min"] = exp.member_scores.mean().item(), exp.member_scores.min(0).values.mean().item()
-        t.watch_start.append(out["ens_disagreement"])
-        start, recent = float(np.mean(t.watch_start[:3])), float(np.mean(t.watch_start[-3:]))
-        if cfg.disagreement_stop and len(t.watch_start) > 3 and recent > cfg.disagreement_stop * start:
-            out["stop"] = (f"ensemble disagreement {recent:.3f} (last 3 batches) passed {cfg.disagreement_stop:g} x "
-                           f"its start ({start:.3f})")
-    t.kl_history.append(kl)
-    spent = float(np.mean(t.kl_history[-3:]))  # one batch's estimate is noisy: the last 3 batches' mean
-    if cfg.kl_budget and spent > cfg.kl_budget:
-        out["stop"] = f"KL budget spent: the last batches' mean KL to the reference is {spent:.2f} nats (budget {cfg.kl_budget:g})"
-    if "stop" in out:
-        out["kl"] = kl
-    return out
 
 
 def ppo_update(t: Trainer, step: int, exp: Experience, advantages, returns) -> dict[str, list[float]]:
@@ -308,8 +280,7 @@ class Trainer:
     kl_ctl: AdaptiveKL
     gen_sample: torch.Generator
     gen_shuffle: torch.Generator
-    watch_start: list = field(default_factory=list)  # ensemble disagreement per iteration, for disagreement_stop
-    kl_history: list = field(default_factory=list)  # KL per iteration, for the budget
+    watch: Watch
     name = "ppo"
     plots = {"reward": ["rm_score", "gold"], "kl": ["kl", "kl_k3"], "beta": ["beta"], "losses": ["pg_loss", "vf_loss"],
              "ppo": ["clipfrac", "approx_kl"], "entropy": ["entropy"], "explained_variance": ["explained_variance"],
@@ -337,10 +308,7 @@ class Trainer:
         return replace(self.m, value=None)
 
     def result(self) -> dict:
-        out = {"final_beta": self.kl_ctl.beta, "kl_budget": self.cfg.kl_budget}
-        if self.watch_start:
-            out.update(ens_disagreement_start=float(np.mean(self.watch_start[:3])), ens_disagreement_end=self.watch_start[-1])
-        return out
+        return {"final_beta": self.kl_ctl.beta, "kl_budget": self.cfg.kl_budget, **self.watch.summary()}
 
 
 def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
@@ -374,7 +342,8 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
     gens = [torch.Generator().manual_seed(cfg.seed + k) for k in (1, 2, 3)]  # sampling, minibatch order, prompts
     sampler = PromptSampler(prompts, lambda p: encode_prompt(tokenizer, p), gens[2])
     return Trainer(cfg, m, accelerator, {"opt_policy": opt_p, "opt_value": opt_v, "sched_policy": sched_p,
-                                         "sched_value": sched_v}, sampler, ptx, AdaptiveKL(cfg.kl), gens[0], gens[1])
+                                         "sched_value": sched_v}, sampler, ptx, AdaptiveKL(cfg.kl), gens[0], gens[1],
+                   Watch(cfg.kl_budget, cfg.disagreement_stop))
 
 
 def run(cfg: PPOConfig, show_progress: bool = True, *, prompts: list | None = None, ptx_docs: list[str] | None = None,
