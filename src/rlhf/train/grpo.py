@@ -21,18 +21,16 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.chat import encode_prompt
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
-from rlhf.models.reward import load_reward_model
+from rlhf.models.lm import save_model
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import packed_logprobs
 from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, check_finite, make_accelerator, make_optimizer
-from rlhf.train.heldout import GoldFn, sample_kl
-from rlhf.train.sampling import check_same_vocab, read_prompts, sample_groups
+from rlhf.train.common import OptimConfig, check_finite
+from rlhf.train.heldout import GoldFn
+from rlhf.train.sampling import sample_groups, setup_group_trainer
 
 
 @dataclass
@@ -129,34 +127,15 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
     """`gold`: optional (prompt, response) -> gold reward, logged for training samples and held-out prompts.
     `prompts` / `eval_prompts`: prompt lists that replace the configured JSONL files."""
     check_config(cfg)
-    prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
-    if eval_prompts is None and cfg.eval_prompts:
-        eval_prompts = read_prompts(cfg.eval_prompts)
-    eval_prompts = (eval_prompts or [])[: cfg.n_eval_prompts]
-    tokenizer = load_tokenizer(cfg.policy)
-    check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
-    accelerator = make_accelerator(cfg.seed)
-    policy, ref, reward_model = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
-    for m in (ref, reward_model):
-        m.requires_grad_(False)
-    opt, sched = make_optimizer(policy, cfg.optim, cfg.steps)
-    policy, opt = accelerator.prepare(policy, opt)
-    ref, reward_model = ref.to(accelerator.device), reward_model.to(accelerator.device)
-    for m in (policy, ref, reward_model):
-        m.eval()  # no dropout anywhere
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    gen_sample, gen_prompts = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 3)
+    s = setup_group_trainer(cfg, prompts, eval_prompts, cfg.steps)
+    prompts, tokenizer, accelerator, policy, ref, reward_model = s.prompts, s.tokenizer, s.accelerator, s.policy, s.ref, s.reward_model
+    opt, sched, encoded, gen_sample, gen_prompts = s.opt, s.sched, s.encoded, s.gen_sample, s.gen_order
     order: list[int] = []
     G, T = cfg.group_size, cfg.sampling.temperature
     pad = tokenizer.pad_token_id
     with RunDir(cfg.out, cfg) as run_dir:
-
         def held_out(step: int) -> dict:
-            if not eval_prompts:
-                return {}
-            row = sample_kl(accelerator.unwrap_model(policy), ref, tokenizer, eval_prompts, cfg.sampling, cfg.seed, gold)
-            run_dir.log(step, **{f"eval_{k}": v for k, v in row.items()})
-            return row
+            return s.held_out(cfg, run_dir, step, gold)
 
         before = held_out(0)
         t0, c0, episodes, samples = time.time(), time.process_time(), 0, []

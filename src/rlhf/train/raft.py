@@ -15,18 +15,16 @@ from pathlib import Path
 
 import torch
 
-from rlhf.data.chat import encode_prompt
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
-from rlhf.models.reward import load_reward_model
+from rlhf.models.lm import save_model
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
 from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
-from rlhf.train.heldout import GoldFn, sample_kl
-from rlhf.train.sampling import check_same_vocab, read_prompts, sample_groups
+from rlhf.train.common import OptimConfig, optimizer_step
+from rlhf.train.heldout import GoldFn
+from rlhf.train.sampling import sample_groups, setup_group_trainer
 
 
 @dataclass
@@ -73,34 +71,15 @@ def sft_loss(policy, rows: list[PackedRow], pad_id: int) -> torch.Tensor:
 def run(cfg: RAFTConfig, show_progress: bool = True, gold: GoldFn | None = None, prompts: list | None = None,
         eval_prompts: list | None = None) -> Path:
     keep = keep_count(cfg.k, cfg.keep_fraction)
-    prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
-    if eval_prompts is None and cfg.eval_prompts:
-        eval_prompts = read_prompts(cfg.eval_prompts)
-    eval_prompts = (eval_prompts or [])[: cfg.n_eval_prompts]
-    tokenizer = load_tokenizer(cfg.policy)
-    check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
-    accelerator = make_accelerator(cfg.seed)
-    policy, ref, reward_model = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
-    for m in (ref, reward_model):
-        m.requires_grad_(False)
     steps_per_iter = max(1, math.ceil(cfg.sft_epochs * cfg.prompts_per_iteration / cfg.batch_size))
-    opt, sched = make_optimizer(policy, cfg.optim, cfg.iterations * steps_per_iter)
-    policy, opt = accelerator.prepare(policy, opt)
-    ref, reward_model = ref.to(accelerator.device), reward_model.to(accelerator.device)
-    for m in (policy, ref, reward_model):
-        m.eval()  # no dropout
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    gen_sample, gen_order = torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 3)
+    s = setup_group_trainer(cfg, prompts, eval_prompts, cfg.iterations * steps_per_iter)
+    prompts, tokenizer, accelerator, policy, reward_model = s.prompts, s.tokenizer, s.accelerator, s.policy, s.reward_model
+    opt, sched, encoded, gen_sample, gen_order = s.opt, s.sched, s.encoded, s.gen_sample, s.gen_order
     order: list[int] = []
     pad = tokenizer.pad_token_id
     with RunDir(cfg.out, cfg) as run_dir:
-
         def held_out(step: int) -> dict:
-            if not eval_prompts:
-                return {}
-            row = sample_kl(accelerator.unwrap_model(policy), ref, tokenizer, eval_prompts, cfg.sampling, cfg.seed, gold)
-            run_dir.log(step, **{f"eval_{k}": v for k, v in row.items()})
-            return row
+            return s.held_out(cfg, run_dir, step, gold)
 
         before = held_out(0)
         t0, step, samples, table = time.time(), 0, [], []

@@ -1,17 +1,22 @@
-"""What the on-policy trainers share (GRPO/RLOO, RAFT, RRHF): prompt files, a group of responses per prompt
-from the one rollout engine, and the one place the reward model is called."""
+"""What the on-policy trainers share (GRPO/RLOO, RAFT, RRHF): prompt files, their models and optimizer set up
+alike, a group of responses per prompt from the one rollout engine, and the one place the reward model is
+called."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from rlhf.data.chat import decode_response
+from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl
 from rlhf.errors import RLHFError
 from rlhf.models.reward import score as rm_score
 from rlhf.rollout.engine import Rollout, SamplingConfig, sample
+from rlhf.models.lm import load_causal_lm, load_tokenizer
+from rlhf.models.reward import load_reward_model
 from rlhf.rollout.packed import PackedRow, pack
+from rlhf.train.common import make_accelerator, make_optimizer
+from rlhf.train.heldout import sample_kl
 
 
 def read_prompts(path: str) -> list:
@@ -65,3 +70,54 @@ def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], 
                   tokenizer.pad_token_id, generator)
     texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
     return Groups(roll, reward_scores(reward_model, roll), texts, G)
+
+
+@dataclass
+class GroupSetup:
+    """What GRPO/RLOO, RAFT and RRHF set up alike: prompts, the policy with its optimizer (prepared by
+    accelerate), the frozen reference and reward model, encoded prompts, and the generators for sampling
+    (seed + 1) and prompt order (seed + 3)."""
+    prompts: list
+    eval_prompts: list
+    tokenizer: object
+    accelerator: object
+    policy: torch.nn.Module
+    ref: torch.nn.Module
+    reward_model: torch.nn.Module
+    opt: object
+    sched: object
+    encoded: list[list[int]]
+    gen_sample: torch.Generator
+    gen_order: torch.Generator
+
+    def held_out(self, cfg, run_dir, step: int, gold=None) -> dict:
+        """KL to the reference (and gold, with a scorer) on the held-out prompts, logged as eval_* at `step`."""
+        if not self.eval_prompts:
+            return {}
+        row = sample_kl(self.accelerator.unwrap_model(self.policy), self.ref, self.tokenizer, self.eval_prompts,
+                        cfg.sampling, cfg.seed, gold)
+        run_dir.log(step, **{f"eval_{k}": v for k, v in row.items()})
+        return row
+
+
+def setup_group_trainer(cfg, prompts: list | None, eval_prompts: list | None,
+                        total_steps: int) -> GroupSetup:
+    """`prompts` / `eval_prompts` replace the configured JSONL files when given; `total_steps`: optimizer steps
+    for the learning-rate schedule."""
+    prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
+    if eval_prompts is None and cfg.eval_prompts:
+        eval_prompts = read_prompts(cfg.eval_prompts)
+    tokenizer = load_tokenizer(cfg.policy)
+    check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
+    accelerator = make_accelerator(cfg.seed)
+    policy, ref, reward_model = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
+    for m in (ref, reward_model):
+        m.requires_grad_(False)
+    opt, sched = make_optimizer(policy, cfg.optim, total_steps)
+    policy, opt = accelerator.prepare(policy, opt)
+    ref, reward_model = ref.to(accelerator.device), reward_model.to(accelerator.device)
+    for m in (policy, ref, reward_model):
+        m.eval()  # no dropout anywhere
+    return GroupSetup(prompts, (eval_prompts or [])[: cfg.n_eval_prompts], tokenizer, accelerator, policy, ref,
+                      reward_model, opt, sched, [encode_prompt(tokenizer, p) for p in prompts],
+                      torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 3))
