@@ -127,15 +127,16 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
     """`gold`: optional (prompt, response) -> gold reward, logged for training samples and held-out prompts.
     `prompts` / `eval_prompts`: prompt lists that replace the configured JSONL files."""
     check_config(cfg)
-    s = setup_group_trainer(cfg, prompts, eval_prompts, cfg.steps)
-    prompts, tokenizer, accelerator, policy, ref, reward_model = s.prompts, s.tokenizer, s.accelerator, s.policy, s.ref, s.reward_model
-    opt, sched, encoded, gen_sample, gen_prompts = s.opt, s.sched, s.encoded, s.gen_sample, s.gen_order
+    setup = setup_group_trainer(cfg, prompts, eval_prompts, cfg.steps)
+    prompts, tokenizer, accelerator = setup.prompts, setup.tokenizer, setup.accelerator
+    policy, ref, reward_model = setup.policy, setup.ref, setup.reward_model
+    opt, sched, encoded, gen_sample, gen_prompts = setup.opt, setup.sched, setup.encoded, setup.gen_sample, setup.gen_order
     order: list[int] = []
     G, T = cfg.group_size, cfg.sampling.temperature
     pad = tokenizer.pad_token_id
     with RunDir(cfg.out, cfg) as run_dir:
         def held_out(step: int) -> dict:
-            return s.held_out(cfg, run_dir, step, gold)
+            return setup.held_out(cfg, run_dir, step, gold)
 
         before = held_out(0)
         t0, c0, episodes, samples = time.time(), time.process_time(), 0, []

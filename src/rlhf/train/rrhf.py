@@ -68,14 +68,15 @@ def run(cfg: RRHFConfig, show_progress: bool = True, gold: GoldFn | None = None,
         eval_prompts: list | None = None) -> Path:
     if cfg.k < 2:
         raise RLHFError(f"k must be at least 2 (RRHF ranks responses to one prompt), got {cfg.k}")
-    s = setup_group_trainer(cfg, prompts, eval_prompts, cfg.steps)
-    prompts, tokenizer, accelerator, policy, reward_model = s.prompts, s.tokenizer, s.accelerator, s.policy, s.reward_model
-    opt, sched, encoded, gen_sample, gen_order = s.opt, s.sched, s.encoded, s.gen_sample, s.gen_order
+    setup = setup_group_trainer(cfg, prompts, eval_prompts, cfg.steps)
+    prompts, tokenizer, accelerator = setup.prompts, setup.tokenizer, setup.accelerator
+    policy, reward_model = setup.policy, setup.reward_model
+    opt, sched, encoded, gen_sample, gen_order = setup.opt, setup.sched, setup.encoded, setup.gen_sample, setup.gen_order
     order: list[int] = []
     K = cfg.k
     with RunDir(cfg.out, cfg) as run_dir:
         def held_out(step: int) -> dict:
-            return s.held_out(cfg, run_dir, step, gold)
+            return setup.held_out(cfg, run_dir, step, gold)
 
         before = held_out(0)
         t0, samples = time.time(), []
