@@ -26,6 +26,7 @@ from rlhf.data.chat import encode_prompt, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.data.sampler import train_eval_split
 from rlhf.errors import RLHFError
+from rlhf.models.options import ModelOptions
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
@@ -42,6 +43,7 @@ LOSSES = ("sigmoid", "ipo", "cdpo")
 class DPOConfig:
     out: str = "runs/dpo"
     seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     policy: str = "runs/sft/model"
     reference: str | None = None  # frozen reference; None: the policy's starting checkpoint
     data: str = "runs/labels/comparisons.jsonl"  # every format `rlhf reward` reads (pairs, HH, K-wise rankings)

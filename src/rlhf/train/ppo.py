@@ -22,6 +22,7 @@ from rlhf.data.packing import PtxStream, load_texts
 from rlhf.data.prompts import load_prompts
 from rlhf.data.sampler import PromptSampler
 from rlhf.errors import RLHFError
+from rlhf.models.options import ModelOptions
 from rlhf.models.lm import last_token_index, load_causal_lm, load_tokenizer, save_model
 from rlhf.models.reward import load_reward_model
 from rlhf.models.value import VALUE_INITS, load_value_model
@@ -46,6 +47,7 @@ class KLConfig:
 class PPOConfig:
     out: str = "runs/ppo"
     seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     policy: str = "runs/sft/model"  # also the frozen reference
     reward_model: str = "runs/reward/model"
     # reward: a value model initialized from the RM; sft: a value model initialized from the SFT backbone;

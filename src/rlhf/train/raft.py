@@ -17,6 +17,7 @@ import torch
 
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
+from rlhf.models.options import ModelOptions
 from rlhf.models.lm import save_model
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
@@ -31,6 +32,7 @@ from rlhf.train.sampling import sample_groups, setup_group_trainer
 class RAFTConfig:
     out: str = "runs/raft"
     seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     policy: str = "runs/sft/model"  # the starting point (and the reference for the held-out KL)
     reward_model: str = "runs/reward/model"
     prompts: str = "runs/world/prompts_train.jsonl"

@@ -19,6 +19,7 @@ from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_respons
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.data.sampler import IndexStream, train_eval_split
 from rlhf.errors import RLHFError
+from rlhf.models.options import ModelOptions
 from rlhf.models.lm import backbone, load_tokenizer
 from rlhf.models.reward import init_reward_model, raw_scores, score_head, score_sequences
 from rlhf.progress import progress_bar
@@ -31,6 +32,7 @@ from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, opt
 class RewardConfig:
     out: str = "runs/reward"
     seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     init: str = "runs/sft/model"  # any local HF causal LM; the SFT model by default
     data: str = "runs/labels/comparisons.jsonl"  # rankings or pairs (TRL, conversational, HH, K-wise)
     on_bad: str = "skip"  # skip (counted in the summary) | error

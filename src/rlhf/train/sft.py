@@ -12,6 +12,7 @@ from rlhf.data.filters import is_dialogue
 from rlhf.data.jsonl import read_jsonl
 from rlhf.data.sampler import IndexStream
 from rlhf.errors import RLHFError
+from rlhf.models.options import ModelOptions
 from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
@@ -23,6 +24,7 @@ from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, opt
 class SFTConfig:
     out: str = "runs/sft"
     seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     init: str = "runs/pretrain/model"
     data: str | None = None  # JSONL of {"messages"} or {"prompt", "completion"}; `rlhf sft`: the world's demonstrations
     dialogue_filter: bool = False  # Gopher heuristic on {"text"} documents turned into dialogues
