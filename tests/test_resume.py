@@ -71,6 +71,20 @@ def test_sft_resumes_exactly_across_an_epoch(tiny_world, nano_checkpoint, tmp_pa
     check_resumed(full, resumed, 3, ("loss", "lr"))
 
 
+def test_sft_with_pretraining_mix_resumes_exactly(tiny_world, nano_checkpoint, tmp_path, one_thread):
+    """The ptx stream's generator is part of the checkpoint: the resumed run draws the same LM batches."""
+    dialogues = [d["messages"] for d in tiny_world.demonstrations()]
+    cfg = dict(init=str(nano_checkpoint), epochs=1.5, batch_size=16, max_len=64, save_every=1, ptx_coef=1.0,
+               ptx_batch_size=4, ptx_seq_len=32)
+    docs = tiny_world.corpus()
+    full = sft.run(sft.SFTConfig(out=str(tmp_path / "full"), **cfg), False, dialogues=dialogues, ptx_docs=docs)
+    resumed = sft.run(sft.SFTConfig(out=str(tmp_path / "resumed"), resume=str(full / "checkpoints/step-3"), **cfg),
+                      False, dialogues=dialogues, ptx_docs=docs)
+    check_resumed(full, resumed, 3, ("loss", "ptx_loss", "lr"))
+    with pytest.raises(RLHFError, match="ptx_coef > 0 needs pretraining text"):
+        sft.run(sft.SFTConfig(out=str(tmp_path / "x"), **cfg), False, dialogues=dialogues)
+
+
 def test_reward_model_resumes_exactly(tiny_world, nano_checkpoint, tmp_path, one_thread):
     rng = random.Random(0)
     words = " ".join(tiny_world.corpus()).split()

@@ -38,9 +38,12 @@ def run_pretrain(cfg: PretrainStage, show_progress: bool = True) -> Path:
 
 
 def run_sft(cfg: SFTStage, show_progress: bool = True) -> Path:
-    """Fine-tune on the world's demonstrations (unless `data` is set)."""
-    dialogues = None if cfg.data else [d["messages"] for d in World(cfg.world).demonstrations()]
-    return sft.run(cfg, show_progress, dialogues=dialogues)
+    """Fine-tune on the world's demonstrations (unless `data` is set), the LM loss on its corpus mixed in
+    with ptx_coef > 0 (unless `ptx_data` is set)."""
+    world = World(cfg.world)
+    dialogues = None if cfg.data else [d["messages"] for d in world.demonstrations()]
+    ptx_docs = world.corpus() if cfg.ptx_coef > 0 and not cfg.ptx_data else None
+    return sft.run(cfg, show_progress, dialogues=dialogues, ptx_docs=ptx_docs)
 
 
 def watch_rates(step: int, metrics: dict, exp) -> dict:

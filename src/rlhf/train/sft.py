@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from rlhf.data.chat import IGNORE, encode_dialogue
 from rlhf.data.filters import is_dialogue
 from rlhf.data.jsonl import read_jsonl
+from rlhf.data.packing import PtxStream, load_texts
 from rlhf.data.sampler import IndexStream
 from rlhf.errors import RLHFError
 from rlhf.models.options import ModelOptions
@@ -32,6 +34,12 @@ class SFTConfig:
     epochs: float = 6.0  # the demonstrations are small: fewer passes leave samples at T=1 garbled
     batch_size: int = 32
     max_len: int = 128
+    # The pretraining LM loss mixed into SFT (as PPO-ptx mixes it into RL): fine-tuning on a few hundred
+    # demonstrations for several epochs otherwise overwrites what pretraining taught about other facts.
+    ptx_coef: float = 0.0
+    ptx_data: str | None = None  # JSONL of {"text"}; `rlhf sft`: the world's corpus
+    ptx_batch_size: int = 16
+    ptx_seq_len: int = 64
     save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
 
@@ -88,13 +96,18 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
-def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict]] | None = None) -> Path:
-    """Fine-tune on `dialogues` (message lists), or on the `data` file when it is set."""
+def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict]] | None = None,
+        ptx_docs: list[str] | None = None) -> Path:
+    """Fine-tune on `dialogues` (message lists), or on the `data` file when it is set; with ptx_coef > 0, the LM
+    loss on `ptx_docs` (or the `ptx_data` file) is added with that weight."""
     dropped = 0
     if cfg.data is not None:
         dialogues, dropped = load_dialogues(cfg)  # bad data fails before the model is loaded
     if not dialogues:
         raise RLHFError("sft: no dialogues to train on; set data to a JSONL file of {\"messages\"}")
+    ptx_docs = load_texts(cfg.ptx_data) if cfg.ptx_data else ptx_docs
+    if cfg.ptx_coef > 0 and not ptx_docs:
+        raise RLHFError("sft: ptx_coef > 0 needs pretraining text: set ptx_data to a JSONL file of {\"text\": ...}")
     tokenizer = load_tokenizer(cfg.init)
     model = load_causal_lm(cfg.init)
     examples = [encode_dialogue(tokenizer, d, cfg.max_len) for d in dialogues]
@@ -105,7 +118,9 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
     model, opt = accelerator.prepare(model, opt)
     model.train()
     order = IndexStream(len(examples), torch.Generator().manual_seed(cfg.seed))
-    state = TrainerState({"model": model}, {"opt": opt, "sched": sched, "order": order}, tokenizer=tokenizer)
+    ptx = PtxStream(tokenizer, ptx_docs, cfg.ptx_seq_len, cfg.seed) if cfg.ptx_coef > 0 else None
+    state = TrainerState({"model": model}, {"opt": opt, "sched": sched, "order": order},
+                         {"ptx": ptx.generator} if ptx else {}, tokenizer=tokenizer)
     start, _ = resume(state, cfg.resume, "SFT", steps)
     with RunDir(cfg.out, cfg) as run_dir:
         t0 = time.time()
@@ -115,8 +130,15 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
                 batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = response_loss(logits, batch["labels"])
-                optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
-                run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0])
+                extra = {}
+                if ptx is not None:
+                    blk = ptx.batch(cfg.ptx_batch_size).to(accelerator.device)
+                    ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.flatten(0, 1), blk[:, 1:].flatten())
+                    extra["ptx_loss"] = ptx_loss.item()
+                    optimizer_step(accelerator, model, opt, sched, loss + cfg.ptx_coef * ptx_loss, step, cfg.optim.grad_clip)
+                else:
+                    optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
+                run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0], **extra)
                 bar.advance(loss=loss.item())
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                     state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1)
