@@ -94,7 +94,12 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
         if cfg.temperature > 0:
             scaled = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
             logp_all = torch.log_softmax(scaled, -1)
-            nxt = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+            probs = logp_all.exp()
+            if generator is not None and generator.device != probs.device:
+                # draws from the trainer's CPU generator: the same seed samples alike on every device
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+            else:
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             logp_all = torch.log_softmax(logits, -1)
             nxt = logits.argmax(-1)
