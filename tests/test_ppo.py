@@ -607,6 +607,18 @@ def test_disagreement_stop_after_the_first_iterations(ppo_models, second_rm, tin
     assert result["steps"] == 4 and "ensemble disagreement" in result["stopped"]  # 3 iterations set the baseline
 
 
+def test_stop_windows_survive_a_resume(ppo_models, second_rm, tiny_world_config, tmp_path, one_thread):
+    """The disagreement baseline (first 3 iterations) and the KL window are part of the checkpoint: a run
+    resumed at step 2 stops at step 4 as the uninterrupted run does (a fresh window would need 3 more steps)."""
+    kw = dict(kl_budget=0, disagreement_stop=1e-9, ensemble=[str(second_rm)], save_every=1, steps=5)
+    run_ppo(cfg_for(ppo_models, tmp_path / "full", tiny_world_config, **kw), show_progress=False)
+    run_ppo(cfg_for(ppo_models, tmp_path / "resumed", tiny_world_config,
+                    resume=str(tmp_path / "full" / "checkpoints" / "step-2"), **kw), show_progress=False)
+    for run in ("full", "resumed"):
+        result = json.loads((tmp_path / run / "summary.json").read_text())["result"]
+        assert result["steps"] == 4 and "ensemble disagreement" in result["stopped"], run
+
+
 def test_optimizing_the_ensemble_mean_changes_the_reward(ppo_models, second_rm, tiny_world_config, tmp_path, one_thread):
     out_first, out_mean = tmp_path / "first", tmp_path / "mean"
     for out, how in ((out_first, "first"), (out_mean, "mean")):

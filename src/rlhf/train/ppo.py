@@ -301,7 +301,8 @@ class Trainer:
 
     def save_checkpoint(self, path: Path, step: int) -> None:
         self.state().save(path, step, beta=self.kl_ctl.beta, epoch=self.sampler.stream.epoch,
-                          position=self.sampler.stream.position)
+                          position=self.sampler.stream.position, watch_kl=self.watch.kl,
+                          watch_disagreement=self.watch.disagreement)
 
     def save_model(self, path: Path) -> None:
         save_model(self.accelerator.unwrap_model(self.m.policy), self.m.tokenizer, path)
@@ -361,6 +362,7 @@ def run(cfg: PPOConfig, show_progress: bool = True, *, prompts: list | None = No
     t = setup(cfg, prompts, ptx_docs)
     start, scalars = resume(t.state(), cfg.resume, "PPO", cfg.steps, mismatch_hint="value_init differs?")
     t.kl_ctl.beta = scalars.get("beta", t.kl_ctl.beta)
+    t.watch.kl, t.watch.disagreement = scalars.get("watch_kl", []), scalars.get("watch_disagreement", [])  # stop windows
     with RunDir(cfg.out, cfg) as run_dir:
         failed = rl_loop(t, cfg, run_dir, start, Hooks(**hooks), show_progress and t.accelerator.is_main_process, "PPO")
     if failed:
