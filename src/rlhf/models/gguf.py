@@ -7,6 +7,7 @@ to a temporary folder beside OUT_DIR and renamed at the end, so nothing is ever 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import resource
 import shutil
 import tempfile
@@ -106,6 +107,9 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         log(f"writing fp32 safetensors to {out_dir}")
         model.save_pretrained(str(tmp), safe_serialization=True)
