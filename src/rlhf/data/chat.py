@@ -118,22 +118,24 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def _boundary(tokenizer, full_text: str, full_ids: list[int], prefix_text: str, what: str) -> int:
-    """Index of the first token of `full_ids` (the encoding of `full_text`) after `prefix_text`, which must
-    be a text prefix of `full_text`. Normally the encoding of `prefix_text` is a token prefix of `full_ids`;
-    where tokens merge across the boundary (content starting with whitespace), the offsets decide."""
+def _boundary(tokenizer, full_text: str, full_ids: list[int], prefix_text: str, what: str) -> tuple[int, bool]:
+    """(index of the first token of `full_ids`, the encoding of `full_text`, that is not all inside
+    `prefix_text`; whether the encoding of `prefix_text` is exactly a token prefix of `full_ids`).
+    `prefix_text` must be a text prefix of `full_text` (a prefix-stable template). Where a token straddles
+    the boundary (content that starts with whitespace merges with the template's), it counts as after it,
+    as in transformers' own assistant-token mask."""
     if not full_text.startswith(prefix_text):
         raise RLHFError(f"the chat template of {_name(tokenizer)} is not prefix-stable: rendering {what} is not a "
                         "prefix of rendering the whole dialogue, so the assistant tokens cannot be found")
     prefix_ids = _encode(tokenizer, prefix_text)
     if full_ids[:len(prefix_ids)] == prefix_ids:
-        return len(prefix_ids)
+        return len(prefix_ids), True
     if not getattr(tokenizer, "is_fast", False):
         raise RLHFError(f"{_name(tokenizer)}: rendering {what} is not a token prefix of the whole dialogue "
                         "(tokens merge across the turn boundary) and a slow tokenizer has no offsets to split them")
     offsets = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     cut = len(prefix_text)
-    return next((i for i, (start, _) in enumerate(offsets) if start >= cut), len(full_ids))
+    return next((i for i, (_, end) in enumerate(offsets) if end > cut), len(full_ids)), False
 
 
 def _turn_end(tokenizer, ids: list[int], start: int, stop: int) -> int:
@@ -156,10 +158,10 @@ def _template_dialogue(tokenizer, messages: list[dict]) -> tuple[list[int], list
         if i == 0:
             raise RLHFError("with a model's chat template an assistant turn must follow a user or system turn")
         start = _boundary(tokenizer, full_text, ids, _render(tokenizer, messages[:i], add_generation_prompt=True),
-                          f"the first {i} messages with a generation prompt")
+                          f"the first {i} messages with a generation prompt")[0]
         stop = (len(ids) if i == len(messages) - 1 else
                 _boundary(tokenizer, full_text, ids, _render(tokenizer, messages[:i + 1], add_generation_prompt=False),
-                          f"the first {i + 1} messages"))
+                          f"the first {i + 1} messages")[0])
         end = _turn_end(tokenizer, ids, start, stop)
         labels[start:end] = ids[start:end]
     return ids, labels
@@ -169,7 +171,9 @@ def _template_response(tokenizer, response: str) -> list[int]:
     prompt_text = _render(tokenizer, _PROBE, add_generation_prompt=True)
     full_text = _render(tokenizer, _PROBE + [{"role": "assistant", "content": response}], add_generation_prompt=False)
     ids = _encode(tokenizer, full_text)
-    start = _boundary(tokenizer, full_text, ids, prompt_text, "a prompt with a generation prompt")
+    start, exact = _boundary(tokenizer, full_text, ids, prompt_text, "a prompt with a generation prompt")
+    if not exact:  # the response's first token merges with the prompt's last: the engine samples it alone
+        ids, start = _encode(tokenizer, full_text[len(prompt_text):]), 0
     return ids[start:_turn_end(tokenizer, ids, start, len(ids))]
 
 
