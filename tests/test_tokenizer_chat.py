@@ -71,3 +71,31 @@ def test_saved_tokenizer_keeps_the_template(tmp_path, tiny_tokenizer):
     assert (tok.eos_token, tok.pad_token) == ("<|endoftext|>", "<pad>")
     assert tok.encode("Kalo is a baker.", add_special_tokens=False) == tiny_tokenizer.encode(
         "Kalo is a baker.", add_special_tokens=False)
+
+
+def test_world_tokenizer_keeps_the_builtin_rendering_after_a_round_trip(tmp_path, tiny_tokenizer):
+    """The world's tokenizer (and any tokenizer without a template) renders Human/Assistant segment by
+    segment, also when loaded back from a saved folder; only other templates go through apply_chat_template."""
+    from rlhf.data.chat import uses_model_template
+    from rlhf.models.tokenizer import CHAT_TEMPLATE
+
+    tiny_tokenizer.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert not uses_model_template(tiny_tokenizer) and not uses_model_template(tok)
+    for messages in DIALOGUES:
+        assert encode_dialogue(tok, messages) == encode_dialogue(tiny_tokenizer, messages)
+    ids = encode_prompt(tok, SINGLE[:1]) + encode_response(tok, "Kalo is a baker.")
+    expected = (tok.encode("Human: What does Kalo do for a living?\n\nAssistant:", add_special_tokens=False)
+                + tok.encode(" Kalo is a baker.", add_special_tokens=False) + [tok.eos_token_id])
+    assert ids == expected
+    tok.chat_template = None
+    assert not uses_model_template(tok) and encode_dialogue(tok, MULTI) == encode_dialogue(tiny_tokenizer, MULTI)
+    tok.chat_template = CHAT_TEMPLATE.replace("Human:", "User:")
+    assert uses_model_template(tok)
+
+
+def test_decode_response_stops_at_the_first_eos(tiny_tokenizer):
+    tok = tiny_tokenizer
+    body = tok.encode(" Kalo is a baker.", add_special_tokens=False)
+    assert decode_response(tok, body + [tok.eos_token_id] + [tok.pad_token_id] * 3) == "Kalo is a baker."
+    assert decode_response(tok, body) == "Kalo is a baker."

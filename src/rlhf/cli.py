@@ -177,6 +177,32 @@ def signals_(runs: list[Path] = typer.Argument(..., help="PPO run directories (m
         table.add_row(*row.values())
     Console(width=200).print(table)
 
+models_app = typer.Typer(help="Bring real models in: GGUF import, folder info.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("import-gguf")
+def import_gguf_(file: Path = typer.Argument(..., help="GGUF file (e.g. from `python -c 'from rlhf.models.gguf import "
+                                                       "smollm2_gguf_path; print(smollm2_gguf_path())'`)"),
+                 out_dir: Path = typer.Argument(..., help="HF folder to write (fp32 safetensors + tokenizer)"),
+                 force: bool = typer.Option(False, "--force", help="replace a non-empty OUT_DIR"),
+                 quiet: bool = QuietOpt) -> None:
+    """Convert a GGUF file (llama.cpp) into a plain fp32 safetensors HF folder with its tokenizer and chat template."""
+    from rlhf.models.gguf import import_gguf, summary_line
+
+    log = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
+    typer.echo(summary_line(import_gguf(file, out_dir, force=force, log=log)))
+
+
+@models_app.command("info")
+def models_info(folder: Path = typer.Argument(..., help="HF model folder")) -> None:
+    """Parameters, vocabulary, chat template, EOS and pad of a local HF model folder (nothing is loaded)."""
+    from rlhf.models.lm import folder_info
+
+    for key, value in folder_info(folder).items():
+        typer.echo(f"{key}: {value}")
+
+
 # Every command that runs a config-driven stage: (group, name, module, config class, runner, help). Each takes
 # --config, --set, --out and --quiet, builds the config and prints the run's summary.
 STAGE_COMMANDS = [

@@ -5,6 +5,7 @@ Every checkpoint is a standard HF folder (config.json + model.safetensors + toke
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -51,22 +52,96 @@ def check_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path):
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def check_weights(path: str | Path) -> Path:
+    """A model folder that holds weights (safetensors or PyTorch .bin, single or sharded)."""
     path = check_checkpoint(path)
-    tok = AutoTokenizer.from_pretrained(str(path))
+    if not any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
+        raise RLHFError(f"{path}: no model weights (config.json but no *.safetensors or *.bin file)")
+    return path
+
+
+def config_vocab_size(path: str | Path) -> int | None:
+    """`vocab_size` from a folder's config.json (or its text_config), without loading the model."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RLHFError(f"{Path(path) / 'config.json'}: cannot read: {exc}") from None
+    size = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    return int(size) if size else None
+
+
+def check_vocab(tokenizer, rows: int | None, where: str) -> None:
+    """Every token id the tokenizer can produce must have an embedding row."""
+    if rows is not None and len(tokenizer) > rows:
+        raise RLHFError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model has {rows} embedding rows "
+                        "(vocab_size); tokenizer and model do not match")
+
+
+def load_tokenizer(path: str | Path):
+    """The folder's tokenizer. A tokenizer without a pad token gets pad = EOS (no new vocabulary entry:
+    padding is always told apart by attention masks, never by the pad id); one without EOS is an error."""
+    path = check_checkpoint(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as exc:
+        raise RLHFError(f"cannot load tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+    if tok.eos_token is None:
+        raise RLHFError(f"{path}: tokenizer has no EOS token (set eos_token in tokenizer_config.json)")
     if tok.pad_token is None:
-        raise RLHFError(f"{path}: tokenizer has no pad token")
+        tok.pad_token = tok.eos_token
+    check_vocab(tok, config_vocab_size(path), str(path))
     return tok
 
 
-def load_causal_lm(path: str | Path) -> PreTrainedModel:
-    path = check_checkpoint(path)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise RLHFError(f"unknown dtype '{dtype}'; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_causal_lm(path: str | Path, dtype: str = "fp32") -> PreTrainedModel:
+    """A local HF causal LM in `dtype` (fp32 or bf16), in eval mode."""
+    torch_type = torch_dtype(dtype)
+    path = check_weights(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except (OSError, ValueError) as exc:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_type)
+    except (OSError, ValueError, KeyError) as exc:
         raise RLHFError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
     model.eval()
     return model
+
+
+def folder_info(path: str | Path) -> dict:
+    """What `rlhf models info` shows: architecture, parameters (counted on the meta device: nothing is
+    loaded), weights dtype, vocabulary, chat template, EOS and pad."""
+    import transformers
+    from transformers import AutoConfig
+
+    from rlhf.data.chat import uses_model_template
+
+    path = check_weights(path)
+    cfg = AutoConfig.from_pretrained(str(path))
+    arch = (getattr(cfg, "architectures", None) or ["?"])[0]
+    cls = getattr(transformers, arch, None)
+    with torch.device("meta"):
+        model = cls(cfg) if cls is not None else AutoModelForCausalLM.from_config(cfg)
+    tok = load_tokenizer(path)
+    template = ("the model's own (apply_chat_template)" if uses_model_template(tok) else
+                "built-in Human/Assistant" + ("" if tok.chat_template else " (the tokenizer has none)"))
+    pad = f"{tok.pad_token!r} (id {tok.pad_token_id})" + (" = EOS" if tok.pad_token_id == tok.eos_token_id else "")
+    return {
+        "folder": str(path), "architecture": arch, "parameters": f"{count_parameters(model) / 1e6:.1f}M",
+        "dtype": str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "?").replace("torch.", ""),
+        "vocab": f"{len(tok)} tokens, {config_vocab_size(path)} embedding rows",
+        "chat template": template, "eos": f"{tok.eos_token!r} (id {tok.eos_token_id})", "pad": pad,
+        "max positions": getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", "?"),
+    }
 
 
 def save_model(model, tokenizer, directory: str | Path) -> None:

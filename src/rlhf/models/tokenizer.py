@@ -1,5 +1,6 @@
 """A byte-level BPE tokenizer trained with `tokenizers` on the world's text, saved as a standard HF folder
-with a chat template, EOS and PAD (distinct: pad = eos would mask the real EOS and the model never stops)."""
+with a chat template, EOS and PAD (distinct here; tokenizers whose pad is EOS work too: padding is told
+apart by attention masks, never by the pad id)."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -7,20 +8,12 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from rlhf.data.chat import BUILTIN_TEMPLATE
+
 EOS, PAD = "<|endoftext|>", "<pad>"
 
-# Human/Assistant turns; every assistant turn ends with EOS. A prompt ends with "Assistant:" and the
-# response continues it with " " + text + EOS, which is exactly what SFT and rollouts tokenize.
-# HF renders templates with trim_blocks (a newline right after a {% %} tag is dropped), so the
-# separator after an assistant turn is written as an expression.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}Human: {{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{{ eos_token }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
-    "{% else %}{{ m['content'] }}\n\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
-)
+# The world's Human/Assistant chat template; `rlhf.data.chat` renders exactly this for the world's tokenizer.
+CHAT_TEMPLATE = BUILTIN_TEMPLATE
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
