@@ -5,7 +5,8 @@ agent's policy by cloning demonstrations and the reward model from demonstration
 
 The experts are linear state-feedback controllers, clearly experts: the CartPole one keeps the pole up and the cart
 on the track for all 500 steps of every fixed-length episode tried, and still averages about 490 with a fifth of its
-actions replaced at random; the Pendulum one swings up by energy shaping and balances with a PD law.
+actions replaced at random; the Pendulum one swings up by energy shaping and balances with a PD law (return -0 to
+-240 over 200 steps, mean about -120 on 8 starts; PPO on the true reward reaches -118 to -189 here).
 """
 from __future__ import annotations
 
@@ -26,13 +27,12 @@ def _cartpole(obs: np.ndarray) -> int:
 
 
 def _pendulum(obs: np.ndarray) -> np.ndarray:
+    # theta'' = 15 sin(theta) + 3 u (g = 10, m = l = 1), so E = theta'^2 / 2 + 15 cos(theta) is 15 upright at rest
     cos, sin, vel = np.asarray(obs, np.float64).reshape(-1)[:3]
-    theta = np.arctan2(sin, cos)  # 0 = upright
-    if cos > 0.9:  # near the top: PD balance
-        u = -10.0 * theta - 2.0 * vel
-    else:  # energy shaping: pump toward the upright energy (m = l = 1, g = 10)
-        energy = 0.5 * vel ** 2 + 10.0 * (cos - 1)
-        u = -1.0 * energy * np.sign(vel if abs(vel) > 1e-3 else 1.0)
+    if cos > 0.95:  # near the top (3 u can beat 15 sin(theta) there): PD balance
+        u = -(10.0 * np.arctan2(sin, cos) + 2.0 * vel)
+    else:  # energy shaping: pump energy in (or out) along the swing until E = 15
+        u = (15.0 - (0.5 * vel ** 2 + 15.0 * cos)) * np.sign(vel if abs(vel) > 1e-3 else 1.0)
     return np.array([np.clip(u, -2.0, 2.0)], np.float32)
 
 
