@@ -6,6 +6,8 @@ or SAC) trains on the ensemble's normalized reward while its episodes are record
 (uniformly, or where the ensemble disagrees most), the teacher compares them, the ensemble is refit on every label
 so far; the agent is scored on the TRUE reward. Labels come on a decaying schedule. The same algorithm with the
 same settings and timesteps is then trained on the true reward: the reference the PbRL return is compared with.
+With `demos:` (Ibarz et al. 2018), expert demonstrations come first: the policy is cloned from them, and/or the first
+reward-model fit also sees free (demonstration clip > agent clip) pairs.
 """
 from __future__ import annotations
 
@@ -311,6 +313,7 @@ def run(cfg: ControlConfig, show_progress: bool = True):
             {"per seed": rows, "over seeds (std = population std)": agg,
              "setup": {"env": cfg.env, "episode_len": results[0]["length"], "clip_len": cfg.clip_len,
                        "sampling": cfg.sampling, "teacher": str(cfg.teacher.__dict__),
+                       "demos": str(cfg.demos.__dict__),
                        "agent timesteps": results[0]["timesteps"]}},
             data={"per_seed": results, "aggregate": agg})
     return rd.final
