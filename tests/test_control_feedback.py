@@ -81,10 +81,11 @@ def test_tiny_dagger_run_aggregates_and_writes_a_run_dir(tmp_path):
     assert [p["beta"] for p in seed["curve"]] == [1.0, 0.5, 0.25]
     assert seed["curve"][0]["expert_share"] == 1.0
     assert (out / "plots" / "return_per_iteration.png").stat().st_size > 1000
-    proc = _cli("dagger", "-q", "-o", str(tmp_path / "noagg"), "--set", "episode_len=30", "--set", "iterations=2",
-                "--set", "seeds=[0]", "--set", "epochs=1", "--set", "eval_episodes=1", "--set", "aggregate=false")
-    assert proc.returncode == 0, proc.stderr
-    (seed,) = json.loads((tmp_path / "noagg" / "summary.json").read_text())["per_seed"]
+    from rlhf.control.dagger import run
+
+    noagg = run(DAggerConfig(episode_len=30, iterations=2, seeds=[0], epochs=1, eval_episodes=1, aggregate=False,
+                             out=str(tmp_path / "noagg")), show_progress=False)
+    (seed,) = json.loads((noagg / "summary.json").read_text())["per_seed"]
     assert [p["dataset"] for p in seed["curve"]] == [30, 30] and seed["labels"] == 60
 
 
