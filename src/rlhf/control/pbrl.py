@@ -139,12 +139,14 @@ def _ask(cfg: ControlConfig, buffer: TrajectoryBuffer, ensemble, teacher, labels
                                    meta={"true_return": [float(a.rewards.sum()), float(b.rewards.sum())]}).to_json())
 
 
-def _demo_labels(cfg: ControlConfig, demo_feats: np.ndarray, buffer: TrajectoryBuffer,
+def _demo_labels(cfg: ControlConfig, demo_feats: np.ndarray, episode_len: int, buffer: TrajectoryBuffer,
                  rng: np.random.Generator) -> _Labels:
-    """`demos.rm_pairs` free labels: a clip of the expert's demonstrations is preferred to a clip of the agent's."""
+    """`demos.rm_pairs` free labels: a clip of the expert's demonstrations (fixed-length episodes, one after the
+    other in `demo_feats`) is preferred to a clip of the agent's."""
     out, length = _Labels(), cfg.clip_len
     for p in buffer.sample_pairs(cfg.demos.rm_pairs, length, rng):
-        start = int(rng.integers(0, len(demo_feats) - length + 1))
+        episode = int(rng.integers(0, len(demo_feats) // episode_len))
+        start = episode * episode_len + int(rng.integers(0, episode_len - length + 1))
         out.xa.append(demo_feats[start:start + length])
         out.xb.append(buffer.clip(p.episode_a, p.start_a, length).features)
         out.y.append(1.0)
@@ -188,9 +190,9 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
 
     demo = {}
     if cfg.demos.episodes:  # expert demonstrations: behavioural cloning, and free labels for the first fit
-        from rlhf.control.demos import clone_into_sb3, expert_for, rollout
+        from rlhf.control.demos import clone_into_sb3, expert_for, rollout as expert_rollout
 
-        d_obs, d_act, d_ret = rollout(cfg.env, cfg.episode_len, expert_for(cfg.env), cfg.demos.episodes, 50_000 + seed)
+        d_obs, d_act, d_ret = expert_rollout(cfg.env, cfg.episode_len, expert_for(cfg.env), cfg.demos.episodes, 50_000 + seed)
         demo_feats = np.concatenate([d_obs.reshape(len(d_obs), -1), action_features(venv.action_space, d_act)], 1)
         demo["demo_return"] = float(np.mean(d_ret))
         if cfg.demos.bc_epochs:
@@ -204,7 +206,7 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
         obs, *_ = venv.step(actions)
     ensemble.set_input_stats(buffer.all_features())
     _ask(cfg, buffer, ensemble, teacher, labels, schedule[0], rng, False, seed)
-    free = _demo_labels(cfg, demo_feats, buffer, rng) if cfg.demos.rm_pairs else None
+    free = _demo_labels(cfg, demo_feats, length, buffer, rng) if cfg.demos.rm_pairs else None
     stats = _fit(ensemble, labels, buffer, rng, free)
     venv.reward_fn = ensemble.reward
     init_return = float(np.mean(venv.true_returns))
