@@ -111,7 +111,7 @@ def test_learned_reward_wrapper_records_whole_episodes():
         assert (rew == 7.0).all()
     assert dones.all() and len(buffer) == 2
     for e, ret in zip(buffer.episodes, venv.true_returns):
-        assert e.features.shape == (40, 4 + 2) and e.rewards.shape == (40,)
+        assert e.features.shape == (40, 4 + 1 + 2) and e.rewards.shape == (40,)  # + the absorbing-state flag
         assert e.rewards.sum() == ret
 
 

@@ -147,6 +147,22 @@ study_app = typer.Typer(help="Studies built on the world's gold reward.", no_arg
 app.add_typer(study_app, name="study")
 _mount_label_app()
 
+control_app = typer.Typer(help="RLHF for control tasks. Without a subcommand: deep RL from preferences over "
+                          "trajectory clips (gymnasium + stable-baselines3, simulated teacher).",
+                          invoke_without_command=True)
+app.add_typer(control_app, name="control")
+
+
+@control_app.callback()
+def control_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+             out: Optional[str] = OutOpt, quiet: bool = QuietOpt) -> None:
+    """Deep RL from preferences over trajectory clips (`rlhf control -c configs/control_cartpole.yaml`);
+    `rlhf control dagger|tamer -c ...` for learning from corrections or scalar feedback."""
+    if ctx.invoked_subcommand is None:
+        from rlhf.control import pbrl
+
+        _print_result(pbrl.run(_config(pbrl.ControlConfig, config, set_, out), not quiet))
+
 
 @study_app.command("seeds")
 def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds: each sets seed and world.seed"),
@@ -225,8 +241,10 @@ STAGE_COMMANDS = [
      "RRHF: ranking loss on length-normalized log-probs of K scored responses, plus SFT on the best."),
     (None, "best-of-n", "rlhf.eval.bon", "BestOfNConfig", "run",
      "Best-of-N: N samples per prompt, the reward model picks; gold/RM tables and the picks as SFT data."),
-    (None, "control", "rlhf.control.pbrl", "ControlConfig", "run",
-     "Deep RL from preferences over trajectory clips (gymnasium + stable-baselines3, simulated teacher)."),
+    ("control", "dagger", "rlhf.control.dagger", "DAggerConfig", "run",
+     "DAgger: an expert relabels the states the learner visits; behavioural cloning on the aggregate."),
+    ("control", "tamer", "rlhf.control.scalar", "TamerConfig", "run",
+     "Deep TAMER: a trainer's delayed, noisy +1/-1 on recent actions trains H(s, a); the agent acts greedily on it."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
      "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."),
     ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",
@@ -247,7 +265,7 @@ def _stage_command(module: str, cls: str, runner: str):
 def _register_stages() -> None:
     from rlhf.feedback.label_cli import label_app
 
-    groups = {None: app, "label": label_app, "study": study_app}
+    groups = {None: app, "label": label_app, "study": study_app, "control": control_app}
     for group, name, module, cls, runner, help_ in STAGE_COMMANDS:
         groups[group].command(name, help=help_)(_stage_command(module, cls, runner))
 

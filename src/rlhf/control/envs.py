@@ -22,10 +22,11 @@ class EnvSpec:
     gym_id: str
     episode_len: int  # default fixed horizon
     kwargs: tuple = ()  # extra gym.make keyword arguments, as (key, value) pairs
+    absorb: bool = False  # default for make_env's `absorb` (what happens after the original env would have ended)
 
 
 ENVS: dict[str, EnvSpec] = {
-    "CartPole": EnvSpec("CartPole-v1", 500),
+    "CartPole": EnvSpec("CartPole-v1", 500, absorb=True),
     "Pendulum": EnvSpec("Pendulum-v1", 200),
     "MountainCarContinuous": EnvSpec("MountainCarContinuous-v0", 999),
     "Acrobot": EnvSpec("Acrobot-v1", 500),
@@ -46,17 +47,41 @@ def resolve(env: str) -> tuple[str, EnvSpec]:
 
 class FixedLength(gym.Wrapper):
     """Never terminates; truncates after exactly `episode_len` steps. `info["true_reward"]` is the env's reward
-    under the fixed-length rule, so the learned-reward wrapper above this one can still report it."""
+    under the fixed-length rule, so the learned-reward wrapper above this one can still report it.
 
-    def __init__(self, env: gym.Env, episode_len: int, name: str):
+    `absorb`: once the original environment would have ended, the episode stays in that end state (an absorbing
+    state: the same observation, the same reward, every remaining step) instead of simulating on, and the
+    observation gets one more entry, 1.0 in the absorbing state and 0.0 before it (the absorbing-state indicator
+    of Kostrikov et al. 2019). CartPole needs both: simulated on, a fallen pole swings below the cart and the cart
+    runs off with ever larger position and speed, states no label ever scores, where the learned reward
+    extrapolates and the agent exploits it (seed 1 of the first CartPole runs fell at once, every episode); frozen
+    without the indicator, the end state (pole just past 12 degrees) looks to the reward model like the upright
+    states next to it. The indicator says where the episode is, not what it is worth: the reward model learns that
+    from the teacher like anything else. The episode still runs its full length, so its length still says
+    nothing; the return is the number of steps before the first fall, as in CartPole-v1."""
+
+    def __init__(self, env: gym.Env, episode_len: int, name: str, absorb: bool = False):
         super().__init__(env)
-        self.episode_len, self.name, self.t = episode_len, name, 0
+        self.episode_len, self.name, self.t, self.absorb = episode_len, name, 0, absorb
+        self._end = None  # (obs, reward, info) of the absorbing state
+        if absorb:
+            box = env.observation_space
+            self.observation_space = gym.spaces.Box(np.append(box.low, 0.0).astype(box.dtype),
+                                                    np.append(box.high, 1.0).astype(box.dtype), dtype=box.dtype)
+
+    def _flag(self, obs, ended: bool):
+        return np.append(obs, np.float32(ended)).astype(self.observation_space.dtype) if self.absorb else obs
 
     def reset(self, **kwargs):
-        self.t = 0
-        return self.env.reset(**kwargs)
+        self.t, self._end = 0, None
+        obs, info = self.env.reset(**kwargs)
+        return self._flag(obs, False), info
 
     def step(self, action):
+        if self._end is not None:
+            self.t += 1
+            obs, reward, info = self._end
+            return obs.copy(), reward, False, self.t >= self.episode_len, dict(info)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.t += 1
         if self.name == "CartPole":
@@ -65,11 +90,16 @@ class FixedLength(gym.Wrapper):
             self.env.unwrapped.steps_beyond_terminated = None
             reward = 0.0 if terminated else 1.0
         info = dict(info, true_reward=float(reward), ended=bool(terminated))
+        obs = self._flag(obs, terminated)
+        if self.absorb and terminated:
+            self._end = (np.array(obs, copy=True), float(reward), info)
         return obs, float(reward), False, self.t >= self.episode_len, info
 
 
-def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bool = False) -> gym.Env:
-    """One fixed-length environment. episode_len 0 = the environment's default horizon."""
+def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bool = False,
+             absorb: bool | None = None) -> gym.Env:
+    """One fixed-length environment. episode_len 0 = the environment's default horizon; absorb None = the
+    environment's default (see FixedLength)."""
     name, spec = resolve(env)
     length = episode_len or spec.episode_len
     if length < 1:
@@ -79,7 +109,7 @@ def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bo
         kwargs["render_mode"] = "rgb_array"
     # TimeLimit from gym.make would truncate at the registered horizon; ours replaces it.
     e = gym.make(spec.gym_id, max_episode_steps=10**9, disable_env_checker=True, **kwargs)
-    e = FixedLength(e, length, name)
+    e = FixedLength(e, length, name, spec.absorb if absorb is None else absorb)
     if seed is not None:
         e.reset(seed=seed)
         e.action_space.seed(seed)

@@ -6,6 +6,8 @@ or SAC) trains on the ensemble's normalized reward while its episodes are record
 (uniformly, or where the ensemble disagrees most), the teacher compares them, the ensemble is refit on every label
 so far; the agent is scored on the TRUE reward. Labels come on a decaying schedule. The same algorithm with the
 same settings and timesteps is then trained on the true reward: the reference the PbRL return is compared with.
+With `demos:` (Ibarz et al. 2018), expert demonstrations come first: the policy is cloned from them, and/or the first
+reward-model fit also sees free (demonstration clip > agent clip) pairs.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 from rlhf.control.agents import (AgentConfig, LearnedRewardVecEnv, ProgressCallback, evaluate, make_agent, make_venv,
                                  relabel_replay)
 from rlhf.control.clips import TrajectoryBuffer, label_schedule, select_pairs
-from rlhf.control.envs import action_dim, episode_len_of, make_env, random_return, resolve
+from rlhf.control.envs import action_dim, action_features, episode_len_of, make_env, random_return, resolve
 from rlhf.control.reward_model import RewardEnsemble, RewardModelConfig
 from rlhf.control.teachers import SKIP, SimulatedTeacher, TeacherConfig
 from rlhf.data.comparisons import Ranking
@@ -25,6 +27,15 @@ from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+
+
+@dataclass
+class DemoConfig:
+    """Learning from demonstrations before the preference loop (Ibarz et al. 2018), from the env's expert."""
+    episodes: int = 0  # expert episodes recorded (0 = no demonstrations)
+    bc_epochs: int = 0  # pretrain the agent's policy by behavioural cloning on them for this many passes
+    rm_pairs: int = 0  # pretrain the reward model on this many (demo clip > the untrained agent's clip) pairs;
+    # these labels are free (no teacher query) and are used in the first fit only, before the agent improves
 
 
 @dataclass
@@ -49,6 +60,7 @@ class ControlConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     reward: RewardModelConfig = field(default_factory=RewardModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
 
     def check(self) -> None:
         """Every user-fixable problem, before any work is done."""
@@ -77,6 +89,15 @@ class ControlConfig:
         if self.reward.members < 1:
             raise RLHFError(f"reward.members: must be >= 1, got {self.reward.members}")
         self.teacher.check()
+        d = self.demos
+        if d.episodes < 0 or d.bc_epochs < 0 or d.rm_pairs < 0:
+            raise RLHFError("demos.episodes, demos.bc_epochs and demos.rm_pairs must be >= 0")
+        if (d.bc_epochs or d.rm_pairs) and not d.episodes:
+            raise RLHFError("demos.episodes: demos.bc_epochs / demos.rm_pairs need demonstrations (episodes >= 1)")
+        if d.episodes:
+            from rlhf.control.demos import expert_for
+
+            expert_for(self.env)
         probe = make_env(self.env, self.episode_len)
         self.agent.check(probe.action_space)
         probe.close()
@@ -118,8 +139,27 @@ def _ask(cfg: ControlConfig, buffer: TrajectoryBuffer, ensemble, teacher, labels
                                    meta={"true_return": [float(a.rewards.sum()), float(b.rewards.sum())]}).to_json())
 
 
-def _fit(ensemble: RewardEnsemble, labels: _Labels, buffer: TrajectoryBuffer, rng: np.random.Generator) -> dict:
-    stats = ensemble.fit(*labels.arrays()) if len(labels) else {"rm_loss": float("nan"), "rm_acc": float("nan")}
+def _demo_labels(cfg: ControlConfig, demo_feats: np.ndarray, episode_len: int, buffer: TrajectoryBuffer,
+                 rng: np.random.Generator) -> _Labels:
+    """`demos.rm_pairs` free labels: a clip of the expert's demonstrations (fixed-length episodes, one after the
+    other in `demo_feats`) is preferred to a clip of the agent's."""
+    out, length = _Labels(), cfg.clip_len
+    for p in buffer.sample_pairs(cfg.demos.rm_pairs, length, rng):
+        episode = int(rng.integers(0, len(demo_feats) // episode_len))
+        start = episode * episode_len + int(rng.integers(0, episode_len - length + 1))
+        out.xa.append(demo_feats[start:start + length])
+        out.xb.append(buffer.clip(p.episode_a, p.start_a, length).features)
+        out.y.append(1.0)
+    return out
+
+
+def _fit(ensemble: RewardEnsemble, labels: _Labels, buffer: TrajectoryBuffer, rng: np.random.Generator,
+         extra: _Labels | None = None) -> dict:
+    """Refit on every label so far (and on `extra` free labels, when given)."""
+    both = _Labels()
+    for part in (labels, extra or _Labels()):
+        both.xa, both.xb, both.y = both.xa + part.xa, both.xb + part.xb, both.y + part.y
+    stats = ensemble.fit(*both.arrays()) if len(both) else {"rm_loss": float("nan"), "rm_acc": float("nan")}
     feats = buffer.all_features()
     if len(feats) > 20_000:
         feats = feats[rng.choice(len(feats), 20_000, replace=False)]
@@ -148,14 +188,26 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
         chunk = max(rollout, chunk // rollout * rollout)
     started = time.perf_counter()
 
-    # the untrained policy's episodes, the first labels, the first fit
+    demo = {}
+    if cfg.demos.episodes:  # expert demonstrations: behavioural cloning, and free labels for the first fit
+        from rlhf.control.demos import clone_into_sb3, expert_for, rollout as expert_rollout
+
+        d_obs, d_act, d_ret = expert_rollout(cfg.env, cfg.episode_len, expert_for(cfg.env), cfg.demos.episodes, 50_000 + seed)
+        demo_feats = np.concatenate([d_obs.reshape(len(d_obs), -1), action_features(venv.action_space, d_act)], 1)
+        demo["demo_return"] = float(np.mean(d_ret))
+        if cfg.demos.bc_epochs:
+            demo["bc_nll"] = clone_into_sb3(model, d_obs, d_act, cfg.demos.bc_epochs, seed=seed)
+            demo["bc_return"] = evaluate(model, cfg.env, cfg.episode_len, cfg.eval_episodes, 10_000 + seed * 100)
+
+    # the untrained (or cloned) policy's episodes, the first labels, the first fit
     obs = venv.reset()
     while buffer.total < cfg.init_episodes:
         actions, _ = model.predict(obs, deterministic=False)
         obs, *_ = venv.step(actions)
     ensemble.set_input_stats(buffer.all_features())
     _ask(cfg, buffer, ensemble, teacher, labels, schedule[0], rng, False, seed)
-    stats = _fit(ensemble, labels, buffer, rng)
+    free = _demo_labels(cfg, demo_feats, length, buffer, rng) if cfg.demos.rm_pairs else None
+    stats = _fit(ensemble, labels, buffer, rng, free)
     venv.reward_fn = ensemble.reward
     init_return = float(np.mean(venv.true_returns))
     curve = [{"timesteps": 0, "labels": teacher.asked, "answered": len(labels), "return": init_return, **stats}]
@@ -178,7 +230,7 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
 
     result = {"seed": seed, "labels": teacher.asked, "answered": len(labels), "skipped": teacher.skipped,
               "equal": teacher.equal, "timesteps": steps, "pbrl_return": curve[-1]["return"],
-              "rm_acc": curve[-1]["rm_acc"], "pbrl_wall_s": round(pbrl_wall, 1)}
+              "rm_acc": curve[-1]["rm_acc"], "pbrl_wall_s": round(pbrl_wall, 1), **demo}
     write_jsonl(rd.sub(f"labels_seed{seed}.jsonl"), labels.rows)
     if cfg.clip_files:
         from rlhf.control.render import write_pair
@@ -263,6 +315,7 @@ def run(cfg: ControlConfig, show_progress: bool = True):
             {"per seed": rows, "over seeds (std = population std)": agg,
              "setup": {"env": cfg.env, "episode_len": results[0]["length"], "clip_len": cfg.clip_len,
                        "sampling": cfg.sampling, "teacher": str(cfg.teacher.__dict__),
+                       "demos": str(cfg.demos.__dict__),
                        "agent timesteps": results[0]["timesteps"]}},
             data={"per_seed": results, "aggregate": agg})
     return rd.final

@@ -12,7 +12,9 @@ from rlhf.errors import RLHFError
 
 
 def _state(name: str, obs: np.ndarray) -> np.ndarray:
-    if name in ("CartPole", "MountainCarContinuous"):
+    if name == "CartPole":
+        return np.asarray(obs, np.float64)[:4]  # without the absorbing-state indicator
+    if name == "MountainCarContinuous":
         return np.asarray(obs, np.float64)
     if name == "Pendulum":
         return np.array([np.arctan2(obs[1], obs[0]), obs[2]])

@@ -1,6 +1,7 @@
 """Simulated teachers that compare two clips from the environment's true reward: the B-Pref family
 (Lee et al. 2021): oracle, stochastic (Bradley-Terry with a temperature), myopic, mistaken, skipping, and
-"equally preferable" answers, alone or combined.
+"equally preferable" answers, alone or combined. And the scalar-feedback trainer of Deep TAMER / COACH
+(`ScalarTeacher`): +1 / -1 on the agent's recent actions, given on a share of the steps, with mistakes, and late.
 
 Order of one answer (as in B-Pref): skip when neither clip is worth a look; returns discounted toward the clip's
 end (myopia); "equal" when the returns are within the margin; a Bradley-Terry draw (temperature > 0) or the exact
@@ -69,9 +70,66 @@ class SimulatedTeacher:
             answer = 1.0 if self.rng.random() < p else 0.0
         else:
             answer = 1.0 if va > vb else 0.0
-        if c.mistake > 0 and self.rng.random() < c.mistake:
+        if flipped(self.rng, c.mistake):
             answer = 1.0 - answer
         return answer
 
     def stats(self) -> dict:
         return {"asked": self.asked, "skipped": self.skipped, "equal": self.equal}
+
+
+def flipped(rng: np.random.Generator, mistake: float) -> bool:
+    """The mistake model both teachers share: the answer is reversed with probability `mistake`."""
+    return mistake > 0 and rng.random() < mistake
+
+
+@dataclass
+class ScalarTeacherConfig:
+    """A simulated trainer who watches the agent and presses +1 ("good") or -1 ("bad") about the action it just
+    saw: +1 when it is the expert's action there. People press on some steps only, sometimes press the wrong key,
+    and press late: the feedback about step t arrives at step t + d, d uniform in [delay_min, delay_max]."""
+    rate: float = 1.0  # share of the agent's steps that get feedback
+    mistake: float = 0.0  # probability the sign is reversed
+    delay_min: int = 0  # steps
+    delay_max: int = 0
+    seed: int = 0
+
+    def check(self) -> None:
+        if not 0 < self.rate <= 1:
+            raise RLHFError(f"trainer.rate: must be in (0, 1], got {self.rate}")
+        if not 0 <= self.mistake <= 1:
+            raise RLHFError(f"trainer.mistake: must be in [0, 1], got {self.mistake}")
+        if not 0 <= self.delay_min <= self.delay_max:
+            raise RLHFError(f"trainer.delay_min/delay_max: need 0 <= min <= max, got {self.delay_min}, {self.delay_max}")
+
+
+class ScalarTeacher:
+    def __init__(self, config: ScalarTeacherConfig):
+        config.check()
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.pending: list[tuple[int, float]] = []  # (arrival step, feedback)
+        self.given = self.wrong = 0
+
+    def watch(self, t: int, action, expert_action) -> None:
+        """The trainer sees the agent take `action` at step t; maybe schedules feedback about it."""
+        c = self.config
+        if self.rng.random() >= c.rate:
+            return
+        good = bool(np.all(np.asarray(action) == np.asarray(expert_action)))
+        if flipped(self.rng, c.mistake):
+            good = not good
+            self.wrong += 1
+        delay = int(self.rng.integers(c.delay_min, c.delay_max + 1))
+        self.pending.append((t + delay, 1.0 if good else -1.0))
+        self.given += 1
+
+    def arrivals(self, t: int) -> list[float]:
+        """Feedback that arrives at step t (and any overdue), in order; removed from the pending list."""
+        due = [f for when, f in self.pending if when <= t]
+        self.pending = [(when, f) for when, f in self.pending if when > t]
+        return due
+
+    def reset(self) -> None:
+        """A new episode: feedback still in flight about the old one is dropped."""
+        self.pending = []
