@@ -201,6 +201,8 @@ STAGE_COMMANDS = [
      "Best-of-N: N samples per prompt, the reward model picks; gold/RM tables and the picks as SFT data."),
     (None, "control", "rlhf.control.pbrl", "ControlConfig", "run",
      "Deep RL from preferences over trajectory clips (gymnasium + stable-baselines3, simulated teacher)."),
+    (None, "control-highway", "rlhf.control.highway", "HighwayConfig", "run",
+     "Driving safety from preferences (highway-env): collisions, speed, progress vs the env-reward agent."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
      "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."),
     ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",
