@@ -145,6 +145,15 @@ def _mount_label_app() -> None:
 
 study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
+
+
+def _mount_clips_app() -> None:
+    from rlhf.control.clips_cli import clips_app  # typer only; the control stack is imported when a command runs
+
+    app.add_typer(clips_app, name="control-clips")
+
+
+_mount_clips_app()
 _mount_label_app()
 
 
