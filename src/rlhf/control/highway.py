@@ -77,17 +77,20 @@ def register() -> None:
 @dataclass
 class HighwayConfig(ControlConfig):
     env: str = "Highway"
+    clip_len: int = 10  # of the 30-step episodes
+    labels: int = 200
+    rounds: int = 4
     safety_episodes: int = 100  # episodes each trained agent drives for the safety table
     out: str = "runs/control-highway"
 
     def check(self) -> None:
-        super().check()
-        if self.safety_episodes < 1:
-            raise RLHFError(f"safety_episodes: must be >= 1, got {self.safety_episodes}")
         from rlhf.control.envs import resolve
 
         if resolve(self.env)[0] != "Highway":
             raise RLHFError(f"env: control-highway drives the 'Highway' environment, got '{self.env}'")
+        if self.safety_episodes < 1:
+            raise RLHFError(f"safety_episodes: must be >= 1, got {self.safety_episodes}")
+        super().check()
 
 
 def drive(model, episode_len: int, episodes: int, seed: int) -> dict:
