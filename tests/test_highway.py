@@ -88,3 +88,15 @@ def test_control_highway_end_to_end(tmp_path):
 
     (row,) = json.loads((final / "safety.json").read_text())["per_seed"]
     assert 0 <= row["pbrl_collisions_per_100"] <= 100 and row["true_reward_progress_m"] > 0
+
+
+def test_highway_clips_for_people_are_drawn_offscreen(tmp_path):
+    """Highway clips for the labeling app are recorded while driving, with offscreen rendering (not black)."""
+    import imageio.v2 as imageio
+
+    from rlhf.control.app_clips import make_pairs
+
+    made = make_pairs("Highway", tmp_path, pairs=1, clip_len=5, episodes=1)
+    assert made["pairs"] == 1
+    frames = np.asarray(imageio.mimread(tmp_path / "clips" / "p0000-a.gif"))
+    assert frames.shape[:3] == (5, 150, 600) and frames[..., :3].mean() > 50  # grey road, not a black screen
