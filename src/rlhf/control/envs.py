@@ -79,10 +79,8 @@ def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bo
     kwargs = dict(spec.kwargs)
     if render:
         kwargs["render_mode"] = "rgb_array"
-    if name == "Highway":
-        from rlhf.control.highway import register
-
-        register()
+    if name == "Highway" and spec.gym_id not in gym.registry:  # by name: highway.py imports this module
+        gym.register(spec.gym_id, entry_point="rlhf.control.highway:make_highway_env")
     # TimeLimit from gym.make would truncate at the registered horizon; ours replaces it.
     e = gym.make(spec.gym_id, max_episode_steps=10**9, disable_env_checker=True, **kwargs)
     e = FixedLength(e, length, name)

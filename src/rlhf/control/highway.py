@@ -22,9 +22,6 @@ import numpy as np
 from rlhf.control.pbrl import ControlConfig
 from rlhf.errors import RLHFError
 
-GYM_ID = "rlhf/HighwaySafety-v0"
-
-
 @dataclass(frozen=True)
 class SafetyScore:
     """Per-step score the simulated teacher judges by (higher is better)."""
@@ -67,11 +64,6 @@ def make_highway_env(render_mode: str | None = None, **config) -> gym.Env:
 
     cfg = {"duration": 10**6, "offscreen_rendering": True, **config}
     return SafetyInfo(gym.make("highway-fast-v0", render_mode=render_mode, config=cfg, disable_env_checker=True))
-
-
-def register() -> None:
-    if GYM_ID not in gym.registry:
-        gym.register(GYM_ID, entry_point=make_highway_env)
 
 
 @dataclass
