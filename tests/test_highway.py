@@ -93,7 +93,6 @@ def test_control_highway_end_to_end(tmp_path):
 def test_highway_clips_for_people_are_drawn_offscreen(tmp_path):
     """Highway clips for the labeling app are recorded while driving, with offscreen rendering (not black)."""
     import imageio.v2 as imageio
-    from PIL import Image, ImageSequence
 
     from rlhf.control.app_clips import make_pairs
 
@@ -101,5 +100,5 @@ def test_highway_clips_for_people_are_drawn_offscreen(tmp_path):
     assert made["pairs"] == 1
     frames = np.asarray(imageio.mimread(tmp_path / "clips" / "p0000-a.gif"))
     assert frames.shape[1:3] == (150, 600) and frames[..., :3].mean() > 50  # grey road, not a black screen
-    with Image.open(tmp_path / "clips" / "p0000-a.gif") as gif:  # identical frames (a stopped wreck) are merged
-        assert sum(f.info["duration"] for f in ImageSequence.Iterator(gif)) == pytest.approx(5 * 1000 / 15, abs=5)
+    pairs = np.load(tmp_path / "pairs.npz")
+    assert pairs["xa"].shape == (1, 5, 25 + 5)  # 5 cars x 5 kinematics features, one-hot of 5 meta-actions
