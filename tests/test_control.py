@@ -82,7 +82,7 @@ def test_fixed_length_episodes_never_terminate(name):
             _, r, term, trunc, info = env.step(env.action_space.sample())
             assert not term
             assert trunc == (t == 59)
-            assert info["true_reward"] == r
+            assert info["true_reward"] == info.get("teacher_reward", r)  # Highway: the safety score
 
 
 def test_cartpole_pays_zero_after_the_pole_falls():

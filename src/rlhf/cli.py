@@ -145,6 +145,15 @@ def _mount_label_app() -> None:
 
 study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
+
+
+def _mount_clips_app() -> None:
+    from rlhf.control.clips_cli import clips_app  # typer only; the control stack is imported when a command runs
+
+    app.add_typer(clips_app, name="control-clips")
+
+
+_mount_clips_app()
 _mount_label_app()
 
 control_app = typer.Typer(help="RLHF for control tasks. Without a subcommand: deep RL from preferences over "
@@ -245,6 +254,8 @@ STAGE_COMMANDS = [
      "DAgger: an expert relabels the states the learner visits; behavioural cloning on the aggregate."),
     ("control", "tamer", "rlhf.control.scalar", "TamerConfig", "run",
      "Deep TAMER: a trainer's delayed, noisy +1/-1 on recent actions trains H(s, a); the agent acts greedily on it."),
+    (None, "control-highway", "rlhf.control.highway", "HighwayConfig", "run",
+     "Driving safety from preferences (highway-env): collisions, speed, progress vs the env-reward agent."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
      "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."),
     ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",

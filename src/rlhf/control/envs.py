@@ -30,6 +30,7 @@ ENVS: dict[str, EnvSpec] = {
     "Pendulum": EnvSpec("Pendulum-v1", 200),
     "MountainCarContinuous": EnvSpec("MountainCarContinuous-v0", 999),
     "Acrobot": EnvSpec("Acrobot-v1", 500),
+    "Highway": EnvSpec("rlhf/HighwaySafety-v0", 30),  # highway-fast-v0 with a safety teacher (highway.py)
 }
 _ALIASES = {spec.gym_id: name for name, spec in ENVS.items()}
 
@@ -89,7 +90,8 @@ class FixedLength(gym.Wrapper):
             # state every step, so "out of bounds" is known here without the warning machinery.
             self.env.unwrapped.steps_beyond_terminated = None
             reward = 0.0 if terminated else 1.0
-        info = dict(info, true_reward=float(reward), ended=bool(terminated))
+        # the teacher's signal; an environment may give the teacher its own (highway.py: a safety score)
+        info = dict(info, true_reward=float(info.get("teacher_reward", reward)), ended=bool(terminated))
         obs = self._flag(obs, terminated)
         if self.absorb and terminated:
             self._end = (np.array(obs, copy=True), float(reward), info)
@@ -107,6 +109,8 @@ def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bo
     kwargs = dict(spec.kwargs)
     if render:
         kwargs["render_mode"] = "rgb_array"
+    if name == "Highway" and spec.gym_id not in gym.registry:  # by name: highway.py imports this module
+        gym.register(spec.gym_id, entry_point="rlhf.control.highway:make_highway_env")
     # TimeLimit from gym.make would truncate at the registered horizon; ours replaces it.
     e = gym.make(spec.gym_id, max_episode_steps=10**9, disable_env_checker=True, **kwargs)
     e = FixedLength(e, length, name, spec.absorb if absorb is None else absorb)

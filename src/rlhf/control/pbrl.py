@@ -167,7 +167,9 @@ def _fit(ensemble: RewardEnsemble, labels: _Labels, buffer: TrajectoryBuffer, rn
     return stats
 
 
-def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
+def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir, on_agent=None) -> dict:
+    """`on_agent(kind, model, seed) -> dict`, if given, scores each trained agent (kind 'pbrl', 'true_reward')
+    further; its entries join the seed's result (control/highway.py drives them for its safety table)."""
     import torch
 
     torch.manual_seed(seed)
@@ -227,6 +229,7 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
     pbrl_wall = time.perf_counter() - started
     steps = model.num_timesteps
     venv.close()
+    extra = on_agent("pbrl", model, seed) if on_agent else {}
 
     result = {"seed": seed, "labels": teacher.asked, "answered": len(labels), "skipped": teacher.skipped,
               "equal": teacher.equal, "timesteps": steps, "pbrl_return": curve[-1]["return"],
@@ -256,6 +259,9 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir) -> dict:
                       normalized=(result["pbrl_return"] - rand) / (ref_ret - rand) if ref_ret != rand else float("nan"),
                       baseline_wall_s=round(time.perf_counter() - started, 1))
         result["ref_curve"] = ref_curve
+        if on_agent:
+            extra.update(on_agent("true_reward", ref, seed))
+    result.update(extra)
     result["curve"] = curve
     result["length"] = length
     return result
@@ -287,7 +293,7 @@ def _plot(rd: RunDir, cfg: ControlConfig, results: list[dict]) -> None:
     plt.close(fig)
 
 
-def run(cfg: ControlConfig, show_progress: bool = True):
+def run(cfg: ControlConfig, show_progress: bool = True, on_agent=None):
     import torch
 
     cfg.check()
@@ -296,7 +302,7 @@ def run(cfg: ControlConfig, show_progress: bool = True):
     results = []
     with RunDir(cfg.out, cfg) as rd, progress_bar(f"control {cfg.env}", total, show_progress) as bar:
         for seed in cfg.seeds:
-            results.append(run_seed(cfg, seed, bar, rd))
+            results.append(run_seed(cfg, seed, bar, rd, on_agent))
         _plot(rd, cfg, results)
         rd.plot_metrics({"true return against timesteps": [k for s in cfg.seeds for k in
                                                            (f"pbrl_return_seed{s}", f"true_reward_return_seed{s}")],

@@ -7,9 +7,11 @@ has to clean up half an import. Files must be UTF-8.
 Accepted rows:
   {"id": "q1", "prompt": str | [messages], "responses": [str, ...], "kind": "text"}   K >= 2
   {"id": "q2", "prompt": ..., "chosen": str, "rejected": str}                         K = 2
+  {"id": "c1", "prompt": ..., "responses": [left clip, right clip], "kind": "clip"}     a clip pair (K = 2)
 Gold files add the known answer: "ranks": [int, ...] (rank 1 best, ties equal), or imply it with
-chosen/rejected. "kind" is "text" (default), "image" (also GIF) or "video"; for media kinds each
-response is an http(s) URL or a path under the project's media root (see media.py for the rule).
+chosen/rejected. "kind" is "text" (default), "image" (also GIF), "video" or "clip" (a pair of trajectory clips,
+GIF or video, answered left / right / equal / can't tell); for media kinds each response is an http(s) URL or a
+path under the project's media root (see media.py for the rule).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from rlhf.feedback.app.media import MediaError, check_media_root, is_url, resolv
 MAX_UPLOAD_BYTES = 16 * 2**20  # one task or gold file uploaded on the dashboard
 from rlhf.feedback.app.models import Project, Task
 
-KINDS = ("text", "image", "video")
+KINDS = ("text", "image", "video", "clip")
+CLIP_SUFFIXES = (".gif", ".webp", ".png", ".mp4", ".m4v", ".webm", ".ogv")  # what a clip pair may show
 MAX_PROBLEMS = 50  # problems listed in a failed import's report (all are counted)
 
 
@@ -111,6 +114,10 @@ def parse_task(obj: dict, gold: bool) -> tuple[str | None, str, list[dict], list
     kind = obj.get("kind", "text")
     if kind not in KINDS:
         raise ValueError(f"'kind' must be one of {KINDS}, got {kind!r}")
+    if kind == "clip" and len(responses) != 2:
+        raise ValueError(f"a 'clip' task is a pair: 2 responses (left and right clip), got {len(responses)}")
+    if kind == "clip" and not all(r.split("?")[0].lower().endswith(CLIP_SUFFIXES) for r in responses):
+        raise ValueError(f"a 'clip' task's responses must be clip files ({', '.join(CLIP_SUFFIXES)})")
     rid = obj.get("id")
     if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip()):
         raise ValueError("'id' must be a non-empty string or integer")

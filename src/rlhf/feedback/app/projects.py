@@ -141,7 +141,7 @@ def _clean_text(value, what: str) -> str | None:
     return value
 
 
-def validate_label(task: Task, ranks, ratings, flags) -> tuple[list[int], list[int], list[dict]]:
+def validate_label(task: Task, ranks, ratings, flags) -> tuple[list[int], list[int] | None, list[dict] | None]:
     """Check a label given in the task's original response order; ranks 1..K, ties allowed."""
     k = len(task.responses)
 
@@ -152,6 +152,12 @@ def validate_label(task: Task, ranks, ratings, flags) -> tuple[list[int], list[i
         return values
 
     ranks = ints(ranks, 1, k, "ranks")
+    if task.kind == "clip":  # a clip pair: left / right / equal (ranks [1, 2], [2, 1], [1, 1]); nothing else
+        if ranks not in ([1, 2], [2, 1], [1, 1]):
+            raise BadLabel("a clip pair's ranks must be [1, 2], [2, 1] or [1, 1] (equal)")
+        if ratings is not None or flags not in (None, [], [{}, {}]):
+            raise BadLabel("a clip pair takes no ratings or flags")
+        return ranks, None, None
     ratings = ints(ratings, LIKERT.start, LIKERT.stop - 1, "ratings")
     if flags is None:
         flags = [{} for _ in range(k)]

@@ -117,7 +117,7 @@ def quality_report(db: Session, project: Project) -> QualityReport:
             stats.gold_pairs += total
             continue
         by_task[task.id].append((username, label))
-        for rating in label.ratings:
+        for rating in label.ratings or []:  # clip pairs have no ratings
             report.rating_counts[rating - 1] += 1
     report.tasks_labeled = len(by_task)
 
@@ -133,7 +133,7 @@ def quality_report(db: Session, project: Project) -> QualityReport:
             agree_all += agree
             total_all += len(prefs)
         for username, label in entries:
-            for index, rating in enumerate(label.ratings):
+            for index, rating in enumerate(label.ratings or []):
                 units[(task_id, index)].append((username, rating))
     report.agreement = agree_all / total_all if total_all else None
     report.alpha = krippendorff_alpha_interval([[r for _, r in u] for u in units.values()])

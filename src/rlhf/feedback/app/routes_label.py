@@ -1,6 +1,7 @@
 """Annotator pages and API: project list, next task, labeling page, submit, skip, media."""
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Request
@@ -79,6 +80,12 @@ def label_page(assignment_id: Id, request: Request, session: LoginSession = Depe
     task = assignment.task
     shown = [{"index": i, "letter": chr(ord("A") + pos), "content": task.responses[i],
               "media_url": _media_url(task, i)} for pos, i in enumerate(assignment.shown_order)]
+    if task.kind == "clip":  # a pair of trajectory clips: left / right / equal / can't tell
+        for r in shown:
+            r["video"] = MEDIA_TYPES.get(PurePosixPath(r["content"].split("?")[0]).suffix.lower(), "").startswith("video/")
+        return templates.TemplateResponse(request, "clip.html", {
+            "session": session, "assignment": assignment, "task": task, "project": task.project, "left": shown[0],
+            "right": shown[1], "progress": progress(db, task.project, session.user)})
     return templates.TemplateResponse(request, "label.html", {
         "session": session, "assignment": assignment, "task": task, "project": task.project, "shown": shown,
         "progress": progress(db, task.project, session.user), "flags": FLAGS, "k": len(shown)})
