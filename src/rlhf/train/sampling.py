@@ -67,7 +67,7 @@ class Groups:
 def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], G: int, sampling: SamplingConfig,
                   generator: torch.Generator) -> Groups:
     roll = sample(policy, [p for p in prompt_ids for _ in range(G)], sampling, tokenizer.eos_token_id,
-                  tokenizer.pad_token_id, generator)
+                  tokenizer.pad_token_id, generator, group=G)  # each prompt's forward once for its G samples
     texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
     return Groups(roll, reward_scores(reward_model, roll), texts, G)
 
