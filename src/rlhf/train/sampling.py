@@ -1,6 +1,5 @@
 """What the on-policy trainers share (GRPO/RLOO, RAFT, RRHF): prompt files, their models and optimizer set up
-alike, a group of responses per prompt from the one rollout engine, and the one place the reward model is
-called."""
+alike, a group of responses per prompt from the one rollout engine, scored by the reward model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,13 +9,14 @@ import torch
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models.reward import score as rm_score
+from rlhf.models.reward import normalized
 from rlhf.rollout.engine import Rollout, SamplingConfig, sample
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.rollout.packed import PackedRow, pack
 from rlhf.train.common import make_accelerator, make_optimizer
 from rlhf.train.heldout import sample_kl
+from rlhf.train.reward import packed_scores
 
 
 def read_prompts(path: str) -> list:
@@ -36,11 +36,6 @@ def check_same_vocab(tokenizer, rm_tokenizer, rm_path: str) -> None:
     if tokenizer.get_vocab() != rm_tokenizer.get_vocab():
         raise RLHFError(f"reward model {rm_path}: its tokenizer differs from the policy's ({len(rm_tokenizer)} vs "
                         f"{len(tokenizer)} tokens); the reward model scores the sampled token ids directly")
-
-
-def reward_scores(reward_model, roll: Rollout) -> torch.Tensor:
-    """The one place the reward model is called: prompt + response token ids -> normalized scores."""
-    return rm_score(reward_model, roll.input_ids, roll.attention_mask)
 
 
 @dataclass
@@ -66,10 +61,17 @@ class Groups:
 @torch.no_grad()
 def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], G: int, sampling: SamplingConfig,
                   generator: torch.Generator) -> Groups:
+    """G samples per prompt (each prompt's forward once for its G samples), scored by the reward model with
+    each prompt forwarded once beside its G responses (`packed_scores`: the scores of the separate
+    prompt + response sequences, up to float rounding)."""
     roll = sample(policy, [p for p in prompt_ids for _ in range(G)], sampling, tokenizer.eos_token_id,
-                  tokenizer.pad_token_id, generator, group=G)  # each prompt's forward once for its G samples
+                  tokenizer.pad_token_id, generator, group=G)
     texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
-    return Groups(roll, reward_scores(reward_model, roll), texts, G)
+    groups = Groups(roll, torch.empty(0), texts, G)
+    device = next(reward_model.parameters()).device
+    groups.scores = normalized(reward_model, packed_scores(reward_model, groups.rows(prompt_ids), tokenizer.pad_token_id,
+                                                           device))
+    return groups
 
 
 @dataclass
