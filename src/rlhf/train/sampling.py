@@ -3,6 +3,7 @@ alike, a group of responses per prompt from the one rollout engine, scored by th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -43,8 +44,13 @@ class Groups:
     """G sampled responses for each of n prompts, flattened prompt-major (response g of prompt i at i * G + g)."""
     roll: Rollout
     scores: torch.Tensor  # (n * G,) reward-model scores
-    texts: list[str]
+    tokenizer: object
     G: int
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """The decoded responses, decoded when first asked for (a step that logs no text never decodes)."""
+        return [decode_response(self.tokenizer, r.tolist()) for r in self.roll.response_ids]
 
     def rows(self, prompt_ids: list[list[int]], start: int = 0, stop: int | None = None) -> list[PackedRow]:
         """Packed rows (`rlhf.rollout.packed`) for prompts [start, stop): each prompt once with its G responses
@@ -66,8 +72,7 @@ def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], 
     prompt + response sequences, up to float rounding)."""
     roll = sample(policy, [p for p in prompt_ids for _ in range(G)], sampling, tokenizer.eos_token_id,
                   tokenizer.pad_token_id, generator, group=G)
-    texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
-    groups = Groups(roll, torch.empty(0), texts, G)
+    groups = Groups(roll, torch.empty(0), tokenizer, G)
     device = next(reward_model.parameters()).device
     groups.scores = normalized(reward_model, packed_scores(reward_model, groups.rows(prompt_ids), tokenizer.pad_token_id,
                                                            device))
