@@ -124,3 +124,15 @@ def test_compare_smoke_runs_end_to_end_and_reuses_finished_runs(cli, tmp_path):
     assert other.returncode == 2 and "finished with other settings (settings.steps" in other.stderr
     assert "Traceback" not in other.stderr
     assert (out / "seed-1" / "grpo" / "compare.json").exists()  # nothing was lost
+
+
+def test_bad_input_is_one_line(cli, tmp_path):
+    (tmp_path / "study" / "seed-0" / "sft" / "model").mkdir(parents=True)
+    res = cli.run("compare", "--seeds", "0", "--methods", "grpo", "--from", tmp_path / "study", "-q", "-o", tmp_path / "c")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "missing reward/model" in res.stderr, res.stderr
+    res = cli.run("compare", "--methods", "ppo,ppx", "-o", tmp_path / "c")
+    assert res.returncode == 2 and "unknown method 'ppx'" in res.stderr and "Traceback" not in res.stderr
+    res = cli.run("compare", "--seeds", "0,0", "-o", tmp_path / "c")
+    assert res.returncode == 2 and "seed 0 is given twice" in res.stderr
+    assert not (tmp_path / "c").exists()
