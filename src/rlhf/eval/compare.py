@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
