@@ -123,3 +123,42 @@ def test_bad_input_one_line(tmp_path, nano_checkpoint, rm_checkpoint, cli):
         assert not (tmp_path / cmd).exists()
     r = bad_mode.result()
     assert r.returncode == 2 and r.stderr.strip() == "error: kl_mode: expected loss or reward, got 'both'"
+
+
+def test_group_sampling_forwards_each_prompt_once_with_the_same_samples(nano_checkpoint):
+    """sample(group=G) prefills each prompt once and repeats its cache: the same tokens and log-probs as
+    forwarding every copy, bit for bit; prompts that are not runs of G copies are refused."""
+    from rlhf.data.chat import encode_prompt
+    from rlhf.models.lm import load_causal_lm, load_tokenizer
+    from rlhf.rollout.engine import SamplingConfig, sample
+
+    tok, model = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint)
+    model.eval()
+    prompts = [encode_prompt(tok, p) for p in ("What is 2 plus 3?", "Name a city.", "Hi", "Tell me about the river Oru.")]
+    flat = [p for p in prompts for _ in range(3)]
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
+    a = sample(model, flat, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(5))
+    b = sample(model, flat, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(5), group=3)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
+    assert torch.equal(a.response_mask, b.response_mask) and torch.equal(a.prompt_ids, b.prompt_ids)
+    with pytest.raises(ValueError, match="not runs of 3 identical copies"):
+        sample(model, flat[1:] + flat[:1], cfg, tok.eos_token_id, tok.pad_token_id, group=3)
+
+
+def test_group_scores_equal_the_separate_sequences_scores(nano_checkpoint, rm_checkpoint):
+    """sample_groups scores each prompt once beside its G responses: the scores of the separate
+    prompt + response sequences (up to float rounding), normalization included."""
+    from rlhf.data.chat import encode_prompt
+    from rlhf.models.lm import load_causal_lm, load_tokenizer
+    from rlhf.models.reward import load_reward_model, score
+    from rlhf.rollout.engine import SamplingConfig
+    from rlhf.train.sampling import sample_groups
+
+    tok, policy, rm = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint), load_reward_model(rm_checkpoint)
+    rm.config.rlhf_reward_offset = 0.25  # a stored offset is applied the same way
+    prompts = [encode_prompt(tok, p) for p in ("Where does person 1 live?", "What is 2 plus 2?", "Hi")]
+    g = sample_groups(policy, rm, tok, prompts, 4, SamplingConfig(max_new_tokens=10, temperature=1.0),
+                      torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        separate = score(rm, g.roll.input_ids, g.roll.attention_mask)
+    assert g.scores.shape == (12,) and torch.allclose(g.scores, separate, atol=1e-5), (g.scores, separate)

@@ -187,6 +187,33 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
     _print_result(study.run(study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_)), not quiet))
 
 
+@app.command("compare")
+def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default 0,1,2)"),
+             methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated: ppo-ptx,ppo,dpo,bon,raft,rrhf,grpo,rloo"),
+             budget: Optional[int] = typer.Option(None, "--budget", help="reward-model calls per method"),
+             source: Optional[str] = typer.Option(None, "--from", help="a `rlhf study seeds` directory to take seed-N's SFT, RM and labels from"),
+             config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+             out: Optional[str] = typer.Option(None, "--out", "-o", help="compare directory; seed N runs in <out>/seed-N"),
+             quiet: bool = QuietOpt) -> None:
+    """PPO-ptx, PPO, DPO, best-of-N, RAFT, RRHF, GRPO and RLOO from one SFT model, RM and label set per seed,
+    under one reward-model-call budget; gold metrics per method over seeds (finished method runs are reused)."""
+    from rlhf.eval import compare
+    from rlhf.eval.seeds import parse_seeds
+
+    cfg = load_config(compare.CompareConfig, config, set_)
+    if seeds is not None:
+        cfg.seeds = parse_seeds(seeds)
+    if methods is not None:
+        cfg.methods = compare.parse_methods(methods)
+    if budget is not None:
+        cfg.budget = budget
+    if source is not None:
+        cfg.source = source
+    if out is not None:
+        cfg.out = out
+    _print_result(compare.run(cfg, not quiet))
+
+
 @study_app.command("signals")
 def signals_(runs: list[Path] = typer.Argument(..., help="PPO run directories (metrics.jsonl with the gold reward logged)")) -> None:
     """Where PPO's gold-free stop rules (KL budget, ensemble disagreement, abstain/refuse drift) would have

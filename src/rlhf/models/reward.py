@@ -80,9 +80,12 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     """(B,) rewards of token sequences; normalized: minus the offset stored at training time (times a
     `rlhf_reward_gain` where a checkpoint stores one; the reward trainer does not)."""
     raw = raw_scores(model, input_ids, attention_mask)
-    if not normalize:
-        return raw
-    cfg = model.config
+    return normalized(model, raw) if normalize else raw
+
+
+def normalized(model, raw: torch.Tensor) -> torch.Tensor:
+    """Raw head outputs -> rewards: minus the offset stored at training time, times the stored gain."""
+    cfg = getattr(model, "module", model).config
     return getattr(cfg, "rlhf_reward_gain", 1.0) * (raw - getattr(cfg, "rlhf_reward_offset", 0.0))
 
 

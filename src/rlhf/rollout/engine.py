@@ -76,18 +76,39 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
+def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int):
+    """The prompts' forward pass: (KV cache, last-position logits). With group > 1 (rows in runs of `group`
+    copies of one prompt) each prompt is forwarded once and its cache and logits are repeated for its copies:
+    the same numbers (rows of a batch never mix), a group-th of the prefill's arithmetic."""
+    if group > 1:
+        sl = slice(None, None, group)
+        out = model(input_ids=prompt_ids[sl], attention_mask=mask[sl], position_ids=pos[sl], use_cache=True,
+                    **_keep_kwargs(model, 1))
+        past = out.past_key_values
+        if hasattr(past, "batch_repeat_interleave"):
+            past.batch_repeat_interleave(group)
+        else:  # legacy tuple caches
+            past = tuple(tuple(t.repeat_interleave(group, 0) for t in layer) for layer in past)
+        return past, out.logits[:, -1].float().repeat_interleave(group, 0)
+    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep_kwargs(model, 1))
+    return out.past_key_values, out.logits[:, -1].float()
+
+
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pad_id: int,
-           generator: torch.Generator | None = None) -> Rollout:
+           generator: torch.Generator | None = None, group: int = 1) -> Rollout:
+    """`group`: the prompts come in runs of `group` identical copies (G samples per prompt), whose prompt is
+    then forwarded once (see `_prefill`); checked, so a wrong value is an error, never a wrong sample."""
     model = getattr(model, "module", model)
     device = next(model.parameters()).device
+    if group > 1 and (len(prompts) % group or any(prompts[i] != prompts[i - i % group] for i in range(len(prompts)))):
+        raise ValueError(f"sample(group={group}): the prompts are not runs of {group} identical copies")
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     B = len(prompts)
     mask = prompt_mask
     pos = position_ids(mask)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep_kwargs(model, 1))
-    past, logits = out.past_key_values, out.logits[:, -1].float()
+    past, logits = _prefill(model, prompt_ids, mask, pos, group)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for _ in range(cfg.max_new_tokens):

@@ -150,7 +150,7 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                 # ---- sample G responses per prompt, score them
                 groups = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in idx], G, cfg.sampling,
                                        gen_sample)
-                roll, raw, texts = groups.roll, groups.scores, groups.texts
+                roll, raw = groups.roll, groups.scores
                 scores = raw if cfg.no_eos_score is None else torch.where(roll.finished, raw, torch.full_like(raw, cfg.no_eos_score))
                 scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
                 # ---- log-probs: one packed forward per micro-batch (prompt once per group)
@@ -200,17 +200,17 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                        **{k: sum(v) / len(v) for k, v in stats.items()}}
                 golds = None
                 if gold is not None:
-                    golds = [gold(prompts[i], t) for i, t in zip([i for i in idx for _ in range(G)], texts)]
+                    golds = [gold(prompts[i], t) for i, t in zip([i for i in idx for _ in range(G)], groups.texts)]
                     row["gold"] = sum(golds) / len(golds)
                 run_dir.log(step + 1, **row)
                 bar.advance(rm=row["rm_score"], kl=row["kl"])
                 if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                     held_out(step + 1)
                 if cfg.samples_every and ((step + 1) % cfg.samples_every == 0 or step + 1 == cfg.steps):
-                    for j in range(min(2 * G, len(texts))):
+                    for j in range(min(2 * G, len(groups.texts))):
                         p = prompts[idx[j // G]]
                         samples.append({"step": step + 1, "prompt": p if isinstance(p, str) else p[-1]["content"],
-                                        "response": texts[j], "rm": round(raw[j].item(), 3),
+                                        "response": groups.texts[j], "rm": round(raw[j].item(), 3),
                                         "advantage": round(adv[j].item(), 3),
                                         **({"gold": round(golds[j], 3)} if golds else {})})
         seconds, cpu_seconds = time.time() - t0, time.process_time() - c0

@@ -1,22 +1,23 @@
 """What the on-policy trainers share (GRPO/RLOO, RAFT, RRHF): prompt files, their models and optimizer set up
-alike, a group of responses per prompt from the one rollout engine, and the one place the reward model is
-called."""
+alike, a group of responses per prompt from the one rollout engine, scored by the reward model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models.reward import score as rm_score
+from rlhf.models.reward import normalized
 from rlhf.rollout.engine import Rollout, SamplingConfig, sample
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.rollout.packed import PackedRow, pack
 from rlhf.train.common import make_accelerator, make_optimizer
 from rlhf.train.heldout import sample_kl
+from rlhf.train.reward import packed_scores
 
 
 def read_prompts(path: str) -> list:
@@ -38,18 +39,18 @@ def check_same_vocab(tokenizer, rm_tokenizer, rm_path: str) -> None:
                         f"{len(tokenizer)} tokens); the reward model scores the sampled token ids directly")
 
 
-def reward_scores(reward_model, roll: Rollout) -> torch.Tensor:
-    """The one place the reward model is called: prompt + response token ids -> normalized scores."""
-    return rm_score(reward_model, roll.input_ids, roll.attention_mask)
-
-
 @dataclass
 class Groups:
     """G sampled responses for each of n prompts, flattened prompt-major (response g of prompt i at i * G + g)."""
     roll: Rollout
     scores: torch.Tensor  # (n * G,) reward-model scores
-    texts: list[str]
+    tokenizer: object
     G: int
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """The decoded responses, decoded when first asked for (a step that logs no text never decodes)."""
+        return [decode_response(self.tokenizer, r.tolist()) for r in self.roll.response_ids]
 
     def rows(self, prompt_ids: list[list[int]], start: int = 0, stop: int | None = None) -> list[PackedRow]:
         """Packed rows (`rlhf.rollout.packed`) for prompts [start, stop): each prompt once with its G responses
@@ -66,10 +67,16 @@ class Groups:
 @torch.no_grad()
 def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], G: int, sampling: SamplingConfig,
                   generator: torch.Generator) -> Groups:
+    """G samples per prompt (each prompt's forward once for its G samples), scored by the reward model with
+    each prompt forwarded once beside its G responses (`packed_scores`: the scores of the separate
+    prompt + response sequences, up to float rounding)."""
     roll = sample(policy, [p for p in prompt_ids for _ in range(G)], sampling, tokenizer.eos_token_id,
-                  tokenizer.pad_token_id, generator)
-    texts = [decode_response(tokenizer, r.tolist()) for r in roll.response_ids]
-    return Groups(roll, reward_scores(reward_model, roll), texts, G)
+                  tokenizer.pad_token_id, generator, group=G)
+    groups = Groups(roll, torch.empty(0), tokenizer, G)
+    device = next(reward_model.parameters()).device
+    groups.scores = normalized(reward_model, packed_scores(reward_model, groups.rows(prompt_ids), tokenizer.pad_token_id,
+                                                           device))
+    return groups
 
 
 @dataclass
