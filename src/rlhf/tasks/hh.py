@@ -27,7 +27,7 @@ from rlhf.models.reward import load_reward_model, score_texts
 from rlhf.progress import console
 from rlhf.rollout import SamplingConfig
 from rlhf.rundir import RunDir
-from rlhf.tasks.presets import generate, mean_se, plot_gold
+from rlhf.tasks.presets import device, generate, mean_se, plot_gold
 from rlhf.train import reward
 from rlhf.train.common import OptimConfig
 
@@ -128,9 +128,9 @@ def run(cfg: HHConfig, show_progress: bool = True) -> Path:
 
 
 def _best_of_n(cfg: HHConfig, root: Path, held_out: list, show_progress: bool):
-    tokenizer, policy = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy)
+    tokenizer, policy = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy).to(device())
     rm_path = root / "reward" / "model"
-    rm, rm_tok = load_reward_model(rm_path), load_tokenizer(rm_path)
+    rm, rm_tok = load_reward_model(rm_path).to(device()), load_tokenizer(rm_path)
     chosen = [r for r in held_out if len(encode_prompt(tokenizer, list(r.prompt))) <= cfg.max_prompt_tokens]
     too_long = len(held_out) - len(chosen)
     chosen = chosen[:cfg.n_prompts]

@@ -134,6 +134,11 @@ class GoldScorer:
         return SimpleNamespace(total=float(self.fn(prompt, response)), kind=self.kind)
 
 
+def device() -> torch.device:
+    """Where the preset's own sampling and scoring run (the trainers place their models through accelerate)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     n = len(values)
     if n == 0:
@@ -262,7 +267,7 @@ def _reward(cfg: GoldTaskConfig, scorer: GoldScorer, root: Path, show_progress: 
     _, held_out = train_eval_split(rankings, cfg.reward.eval_fraction, torch.Generator().manual_seed(cfg.reward.seed))
     if held_out:
         path = root / "reward" / "model"
-        acc = heldout_gold_accuracy(load_reward_model(path), load_tokenizer(path), scorer, held_out)
+        acc = heldout_gold_accuracy(load_reward_model(path).to(device()), load_tokenizer(path), scorer, held_out)
         out.update({"heldout_rm_gold_accuracy": round(acc["rm_gold_accuracy"], 4),
                     "heldout_label_gold_accuracy": round(acc["label_gold_accuracy"], 4),
                     "heldout_gold_pairs": acc["gold_pairs"]})
@@ -277,7 +282,7 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
     extra = list(task.metrics)
     with RunDir(cfg.out, cfg) as run_dir:
         root = run_dir.path
-        tokenizer, start = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy)
+        tokenizer, start = load_tokenizer(cfg.policy), load_causal_lm(cfg.policy).to(device())
         cfg.reward.seed, cfg.reward.out = cfg.seed, str(root / "reward")
         cfg.reward.init, cfg.reward.data = cfg.reward_init or cfg.policy, str(root / "labels" / "comparisons.jsonl")
         cfg.ppo.seed, cfg.ppo.out, cfg.ppo.policy = cfg.seed, str(root / "ppo"), cfg.policy
@@ -300,7 +305,7 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
             t = time.time()
             sections["reward model"] = _reward(cfg, scorer, root, show_progress)
             seconds["reward"] = round(time.time() - t, 1)
-            rm = load_reward_model(root / "reward" / "model")
+            rm = load_reward_model(root / "reward" / "model").to(device())
             rm_tok = load_tokenizer(root / "reward" / "model")
         if "best_of_n" in cfg.stages and cfg.best_of_n > 0:
             console.rule(f"[bold]best-of-{cfg.best_of_n}")
@@ -317,10 +322,13 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
         if "ppo" in cfg.stages:
             console.rule("[bold]PPO")
             t = time.time()
+            start = rm = None  # PPO loads its own copies: two fewer models in memory while it trains
             ppo.run(cfg.ppo, show_progress, prompts=[p["prompt"] for p in task.train], gold=task.gold)
             seconds["ppo"] = round(time.time() - t, 1)
             t = time.time()
-            tuned = load_causal_lm(root / "ppo" / "model")
+            start = load_causal_lm(cfg.policy).to(device())
+            rm = load_reward_model(root / "reward" / "model").to(device())
+            tuned = load_causal_lm(root / "ppo" / "model").to(device())
             after = gold_rows(task, eval_prompts, generate(tuned, tokenizer, eval_prompts, cfg.eval_sampling, cfg.seed,
                                                            "eval PPO", show_progress))
             drift = proxy_gold_kl(Models(tuned, start, rm, None, tokenizer,
