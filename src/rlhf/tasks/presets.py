@@ -294,6 +294,8 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
         before = gold_rows(task, eval_prompts, generate(start, tokenizer, eval_prompts, cfg.eval_sampling, cfg.seed,
                                                         "eval start", show_progress))
         table = [stage_row(f"start ({Path(cfg.policy).name})", before, extra)]
+        _write_rows(run_dir.sub("responses_start.jsonl"), before)  # now: a run stopped later still shows its start
+        console.print(table[0])
         seconds["eval_start"] = round(time.time() - t, 1)
         curve = None
         if "labels" in cfg.stages:
@@ -344,7 +346,6 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
                 **{k: paired_difference(after, before, k) for k in extra}}
             seconds["eval_ppo"] = round(time.time() - t, 1)
             _write_rows(run_dir.sub("responses_ppo.jsonl"), after)
-        _write_rows(run_dir.sub("responses_start.jsonl"), before)
         plot_gold(table, curve, run_dir.sub("plots/gold.png"), task.title)
         run_dir.write_summary(f"{task.title} preset", {
             f"held-out gold ({len(eval_prompts)} prompts, T={cfg.eval_sampling.temperature:g}, "
