@@ -284,7 +284,8 @@ STAGE_COMMANDS = [
     (None, "control-highway", "rlhf.control.highway", "HighwayConfig", "run",
      "Driving safety from preferences (highway-env): collisions, speed, progress vs the env-reward agent."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
-     "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage."),
+     "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage; "
+     "--preset NAME runs a real task instead (sentiment, instructions, hh-harmless)."),
     ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",
      "Sample K responses per world prompt and have a simulated labeler pool rank them."),
     ("study", "overopt", "rlhf.eval.overopt", "OveroptConfig", "run",
@@ -300,12 +301,28 @@ def _stage_command(module: str, cls: str, runner: str):
     return command
 
 
+def _pipeline_command(module: str, cls: str, runner: str):
+    """`rlhf pipeline`, plus --preset NAME: a real task's config and run (`rlhf.tasks`) in place of the world's."""
+    stage = _stage_command(module, cls, runner)
+
+    def command(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
+                quiet: bool = QuietOpt,
+                preset: Optional[str] = typer.Option(None, "--preset", help="sentiment | instructions | hh-harmless")) -> None:
+        if preset is None:
+            return stage(config, set_, out, quiet)
+        from rlhf.tasks.presets import run_preset
+
+        _print_result(run_preset(preset, config, set_, out, not quiet))
+    return command
+
+
 def _register_stages() -> None:
     from rlhf.feedback.label_cli import label_app
 
     groups = {None: app, "label": label_app, "study": study_app, "control": control_app}
     for group, name, module, cls, runner, help_ in STAGE_COMMANDS:
-        groups[group].command(name, help=help_)(_stage_command(module, cls, runner))
+        make = _pipeline_command if (group, name) == (None, "pipeline") else _stage_command
+        groups[group].command(name, help=help_)(make(module, cls, runner))
 
 
 _register_stages()
