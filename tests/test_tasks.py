@@ -163,8 +163,10 @@ def test_bad_preset_and_bad_data_are_one_line(cli, tmp_path, chatml_model):
     r = cli.run("pipeline", "--preset", "sentimental", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --preset: unknown preset 'sentimental'; presets are sentiment, instructions, hh-harmless"]
-    with pytest.raises(RLHFError, match=r"comparisons file not found: \.\./shared/data/hh-harmless/train.jsonl"):
-        run_preset("hh-harmless", None, ["size=smoke", f"policy={chatml_model}"], str(tmp_path / "x"), False)
+    missing = tmp_path / "no-such-dir" / "train.jsonl"
+    with pytest.raises(RLHFError, match=f"comparisons file not found: {missing}"):
+        run_preset("hh-harmless", None, ["size=smoke", f"policy={chatml_model}", f"data={missing}"],
+                   str(tmp_path / "x"), False)
     with pytest.raises(RLHFError, match="stages: 'ppo' needs 'reward'"):
         run_preset("sentiment", None, ["stages=ppo"])
     with pytest.raises(RLHFError, match="unknown config key 'ppo.stepz'"):
