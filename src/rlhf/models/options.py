@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlhf.errors import RLHFError
+
+DTYPES = ("fp32", "bf16")
+
 
 @dataclass
 class LoraOptions:
@@ -22,9 +26,31 @@ class LoraOptions:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft names, or "all-linear"
 
+    def __post_init__(self) -> None:
+        if self.r < 0:
+            raise RLHFError(f"model.lora.r: expected 0 (full fine-tuning) or a positive rank, got {self.r}")
+        if self.r > 0 and self.alpha <= 0:
+            raise RLHFError(f"model.lora.alpha: expected > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise RLHFError(f"model.lora.dropout: expected 0 <= dropout < 1, got {self.dropout}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if not self.target_modules:
+            raise RLHFError("model.lora.target_modules: expected module names (e.g. q_proj, v_proj) or all-linear, got []")
+
 
 @dataclass
 class ModelOptions:
     dtype: str = "fp32"  # fp32 | bf16
     gradient_checkpointing: bool = False
     lora: LoraOptions = field(default_factory=LoraOptions)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise RLHFError(f"model.dtype: expected fp32 or bf16, got '{self.dtype}'")
+
+    def torch_dtype(self):
+        import torch
+
+        self.__post_init__()  # the fields may have been set after construction
+        return torch.float32 if self.dtype == "fp32" else torch.bfloat16

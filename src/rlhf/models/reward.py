@@ -55,11 +55,13 @@ def load_reward_model(path: str | Path):
 
 
 def score_head(model) -> torch.nn.Linear:
-    """The scalar head of a sequence-classification model (`score` on Llama, `classifier` elsewhere)."""
+    """The scalar head of a sequence-classification model (`score` on Llama, `classifier` elsewhere; under
+    LoRA, peft's trainable copy of it, `modules_to_save`)."""
     model = getattr(model, "module", model)
     for name in ("score", "classifier"):
-        if isinstance(getattr(model, name, None), torch.nn.Linear):
-            return getattr(model, name)
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear) or isinstance(getattr(head, "original_module", None), torch.nn.Linear):
+            return head
     raise RLHFError(f"{type(model).__name__}: no linear score head found")
 
 
@@ -73,7 +75,7 @@ def raw_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
     """(B,) head output at each row's last attended token."""
     hidden = backbone(model, input_ids, attention_mask)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
-    return score_head(model)(pooled).squeeze(-1)
+    return score_head(model)(pooled).squeeze(-1).float()
 
 
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:

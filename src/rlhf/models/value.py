@@ -43,7 +43,7 @@ def load_value_model(kind: str, reward_model: str | Path, policy_path: str | Pat
 def token_values(value_model, input_ids, attention_mask, response_start: int) -> torch.Tensor:
     """V(s_t) for every response position: the head on the hidden state that predicts token t."""
     hidden = backbone(value_model, input_ids, attention_mask)
-    return score_head(value_model)(hidden[:, response_start - 1:-1]).squeeze(-1)
+    return score_head(value_model)(hidden[:, response_start - 1:-1]).squeeze(-1).float()
 
 
 def logprobs_and_values(policy, head: ValueHead, input_ids, attention_mask, response_start: int,
@@ -52,5 +52,5 @@ def logprobs_and_values(policy, head: ValueHead, input_ids, attention_mask, resp
     hidden = backbone(policy, input_ids, attention_mask)[:, response_start - 1:-1]
     out = logprobs_from_logits(policy.get_output_embeddings()(hidden), input_ids[:, response_start:], temperature,
                                with_entropy)
-    values = head(hidden).squeeze(-1)
+    values = head(hidden.to(head.weight.dtype)).squeeze(-1)  # the head stays fp32 under a bf16 policy
     return (*out, values) if with_entropy else (out, values)

@@ -1,8 +1,9 @@
 """Checkpoints a trainer continues from exactly: models, optimizer and scheduler states, every RNG, the
 data position and the trainer's scalars.
 
-A checkpoint folder holds one subfolder per model (a Hugging Face folder, or `model.safetensors` for a
-plain module such as a value head), `trainer_state.pt` (optimizers, schedulers, data streams, RNGs)
+A checkpoint folder holds one subfolder per model (a Hugging Face folder, `model.safetensors` for a
+plain module such as a value head, or a peft adapter folder for a model trained with LoRA, whose frozen
+base is the run's starting checkpoint), `trainer_state.pt` (optimizers, schedulers, data streams, RNGs)
 and `state.json` (the step and the trainer's scalars, readable by people).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from rlhf.errors import RLHFError
+from rlhf.models import lora
 
 
 def _unwrap(model):
@@ -39,7 +41,9 @@ class TrainerState:
         path.mkdir(parents=True, exist_ok=True)
         for name, model in self.models.items():
             model = _unwrap(model)
-            if isinstance(model, PreTrainedModel):
+            if lora.has_adapters(model):  # the adapter only: the frozen base is the run's starting checkpoint
+                lora.save_adapter(model, path / name, self.tokenizer)
+            elif isinstance(model, PreTrainedModel):
                 model.save_pretrained(str(path / name), safe_serialization=True)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(str(path / name))
@@ -56,7 +60,10 @@ class TrainerState:
         """Restore everything from `path`; returns state.json (step and scalars)."""
         path = checkpoint_dir(path, trainer)
         for name, model in self.models.items():
-            _load_weights(_unwrap(model), path / name, name, mismatch_hint)
+            if lora.has_adapters(model):
+                lora.load_adapter(_unwrap(model), path / name, name, mismatch_hint)
+            else:
+                _load_weights(_unwrap(model), path / name, name, mismatch_hint)
         blob = torch.load(path / "trainer_state.pt", weights_only=False)
         for k, obj in self.stateful.items():
             obj.load_state_dict(blob["stateful"][k])
@@ -77,6 +84,10 @@ def checkpoint_dir(path: str | Path, trainer: str) -> Path:
 
 
 def _load_weights(model, folder: Path, name: str, hint: str) -> None:
+    if not (folder / "model.safetensors").is_file():
+        kind = "a LoRA adapter" if (folder / "adapter_model.safetensors").is_file() else "no model.safetensors"
+        raise RLHFError(f"resume: {folder} holds {kind}, and this run trains its {name} model in full; "
+                        "resume with the options (model.lora) of the run that saved it")
     weights = load_file(str(folder / "model.safetensors"))
     tied = isinstance(model, PreTrainedModel) and model.config.tie_word_embeddings
     if tied:  # tied output weights are saved once

@@ -26,8 +26,9 @@ from rlhf.data.chat import encode_prompt, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.data.sampler import train_eval_split
 from rlhf.errors import RLHFError
+from rlhf.models import lora
 from rlhf.models.options import ModelOptions
-from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
+from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
@@ -198,9 +199,9 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
     ref_path = cfg.reference or cfg.policy
     ref_tokenizer = load_tokenizer(ref_path)
     accelerator = make_accelerator(cfg.seed)
-    policy, ref = load_causal_lm(cfg.policy), load_causal_lm(ref_path)
+    policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
+    ref = lora.reference(policy, cfg.policy, ref_path, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
     check_reference(tokenizer, ref_tokenizer, policy, ref, ref_path)
-    ref.requires_grad_(False)
     average = cfg.loss == "ipo"
     pad = tokenizer.pad_token_id
     train_packed, eval_packed = pack_all(tokenizer, train_set, cfg.max_len), pack_all(tokenizer, eval_set, cfg.max_len)
@@ -258,7 +259,7 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
             result["log2"] = math.log(2)
         heldout = [{"when": name, **{k[5:]: v for k, v in row.items()}} for name, row in (("start", before), ("end", after)) if row]
         if accelerator.is_main_process:
-            save_model(policy, tokenizer, run_dir.sub("model"))
+            lora.save_final(policy, tokenizer, run_dir.sub("model"))
             run_dir.plot_metrics({"loss": ["loss", "eval_loss"], "implicit-reward accuracy": ["accuracy", "eval_accuracy"],
                                   "implicit-reward margin": ["margin", "eval_margin"], "held-out KL": ["eval_kl"],
                                   "held-out gold": ["eval_gold"], "throughput": ["pairs_per_s"]})

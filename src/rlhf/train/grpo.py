@@ -24,7 +24,7 @@ import torch
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.models.options import ModelOptions
-from rlhf.models.lm import save_model
+from rlhf.models import lora
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import packed_logprobs
@@ -220,7 +220,7 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                   **{k: row[k] for k in ("rm_score", "kl", "response_length", "eos_rate") if k in row}}
         heldout = [{"when": w, **r} for w, r in (("start", before), ("end", after)) if r]
         if accelerator.is_main_process:
-            save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
+            lora.save_final(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
             write_jsonl(run_dir.sub("samples.jsonl"), samples)
             run_dir.plot_metrics({"reward": ["rm_score", "reward", "gold"], "kl": ["kl", "kl_k3"], "loss": ["loss"],
                                   "clipfrac": ["clipfrac"], "group": ["group_std", "zero_std_groups"],

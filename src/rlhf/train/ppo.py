@@ -22,10 +22,11 @@ from rlhf.data.packing import PtxStream, load_texts
 from rlhf.data.prompts import load_prompts
 from rlhf.data.sampler import PromptSampler
 from rlhf.errors import RLHFError
+from rlhf.models import lora
 from rlhf.models.options import ModelOptions
-from rlhf.models.lm import last_token_index, load_causal_lm, load_tokenizer, save_model
+from rlhf.models.lm import last_token_index, load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
-from rlhf.models.value import VALUE_INITS, load_value_model
+from rlhf.models.value import VALUE_INITS, ValueHead, load_value_model
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.experience import Experience, Models, policy_forward, rollout
 from rlhf.rundir import RunDir
@@ -305,7 +306,7 @@ class Trainer:
                           watch_disagreement=self.watch.disagreement)
 
     def save_model(self, path: Path) -> None:
-        save_model(self.accelerator.unwrap_model(self.m.policy), self.m.tokenizer, path)
+        lora.save_final(self.accelerator.unwrap_model(self.m.policy), self.m.tokenizer, path)
 
     def models(self) -> Models:
         return replace(self.m, value=None)
@@ -325,16 +326,18 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
         raise RLHFError("value_init=reward copies the reward model, whose vocabulary differs from the policy's; "
                         "use value_init=sft with retokenize=true")
     accelerator = make_accelerator(cfg.seed)
-    policy, ref, reward = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
+    policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
+    ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
+    reward = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)
     if cfg.ensemble_reward != "first" and not cfg.ensemble:  # checked here: the pipeline fills ensemble in late
         raise RLHFError(f"ensemble_reward={cfg.ensemble_reward} needs ensemble: a list of reward-model folders")
-    ensemble = [load_reward_model(path).requires_grad_(False).to(accelerator.device) for path in cfg.ensemble]
+    ensemble = [lora.frozen(load_reward_model(path), cfg.model).to(accelerator.device) for path in cfg.ensemble]
     for path in cfg.ensemble:
         if load_tokenizer(path).get_vocab() != (rm_tokenizer or tokenizer).get_vocab():
             raise RLHFError(f"ensemble: {path} reads another vocabulary than reward_model {cfg.reward_model}")
     value = load_value_model(cfg.value_init, cfg.reward_model, cfg.policy, policy, cfg.seed)
-    ref.requires_grad_(False)
-    reward.requires_grad_(False)
+    if not isinstance(value, ValueHead):  # a separate value model: LoRA'd too when the policy is (its own adapter)
+        value = lora.trainable(value, cfg.model, cfg.seed + 4, task="SEQ_CLS")
     opt_p, sched_p = make_optimizer(policy, cfg.optim, cfg.steps)
     opt_v, sched_v = make_optimizer(value, replace(cfg.optim, lr=cfg.value_lr), cfg.steps)
     policy, value, opt_p, opt_v = accelerator.prepare(policy, value, opt_p, opt_v)

@@ -18,7 +18,7 @@ import torch
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.models.options import ModelOptions
-from rlhf.models.lm import save_model
+from rlhf.models import lora
 from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
@@ -144,7 +144,7 @@ def run(cfg: RAFTConfig, show_progress: bool = True, gold: GoldFn | None = None,
                   "episodes": cfg.iterations * cfg.prompts_per_iteration * cfg.k, "seconds": seconds}
         heldout = [{"when": w, **r} for w, r in (("start", before), ("end", after)) if r]
         if accelerator.is_main_process:
-            save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
+            lora.save_final(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
             write_jsonl(run_dir.sub("samples.jsonl"), samples)
             run_dir.plot_metrics({"reward": ["rm_all", "rm_kept", "gold_kept"], "sft loss": ["sft_loss"],
                                   "held-out": ["eval_kl", "eval_gold"]})

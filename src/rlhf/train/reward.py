@@ -19,6 +19,7 @@ from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_respons
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.data.sampler import IndexStream, train_eval_split
 from rlhf.errors import RLHFError
+from rlhf.models import lora
 from rlhf.models.options import ModelOptions
 from rlhf.models.lm import backbone, load_tokenizer
 from rlhf.models.reward import init_reward_model, raw_scores, score_head, score_sequences
@@ -226,7 +227,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(cfg.seed))
     tokenizer = load_tokenizer(cfg.init)
     accelerator = make_accelerator(cfg.seed)
-    model = init_reward_model(cfg.init, cfg.seed)
+    model = lora.trainable(init_reward_model(cfg.init, cfg.seed), cfg.model, cfg.seed, task="SEQ_CLS")
     model.config.pad_token_id = tokenizer.pad_token_id
     train_enc = encode_rankings(tokenizer, train_set, cfg.max_len)
     eval_enc = encode_rankings(tokenizer, eval_set, cfg.max_len)
@@ -281,8 +282,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
             result["reward_offset"] = float(flat.mean())
             result["reward_std_after_shift"] = float(flat.std())
         if accelerator.is_main_process:
-            model.save_pretrained(str(run_dir.sub("model")), safe_serialization=True)
-            tokenizer.save_pretrained(str(run_dir.sub("model")))
+            lora.save_final(model, tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Reward model", {"result": result, "data": report.as_dict(), **sections,
                                                    "checkpoint": "model/ (AutoModelForSequenceClassification, num_labels=1)"},
                                   {"result": result, "data": report.as_dict(), **sections})

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rlhf.data.jsonl import write_jsonl
-from rlhf.models.lm import save_model
+from rlhf.models import lora
 from rlhf.errors import RLHFError
 from rlhf.models.options import ModelOptions
 from rlhf.progress import progress_bar
@@ -116,7 +116,7 @@ def run(cfg: RRHFConfig, show_progress: bool = True, gold: GoldFn | None = None,
                   **{k: row[k] for k in ("loss", "rank_loss", "sft_loss", "rm_score")}}
         heldout = [{"when": w, **r} for w, r in (("start", before), ("end", after)) if r]
         if accelerator.is_main_process:
-            save_model(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
+            lora.save_final(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
             write_jsonl(run_dir.sub("samples.jsonl"), samples)
             run_dir.plot_metrics({"loss": ["loss", "rank_loss", "sft_loss"], "reward": ["rm_score", "rm_best", "gold"],
                                   "held-out": ["eval_kl", "eval_gold"]})

@@ -12,6 +12,7 @@ from rlhf.data.jsonl import read_jsonl
 from rlhf.errors import RLHFError
 from rlhf.models.reward import normalized
 from rlhf.rollout.engine import Rollout, SamplingConfig, sample
+from rlhf.models import lora
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.rollout.packed import PackedRow, pack
@@ -117,9 +118,9 @@ def setup_group_trainer(cfg, prompts: list | None, eval_prompts: list | None,
     tokenizer = load_tokenizer(cfg.policy)
     check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
     accelerator = make_accelerator(cfg.seed)
-    policy, ref, reward_model = load_causal_lm(cfg.policy), load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
-    for m in (ref, reward_model):
-        m.requires_grad_(False)
+    policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
+    ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
+    reward_model = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)
     opt, sched = make_optimizer(policy, cfg.optim, total_steps)
     policy, opt = accelerator.prepare(policy, opt)
     ref, reward_model = ref.to(accelerator.device), reward_model.to(accelerator.device)

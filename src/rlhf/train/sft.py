@@ -14,8 +14,9 @@ from rlhf.data.jsonl import read_jsonl
 from rlhf.data.packing import PtxStream, load_texts
 from rlhf.data.sampler import IndexStream
 from rlhf.errors import RLHFError
+from rlhf.models import lora
 from rlhf.models.options import ModelOptions
-from rlhf.models.lm import load_causal_lm, load_tokenizer, save_model
+from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
@@ -93,7 +94,7 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
 
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy where labels != IGNORE (the assistant's tokens)."""
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
 def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict]] | None = None,
@@ -109,7 +110,7 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
     if cfg.ptx_coef > 0 and not ptx_docs:
         raise RLHFError("sft: ptx_coef > 0 needs pretraining text: set ptx_data to a JSONL file of {\"text\": ...}")
     tokenizer = load_tokenizer(cfg.init)
-    model = load_causal_lm(cfg.init)
+    model = lora.trainable(load_causal_lm(cfg.init), cfg.model, cfg.seed)
     examples = [encode_dialogue(tokenizer, d, cfg.max_len) for d in dialogues]
     examples = [e for e in examples if any(y != IGNORE for y in e[1])]
     steps = max(1, int(cfg.epochs * len(examples) / cfg.batch_size))
@@ -143,7 +144,7 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                     state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1)
         if accelerator.is_main_process:
-            save_model(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
+            lora.save_final(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Supervised fine-tuning", {
                 "result": {"dialogues": len(examples), "dropped_by_dialogue_filter": dropped, "steps": steps,
                            "final_loss": loss.item(), "seconds": time.time() - t0},
