@@ -245,7 +245,7 @@ def ppo_update(t: Trainer, step: int, exp: Experience, advantages, returns) -> d
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if t.ptx is not None:
                     blk = t.ptx.batch(cfg.ptx_batch_size).to(t.accelerator.device)
-                    ptx_loss = F.cross_entropy(m.policy(input_ids=blk[:, :-1]).logits.flatten(0, 1), blk[:, 1:].flatten())
+                    ptx_loss = F.cross_entropy(m.policy(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
                     loss = loss + cfg.ptx_coef * ptx_loss
                     stats["ptx_loss"].append(ptx_loss.item())
                 if not torch.isfinite(loss):

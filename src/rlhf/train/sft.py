@@ -134,7 +134,7 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
                 extra = {}
                 if ptx is not None:
                     blk = ptx.batch(cfg.ptx_batch_size).to(accelerator.device)
-                    ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.flatten(0, 1), blk[:, 1:].flatten())
+                    ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
                     extra["ptx_loss"] = ptx_loss.item()
                     optimizer_step(accelerator, model, opt, sched, loss + cfg.ptx_coef * ptx_loss, step, cfg.optim.grad_clip)
                 else:
