@@ -144,10 +144,11 @@ def run_comparisons_eval(model_dir: str | Path, data: str | Path, out: str | Pat
                          limit: int | None = None, buckets: int = 4, batch_size: int = 32) -> tuple[Path, dict]:
     """`rlhf reward eval`: load the RM and the comparisons file, evaluate, write summary.json, summary.md, plots."""
     from rlhf.data.comparisons import load_rankings
-    from rlhf.models.lm import load_tokenizer
+    from rlhf.models.lm import check_checkpoint, load_tokenizer
     from rlhf.models.reward import load_reward_model
     from rlhf.rundir import RunDir
 
+    check_checkpoint(model_dir)  # before reading the data: a wrong -m fails at once
     rankings, report = load_rankings(data, on_bad=on_bad, limit=limit)
     if not any(r.pairs() for r in rankings):
         from rlhf.errors import RLHFError
