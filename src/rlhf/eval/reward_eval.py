@@ -10,54 +10,10 @@ from pathlib import Path
 import torch
 
 from rlhf.models.reward import score_texts
+from rlhf.train.reward import calibration_rows, pairwise_accuracy, plot_calibration, standard_error
 from rlhf.plots import pyplot
 from rlhf.rollout import SamplingConfig, generate_texts
 from rlhf.world import World
-
-
-def standard_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy p measured on n pairs (pairs taken as independent)."""
-    return math.sqrt(p * (1 - p) / n) if n else float("nan")
-
-
-def pairwise_accuracy(rankings, scores: list[list[float]]) -> tuple[float, list[tuple[float, int]]]:
-    """Share of untied pairs ordered as labeled (a tie in score counts as wrong), and (predicted
-    P(first better) = sigmoid(margin), first labeled better) for both orders of every pair."""
-    hits, calib = 0, []
-    for r, s in zip(rankings, scores):
-        for i, j in r.pairs():
-            hits += s[i] > s[j]
-            p = float(torch.sigmoid(torch.tensor(s[i] - s[j], dtype=torch.float64)))
-            calib += [(p, 1), (1 - p, 0)]
-    n = sum(len(r.pairs()) for r in rankings)
-    return (hits / n if n else float("nan")), calib
-
-
-def calibration_rows(calib: list[tuple[float, int]], bins: int = 10) -> list[dict]:
-    """Predicted P(chosen) binned: per bin the mean prediction, the observed frequency and the count."""
-    rows = []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        sel = [(p, y) for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
-        if sel:
-            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": sum(p for p, _ in sel) / len(sel),
-                         "observed": sum(y for _, y in sel) / len(sel), "n": len(sel)})
-    return rows
-
-
-def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
-    plt = pyplot()
-    rows = calibration_rows(calib, bins)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.7)
-    ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-")
-    ax.set_xlabel("predicted P(chosen) = sigmoid(margin)")
-    ax.set_ylabel("observed frequency")
-    ax.set_title("reward model calibration")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return rows
 
 
 def length_buckets(pairs: list[dict], buckets: int) -> list[dict]:

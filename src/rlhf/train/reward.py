@@ -10,6 +10,7 @@ transformer blocks (plus final norm and head): the frozen blocks need no activat
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.data.batching import left_pad
-from rlhf.data.chat import encode_prompt, encode_response
+from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.data.sampler import IndexStream, train_eval_split
 from rlhf.errors import RLHFError
@@ -29,7 +30,6 @@ from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
-from rlhf.eval.reward_eval import pairwise_accuracy, plot_calibration  # noqa: F401  (kept importable here)
 
 
 @dataclass
@@ -100,8 +100,7 @@ def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "ski
 def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int, model=None) -> list[list[list[int]]]:
     """Every response of every ranking as the reward model reads it (a causal LM's unless `model` says otherwise)."""
     if model is None:
-        from rlhf.data.chat import encode_prompt_response as encode
-        return [[encode(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+        return [[encode_prompt_response(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
     return [[encode_for(model, tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
 
 
@@ -206,6 +205,53 @@ def score_all(model, encoded: list[list[list[int]]], pad_id: int) -> list[list[f
         out.append(flat[k:k + len(group)])
         k += len(group)
     return out
+
+
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy p measured on n pairs (pairs taken as independent)."""
+    return math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def pairwise_accuracy(rankings, scores: list[list[float]]) -> tuple[float, list[tuple[float, int]]]:
+    """Share of untied pairs ordered as labeled (a tie in score counts as wrong), and (predicted
+    P(first better) = sigmoid(margin), first labeled better) for both orders of every pair."""
+    hits, calib = 0, []
+    for r, s in zip(rankings, scores):
+        for i, j in r.pairs():
+            hits += s[i] > s[j]
+            p = float(torch.sigmoid(torch.tensor(s[i] - s[j], dtype=torch.float64)))
+            calib += [(p, 1), (1 - p, 0)]
+    n = sum(len(r.pairs()) for r in rankings)
+    return (hits / n if n else float("nan")), calib
+
+
+def calibration_rows(calib: list[tuple[float, int]], bins: int = 10) -> list[dict]:
+    """Predicted P(chosen) binned: per bin the mean prediction, the observed frequency and the count."""
+    rows = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [(p, y) for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if sel:
+            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": sum(p for p, _ in sel) / len(sel),
+                         "observed": sum(y for _, y in sel) / len(sel), "n": len(sel)})
+    return rows
+
+
+def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
+    from rlhf.plots import pyplot
+
+    plt = pyplot()
+    rows = calibration_rows(calib, bins)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.7)
+    ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-")
+    ax.set_xlabel("predicted P(chosen) = sigmoid(margin)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("reward model calibration")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return rows
 
 
 def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buckets: int = 32) -> list[list[int]]:
