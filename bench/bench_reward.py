@@ -8,6 +8,14 @@ are excluded from both timings (TRL's `train=` time, our `train_seconds`).
     python bench/bench_reward.py                      # 512 pairs, TRL in fp32 (see --trl-defaults)
     python bench/bench_reward.py --all-pairs          # ours also trains the long pairs TRL drops
     python bench/bench_reward.py --pairs 128 --threads 2
+    python bench/bench_reward.py --init SMOLLM2_DIR --pairs 128    # the HH case on a real backbone (see below)
+
+With --init FOLDER both sides start from the same pretrained HF folder (SmolLM2-135M-Instruct imported with
+`rlhf models import-gguf`, or any causal LM / encoder folder) and its tokenizer: TRL's peer script builds
+`AutoModelForSequenceClassification.from_pretrained(FOLDER, num_labels=1)` in place of its tiny GPT-2 (the
+one name it imports is swapped before it runs), ours is `rlhf reward --set init=FOLDER`. Same pairs, same
+batch size, lr, max length 256, one epoch, fp32, the same threads. --trl-defaults turns TRL's gradient
+checkpointing (and bf16) back on, as TRL ships; ours then runs with model.gradient_checkpointing too.
 
 Two things about the peer script are corrected for, and both numbers are printed:
   * TRL drops pairs longer than max_length (it does not truncate) yet the peer divides all N pairs by the
@@ -36,6 +44,12 @@ import json, os, runpy, sys, time
 import torch
 torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 import trl
+if os.environ.get("BENCH_INIT"):
+    import transformers
+    def _pretrained(cfg):
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
+            os.environ["BENCH_INIT"], num_labels=1, dtype=torch.float32)
+    transformers.GPT2ForSequenceClassification = _pretrained
 if os.environ.get("BENCH_TRL_DEFAULTS") != "1":
     _Base = trl.RewardConfig
     class RewardConfig(_Base):
@@ -65,11 +79,14 @@ def ours(args) -> dict:
     from rlhf.train.reward import RewardConfig, encode_rankings, run
     from rlhf.data.comparisons import load_rankings
 
-    cfg = RewardConfig(out=str(Path(args.work) / "ours"), init=str(Path(args.work) / "init"), data=args.subset,
+    init = args.init or str(Path(args.work) / "init")
+    cfg = RewardConfig(out=str(Path(args.work) / "ours"), init=init, data=args.subset,
                        on_bad="skip", eval_fraction=0.0, epochs=1.0, batch_size=8, max_len=256, normalize=False,
                        length_buckets=args.length_buckets,
                        optim=OptimConfig(lr=1e-4, warmup_steps=0, weight_decay=0.0, schedule="linear",
                                          betas=(0.9, 0.999)))
+    if args.trl_defaults and hasattr(cfg.model, "gradient_checkpointing"):
+        cfg.model.gradient_checkpointing = True
     out = run(cfg, show_progress=False)
     result = json.loads((out / "summary.json").read_text())["result"]
     rankings, _ = load_rankings(args.subset, on_bad="skip")
@@ -90,6 +107,7 @@ def main() -> None:
     ap.add_argument("--length-buckets", type=int, default=32, help="our RewardConfig.length_buckets (1 = off)")
     ap.add_argument("--all-pairs", action="store_true",
                     help="give ours all N pairs (long ones truncated) instead of only those TRL keeps (<= 256 tokens)")
+    ap.add_argument("--init", help="a pretrained HF folder both sides start from (its tokenizer too): the HH case")
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -99,9 +117,12 @@ def main() -> None:
         print("BENCH_JSON " + json.dumps(ours(args)))
         return
 
+    if args.init:
+        args.init = str(Path(args.init).resolve())
+        args.tok = args.init
     require_peers(args.tok, args.python, args.peer, args.data)
     env = peer_env(args.threads, BENCH_THREADS=str(args.threads), BENCH_PEER=args.peer,
-                   BENCH_TRL_DEFAULTS="1" if args.trl_defaults else "0")
+                   BENCH_TRL_DEFAULTS="1" if args.trl_defaults else "0", BENCH_INIT=args.init or "")
     with tempfile.TemporaryDirectory(prefix="bench_reward_") as work:
         subset = Path(work) / "pairs.jsonl"
         from transformers import AutoTokenizer
@@ -119,8 +140,9 @@ def main() -> None:
                     dst.write(line)
                     kept += 1
         print(f"ours trains {kept} of the first {args.pairs} pairs ({'all' if args.all_pairs else 'the ones TRL keeps'})")
-        subprocess.run([sys.executable, str(ROOT / "bench" / "make_tiny_init.py"), str(Path(work) / "init"),
-                        "--tokenizer", args.tok], check=True, env=env, capture_output=True)
+        if not args.init:
+            subprocess.run([sys.executable, str(ROOT / "bench" / "make_tiny_init.py"), str(Path(work) / "init"),
+                            "--tokenizer", args.tok], check=True, env=env, capture_output=True)
 
         def side(cmd) -> dict:
             t = time.time()
@@ -135,13 +157,15 @@ def main() -> None:
 
         trl = None if args.skip_peer else side([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.pairs)])
         us = side([sys.executable, __file__, "--ours-only", "--work", work, "--subset", str(subset),
-                   "--threads", str(args.threads), "--length-buckets", str(args.length_buckets)])
+                   "--threads", str(args.threads), "--length-buckets", str(args.length_buckets),
+                   *(["--init", args.init] if args.init else []), *(["--trl-defaults"] if args.trl_defaults else [])])
 
     ours_pps = us["pairs_trained"] / us["train_seconds"]
     ours_tps = us["tokens_trained"] / us["train_seconds"]
     print(f"ours: {us['pairs_trained']} pairs in {us['train_seconds']:.1f}s = {ours_pps:.2f} pairs/s, "
           f"{ours_tps:.0f} tokens/s ({us['steps']} steps, threads={us['threads']}, length_buckets={args.length_buckets})")
-    report = {"pairs": args.pairs, "threads": args.threads, "ours": us}
+    report = {"pairs": args.pairs, "threads": args.threads, "init": Path(args.init).name if args.init else "tiny-gpt2",
+              "ours": us}
     if trl:
         trl_pps = trl["pairs_trained"] / trl["train_seconds"]
         trl_printed = trl["pairs_given"] / trl["train_seconds"]

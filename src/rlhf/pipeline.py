@@ -33,7 +33,9 @@ class PipelineConfig:
     pretrain: PretrainStage = field(default_factory=PretrainStage)
     sft: SFTStage = field(default_factory=SFTStage)
     labels: simulate.SimulateConfig = field(default_factory=simulate.SimulateConfig)
-    reward: reward.RewardConfig = field(default_factory=reward.RewardConfig)
+    # the world's reward model normalizes on every training response (a few thousand, seconds); a real
+    # model's run bounds it (RewardConfig.normalize_sample)
+    reward: reward.RewardConfig = field(default_factory=lambda: reward.RewardConfig(normalize_sample=0))
     # PPO-ptx (InstructGPT): the pretraining loss mixed in keeps what pretraining taught (set ppo.ptx_coef=0
     # for plain PPO). PPO optimizes the mean of the reward_ensemble reward models (Coste et al. 2024): on the
     # same SFT models and labels of seeds 0-2, PPO - SFT was +0.27, +0.37, +0.27 held-out gold against the

@@ -3,10 +3,14 @@
 K-wise rankings use the InstructGPT batching: every response of a prompt is forwarded once and all
 C(K,2) pairs of that ranking form one batch element, its loss the mean over its pairs. Ties are
 skipped or trained toward P = 0.5. After training, scores are shifted so the reference policy's
-responses (the responses in the training data, sampled from it) have mean 0; the offset is recorded.
+responses (a seeded random sample of `normalize_sample` training responses, sampled from it) have mean
+0; the offset is recorded. `init` is a causal LM (last-token pooling, packed prompts) or an encoder
+(BERT-like: plain text, its own pooling; see models/reward.py). `train_layers: k` trains only the top k
+transformer blocks (plus final norm and head): the frozen blocks need no activations kept for backward.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,7 @@ from rlhf.errors import RLHFError
 from rlhf.models import lora
 from rlhf.models.options import ModelOptions
 from rlhf.models.lm import backbone, load_tokenizer
-from rlhf.models.reward import init_reward_model, raw_scores, score_head, score_sequences
+from rlhf.models.reward import encode_for, init_reward_model, is_encoder, raw_scores, score_head, score_sequences
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
@@ -34,17 +38,21 @@ class RewardConfig:
     out: str = "runs/reward"
     seed: int = 0
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
-    init: str = "runs/sft/model"  # any local HF causal LM; the SFT model by default
+    init: str = "runs/sft/model"  # any local HF causal LM (the SFT model by default) or encoder (BERT-like)
+    pooling: str = "auto"  # auto (decoders: last token; encoders: their sentence-transformers pooling, else [CLS]) | last | mean | cls
+    train_layers: int = 0  # 0: train every weight; k > 0: only the top k transformer blocks, final norm and head
     data: str = "runs/labels/comparisons.jsonl"  # rankings or pairs (TRL, conversational, HH, K-wise)
     on_bad: str = "skip"  # skip (counted in the summary) | error
     limit: int | None = None
     eval_fraction: float = 0.1
+    split_seed: int | None = None  # seed of the train/held-out split (default: seed), to compare seeds on one split
     epochs: float = 1.0  # one epoch: more overfits quickly
     batch_size: int = 8  # rankings (prompts) per step
     max_len: int = 256
     ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
     margin: float = 0.0
     normalize: bool = True
+    normalize_sample: int = 512  # training responses scored for the offset (seeded random sample; 0 = all)
     pack_responses: bool = True  # forward a ranking's shared prompt once, its K responses beside it (same scores)
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
     save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
@@ -55,6 +63,12 @@ class RewardConfig:
     def validate(self) -> None:
         if self.ties not in ("skip", "half"):
             raise RLHFError(f"ties: expected 'skip' or 'half', got '{self.ties}'")
+        if self.normalize_sample < 0:
+            raise RLHFError(f"normalize_sample: expected >= 0 (0 = every training response), got {self.normalize_sample}")
+        if self.train_layers < 0:
+            raise RLHFError(f"train_layers: expected >= 0 (0 = all), got {self.train_layers}")
+        if self.train_layers and self.model.lora.r:
+            raise RLHFError("train_layers and model.lora.r are two ways to train part of the model: set one of them")
 
 
 def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "skip", margin: float = 0.0):
@@ -86,8 +100,39 @@ def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "ski
     return loss / groups, int((diff > 0).sum()), len(better)
 
 
-def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int) -> list[list[list[int]]]:
-    return [[encode_prompt_response(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int, model=None) -> list[list[list[int]]]:
+    """Every response of every ranking as the reward model reads it (a causal LM's unless `model` says otherwise)."""
+    if model is None:
+        return [[encode_prompt_response(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+    return [[encode_for(model, tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+
+
+def transformer_blocks(model) -> torch.nn.ModuleList:
+    """The list of transformer blocks of a backbone (Llama/Qwen `layers`, GPT-2 `h`, BERT `encoder.layer`)."""
+    base = getattr(model, "module", model).base_model
+    for path in ("layers", "h", "encoder.layer", "transformer.layer", "decoder.layers"):
+        obj = base
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise RLHFError(f"train_layers: cannot find the transformer blocks of {type(base).__name__}")
+
+
+def freeze_below(model, k: int) -> int:
+    """Train only the top k blocks and everything after them (final norm, pooler, head). Returns the
+    number of trainable parameters."""
+    blocks = transformer_blocks(model)
+    if k > len(blocks):
+        raise RLHFError(f"train_layers: {k} > the model's {len(blocks)} blocks")
+    keep = {id(p) for b in list(blocks)[len(blocks) - k:] for p in b.parameters()}
+    below = {id(p) for b in list(blocks)[:len(blocks) - k] for p in b.parameters()}
+    base = getattr(model, "module", model).base_model
+    embeddings = {id(p) for n, p in base.named_parameters() if id(p) not in keep and id(p) not in below
+                  and ("emb" in n or n.startswith("wte") or n.startswith("wpe"))}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in below and id(p) not in embeddings)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 # A packed row: (prompt tokens, [response tokens, ...], [index of each response in the flat score vector]).
@@ -165,33 +210,45 @@ def score_all(model, encoded: list[list[list[int]]], pad_id: int) -> list[list[f
     return out
 
 
-def pairwise_accuracy(rankings: list[Ranking], scores: list[list[float]]) -> tuple[float, list[tuple[float, int]]]:
-    """Share of untied pairs ordered as labeled, and (predicted P(first better), first labeled better) per pair."""
+def standard_error(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy p measured on n pairs (pairs taken as independent)."""
+    return math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def pairwise_accuracy(rankings, scores: list[list[float]]) -> tuple[float, list[tuple[float, int]]]:
+    """Share of untied pairs ordered as labeled (a tie in score counts as wrong), and (predicted
+    P(first better) = sigmoid(margin), first labeled better) for both orders of every pair."""
     hits, calib = 0, []
     for r, s in zip(rankings, scores):
         for i, j in r.pairs():
             hits += s[i] > s[j]
-            p = float(torch.sigmoid(torch.tensor(s[i] - s[j])))
+            p = float(torch.sigmoid(torch.tensor(s[i] - s[j], dtype=torch.float64)))
             calib += [(p, 1), (1 - p, 0)]
     n = sum(len(r.pairs()) for r in rankings)
     return (hits / n if n else float("nan")), calib
+
+
+def calibration_rows(calib: list[tuple[float, int]], bins: int = 10) -> list[dict]:
+    """Predicted P(chosen) binned: per bin the mean prediction, the observed frequency and the count."""
+    rows = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [(p, y) for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if sel:
+            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": sum(p for p, _ in sel) / len(sel),
+                         "observed": sum(y for _, y in sel) / len(sel), "n": len(sel)})
+    return rows
 
 
 def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
     from rlhf.plots import pyplot
 
     plt = pyplot()
-
-    rows = []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        sel = [y for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
-        if sel:
-            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": (lo + hi) / 2, "observed": sum(sel) / len(sel), "n": len(sel)})
+    rows = calibration_rows(calib, bins)
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     ax.plot([0, 1], [0, 1], "k--", lw=0.7)
     ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-")
-    ax.set_xlabel("predicted P(chosen)")
+    ax.set_xlabel("predicted P(chosen) = sigmoid(margin)")
     ax.set_ylabel("observed frequency")
     ax.set_title("reward model calibration")
     fig.tight_layout()
@@ -224,18 +281,21 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buck
 def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     cfg.validate()
     rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
-    train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(cfg.seed))
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(split_seed))
     tokenizer = load_tokenizer(cfg.init)
     accelerator = make_accelerator(cfg.seed)
-    model = lora.trainable(init_reward_model(cfg.init, cfg.seed), cfg.model, cfg.seed, task="SEQ_CLS")
+    model = lora.trainable(init_reward_model(cfg.init, cfg.seed, cfg.pooling), cfg.model, cfg.seed, task="SEQ_CLS")
     model.config.pad_token_id = tokenizer.pad_token_id
-    train_enc = encode_rankings(tokenizer, train_set, cfg.max_len)
-    eval_enc = encode_rankings(tokenizer, eval_set, cfg.max_len)
+    trainable = freeze_below(model, cfg.train_layers) if cfg.train_layers else sum(p.numel() for p in model.parameters())
+    packed = cfg.pack_responses and not is_encoder(model)  # an encoder's prompt attends to the response: no sharing
+    train_enc = encode_rankings(tokenizer, train_set, cfg.max_len, model)
+    eval_enc = encode_rankings(tokenizer, eval_set, cfg.max_len, model)
     steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
-    if cfg.pack_responses:
+    if packed:
         train_rows = [pack_ranking(tokenizer, r, cfg.max_len) for r in train_set]
         lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_rows]
     else:
@@ -248,7 +308,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         with progress_bar("reward", steps - first, show_progress and accelerator.is_main_process) as bar:
             for step in range(first, steps):
                 idx = schedule[step]
-                if cfg.pack_responses:
+                if packed:
                     rows, start = [], 0
                     for i in idx:  # response indices follow the order of `idx`, as ranking_loss expects
                         rows += [(p, rs, [start + w for w in where]) for p, rs, where in train_rows[i]]
@@ -268,19 +328,27 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         train_seconds = time.time() - t0
         model = accelerator.unwrap_model(model)
         result = {"rankings_train": len(train_set), "rankings_eval": len(eval_set), "pairs_trained": pairs_seen,
-                  "steps": steps, "train_seconds": train_seconds, "pairs_per_s": pairs_seen / train_seconds}
+                  "steps": steps, "train_seconds": train_seconds, "pairs_per_s": pairs_seen / train_seconds,
+                  "pooling": model.config.rlhf_reward_pooling, "trainable_parameters": trainable}
         sections: dict = {}
         if eval_set:
+            t = time.time()
             eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id)
             acc, calib = pairwise_accuracy(eval_set, eval_scores)
-            result["eval_pairwise_accuracy"] = acc
+            n = sum(len(r.pairs()) for r in eval_set)
+            result.update(eval_pairwise_accuracy=acc, eval_pairs=n, eval_seconds=time.time() - t,
+                          eval_pairwise_accuracy_se=(acc * (1 - acc) / n) ** 0.5 if n else float("nan"))
             sections["calibration"] = plot_calibration(calib, run_dir.sub("plots/calibration.png"))
         if cfg.normalize:
-            train_scores = score_all(model, train_enc, tokenizer.pad_token_id)
-            flat = torch.tensor([v for g in train_scores for v in g])
+            t = time.time()
+            flat_enc = [s for g in train_enc for s in g]
+            if cfg.normalize_sample and cfg.normalize_sample < len(flat_enc):
+                pick = torch.randperm(len(flat_enc), generator=torch.Generator().manual_seed(cfg.seed + 1))
+                flat_enc = [flat_enc[i] for i in pick[:cfg.normalize_sample].tolist()]
+            flat = torch.tensor(score_all(model, [flat_enc], tokenizer.pad_token_id)[0])
             model.config.rlhf_reward_offset = float(flat.mean())
-            result["reward_offset"] = float(flat.mean())
-            result["reward_std_after_shift"] = float(flat.std())
+            result.update(reward_offset=float(flat.mean()), reward_std_after_shift=float(flat.std()),
+                          normalize_responses=len(flat_enc), normalize_seconds=time.time() - t)
         if accelerator.is_main_process:
             lora.save_final(model, tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Reward model", {"result": result, "data": report.as_dict(), **sections,
