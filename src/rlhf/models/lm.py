@@ -82,16 +82,17 @@ def check_vocab(tokenizer, rows: int | None, where: str) -> None:
 
 def load_tokenizer(path: str | Path):
     """The folder's tokenizer. A tokenizer without a pad token gets pad = EOS (no new vocabulary entry:
-    padding is always told apart by attention masks, never by the pad id); one without EOS is an error."""
+    padding is always told apart by attention masks, never by the pad id); one without EOS (or an encoder's
+    [SEP]) is an error."""
     path = check_checkpoint(path)
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, TypeError) as exc:
         raise RLHFError(f"cannot load tokenizer from {path}: {str(exc).splitlines()[0]}") from None
-    if tok.eos_token is None:
+    if tok.eos_token is None and tok.sep_token is None:  # an encoder's ([CLS] ... [SEP]) needs no EOS
         raise RLHFError(f"{path}: tokenizer has no EOS token (set eos_token in tokenizer_config.json)")
     if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.sep_token
     check_vocab(tok, config_vocab_size(path), str(path))
     return tok
 
