@@ -23,6 +23,7 @@ from rlhf.control.envs import make_env, random_return, resolve
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+from rlhf.plots import plot_curves
 
 
 @dataclass
@@ -173,25 +174,13 @@ def run_seed(cfg: DAggerConfig, seed: int, bar, rd: RunDir) -> dict:
 
 
 def _plot(rd: RunDir, cfg: DAggerConfig, results: list[dict], expert_return: float, rand: float) -> None:
-    import matplotlib
+    plot_curves(rd.sub("plots/return_per_iteration.png"),
+                [([p["iteration"] for p in r["curve"]], [p["return"] for p in r["curve"]], f"learner, seed {r['seed']}")
+                 for r in results],
+                [(expert_return, "k", "--", "expert"), (rand, "gray", ":", "random actions")],
+                "DAgger iteration (0 = behavioural cloning on the expert's episodes)",
+                "true return (learner, deterministic)", f"DAgger on {cfg.env}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for r in results:
-        ax.plot([p["iteration"] for p in r["curve"]], [p["return"] for p in r["curve"]], marker=".",
-                label=f"learner, seed {r['seed']}")
-    ax.axhline(expert_return, color="k", ls="--", label="expert")
-    ax.axhline(rand, color="gray", ls=":", label="random actions")
-    ax.set_xlabel("DAgger iteration (0 = behavioural cloning on the expert's episodes)")
-    ax.set_ylabel("true return (learner, deterministic)")
-    ax.set_title(f"DAgger on {cfg.env}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(rd.sub("plots/return_per_iteration.png"))
-    plt.close(fig)
 
 
 def run(cfg: DAggerConfig, show_progress: bool = True):

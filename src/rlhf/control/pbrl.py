@@ -27,6 +27,7 @@ from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+from rlhf.plots import plot_curves
 
 
 @dataclass
@@ -268,29 +269,17 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir, on_agent=None) -> d
 
 
 def _plot(rd: RunDir, cfg: ControlConfig, results: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for r in results:
-        xs = [p["labels"] for p in r["curve"]]
-        ys = [p["return"] for p in r["curve"]]
-        ax.plot(xs, ys, marker=".", label=f"PbRL seed {r['seed']}")
     refs = [r["true_reward_return"] for r in results if "true_reward_return" in r]
+    hlines = []
     if refs:
-        ax.axhline(np.mean(refs), color="k", ls="--", label=f"{cfg.agent.algo.upper()} on true reward (mean)")
         rand = np.mean([r["random_return"] for r in results])
-        ax.axhline(rand + 0.8 * (np.mean(refs) - rand), color="gray", ls=":", label="80% of it (normalized)")
-    ax.set_xlabel("labels used")
-    ax.set_ylabel("true return (deterministic policy)")
-    ax.set_title(f"{cfg.env}: return against labels used")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(rd.sub("plots/return_vs_labels.png"))
-    plt.close(fig)
+        hlines = [(np.mean(refs), "k", "--", f"{cfg.agent.algo.upper()} on true reward (mean)"),
+                  (rand + 0.8 * (np.mean(refs) - rand), "gray", ":", "80% of it (normalized)")]
+    plot_curves(rd.sub("plots/return_vs_labels.png"),
+                [([p["labels"] for p in r["curve"]], [p["return"] for p in r["curve"]], f"PbRL seed {r['seed']}")
+                 for r in results],
+                hlines, "labels used", "true return (deterministic policy)", f"{cfg.env}: return against labels used")
+
 
 
 def run(cfg: ControlConfig, show_progress: bool = True, on_agent=None):

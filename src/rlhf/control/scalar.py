@@ -26,6 +26,7 @@ from rlhf.control.teachers import ScalarTeacher, ScalarTeacherConfig
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
+from rlhf.plots import plot_curves
 
 
 @dataclass
@@ -175,24 +176,12 @@ def run_seed(cfg: TamerConfig, seed: int, bar, rd: RunDir) -> dict:
 
 
 def _plot(rd: RunDir, cfg: TamerConfig, results: list[dict], rand: float) -> None:
-    import matplotlib
+    plot_curves(rd.sub("plots/return_vs_feedback.png"),
+                [([p["feedback"] for p in r["curve"]], [p["return"] for p in r["curve"]], f"TAMER, seed {r['seed']}")
+                 for r in results],
+                [(rand, "gray", ":", "random actions")],
+                "scalar feedback given", "true return (greedy on H)", f"Deep TAMER on {cfg.env}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for r in results:
-        ax.plot([p["feedback"] for p in r["curve"]], [p["return"] for p in r["curve"]], marker=".",
-                label=f"TAMER, seed {r['seed']}")
-    ax.axhline(rand, color="gray", ls=":", label="random actions")
-    ax.set_xlabel("scalar feedback given")
-    ax.set_ylabel("true return (greedy on H)")
-    ax.set_title(f"Deep TAMER on {cfg.env}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(rd.sub("plots/return_vs_feedback.png"))
-    plt.close(fig)
 
 
 def run(cfg: TamerConfig, show_progress: bool = True):

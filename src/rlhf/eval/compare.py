@@ -359,10 +359,9 @@ class _CompareDir(RunDir):
 def plot_compare(result: dict, path: Path) -> None:
     """Gold per method (seeds as points, mean, min-max) and the paired difference to SFT; gold against KL."""
     study.plot_seeds(result, path)
-    import matplotlib
+    from rlhf.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if "greedy" not in result:
         return

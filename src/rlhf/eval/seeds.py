@@ -267,10 +267,9 @@ def _transpose(rows: list[dict]) -> list[dict]:
 
 def plot_seeds(result: dict, path: Path) -> None:
     """Per stage, the gold reward of each seed as a point, the mean as a bar and the min-max spread."""
-    import matplotlib
+    from rlhf.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n in TABLES if n in result]
     if not names:
