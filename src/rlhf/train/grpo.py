@@ -23,44 +23,33 @@ import torch
 
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models.options import ModelOptions
 from rlhf.models import lora
 from rlhf.progress import progress_bar
-from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import packed_logprobs
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, check_finite
 from rlhf.train.heldout import GoldFn
-from rlhf.train.sampling import sample_groups, setup_group_trainer
+from rlhf.train.sampling import GroupRunConfig, sample_groups, setup_group_trainer
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(GroupRunConfig):
     out: str = "runs/grpo"
-    seed: int = 0
-    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
-    policy: str = "runs/sft/model"  # also the frozen reference
-    reward_model: str = "runs/reward/model"
-    prompts: str = "runs/world/prompts_train.jsonl"  # JSONL of {"prompt": str | messages} (or {"messages"})
-    eval_prompts: str | None = "runs/world/prompts_eval.jsonl"  # held-out KL (and gold, when given a scorer)
     estimator: str = "grpo"  # grpo | rloo
     steps: int = 40
     prompts_per_step: int = 16
     group_size: int = 4  # responses per prompt
     micro_batch_prompts: int = 16  # prompts (with their groups) per forward/backward
     epochs: int = 1  # updates per batch (GRPO's mu); 1: ratio = 1, no old-policy pass needed
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
     kl_mode: str = "loss"  # loss: beta * k3 per token in the loss | reward: beta * sum log-ratio off the reward
     beta: float = 0.04
     scale_rewards: bool = True  # grpo: divide by the group's std
     cliprange: float = 0.2
     loss_agg: str = "sequence"  # sequence: mean over each response's tokens, then over responses | token: over all tokens
-    no_eos_score: float | None = -1.0  # RM score for responses that never produce EOS (None: keep the RM score)
     reward_clip: float = 10.0
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="linear", betas=(0.9, 0.95)))
     eval_every: int = 0  # held-out KL / gold every N steps (0: before and after training only)
-    n_eval_prompts: int = 64
     samples_every: int = 10
 
 

@@ -17,34 +17,23 @@ import torch
 
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models.options import ModelOptions
 from rlhf.models import lora
 from rlhf.progress import progress_bar
-from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, optimizer_step
 from rlhf.train.heldout import GoldFn
-from rlhf.train.sampling import sample_groups, setup_group_trainer
+from rlhf.train.sampling import GroupRunConfig, sample_groups, setup_group_trainer
 
 
 @dataclass
-class RAFTConfig:
+class RAFTConfig(GroupRunConfig):
     out: str = "runs/raft"
-    seed: int = 0
-    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
-    policy: str = "runs/sft/model"  # the starting point (and the reference for the held-out KL)
-    reward_model: str = "runs/reward/model"
-    prompts: str = "runs/world/prompts_train.jsonl"
-    eval_prompts: str | None = "runs/world/prompts_eval.jsonl"
-    n_eval_prompts: int = 64
     iterations: int = 4
     prompts_per_iteration: int = 128
     k: int = 8  # samples per prompt
     keep_fraction: float = 0.125  # top fraction of each prompt's k kept for fine-tuning (k * keep_fraction whole)
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
     sample_batch_prompts: int = 32  # prompts per sampling call (times k sequences)
-    no_eos_score: float | None = -1.0  # RM score for responses that never produce EOS (None: keep the RM score)
     sft_epochs: float = 1.0  # passes over each iteration's kept set
     batch_size: int = 16  # prompts (with their kept responses) per fine-tuning step
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,

@@ -21,33 +21,22 @@ import torch
 from rlhf.data.jsonl import write_jsonl
 from rlhf.models import lora
 from rlhf.errors import RLHFError
-from rlhf.models.options import ModelOptions
 from rlhf.progress import progress_bar
-from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import packed_logprobs
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, optimizer_step
 from rlhf.train.heldout import GoldFn
-from rlhf.train.sampling import sample_groups, setup_group_trainer
+from rlhf.train.sampling import GroupRunConfig, sample_groups, setup_group_trainer
 
 
 @dataclass
-class RRHFConfig:
+class RRHFConfig(GroupRunConfig):
     out: str = "runs/rrhf"
-    seed: int = 0
-    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
-    policy: str = "runs/sft/model"  # the starting point (and the reference for the held-out KL)
-    reward_model: str = "runs/reward/model"
-    prompts: str = "runs/world/prompts_train.jsonl"
-    eval_prompts: str | None = "runs/world/prompts_eval.jsonl"
-    n_eval_prompts: int = 64
     steps: int = 40
     prompts_per_step: int = 8
     k: int = 4  # responses per prompt
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
     rank_coef: float = 1.0
     length_penalty: float = 1.0  # p_i = sum log-prob / length ** length_penalty
-    no_eos_score: float | None = -1.0  # RM score for responses that never produce EOS (None: keep the RM score)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="constant", betas=(0.9, 0.95)))
 

@@ -2,7 +2,7 @@
 alike, a group of responses per prompt from the one rollout engine, scored by the reward model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -14,11 +14,27 @@ from rlhf.models.reward import normalized
 from rlhf.rollout.engine import Rollout, SamplingConfig, sample
 from rlhf.models import lora
 from rlhf.models.lm import load_causal_lm, load_tokenizer
+from rlhf.models.options import ModelOptions
 from rlhf.models.reward import load_reward_model
 from rlhf.rollout.packed import PackedRow, pack
 from rlhf.train.common import make_accelerator, make_optimizer
 from rlhf.train.heldout import sample_kl
 from rlhf.train.reward import packed_scores
+
+
+@dataclass
+class GroupRunConfig:
+    """The keys GRPO/RLOO, RAFT and RRHF share: what `setup_group_trainer` reads and `sample_groups` samples with."""
+    out: str = "runs/group"
+    seed: int = 0
+    model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
+    policy: str = "runs/sft/model"  # the starting point, also the frozen reference (held-out KL, KL penalties)
+    reward_model: str = "runs/reward/model"
+    prompts: str = "runs/world/prompts_train.jsonl"  # JSONL of {"prompt": str | messages} (or {"messages"})
+    eval_prompts: str | None = "runs/world/prompts_eval.jsonl"  # held-out KL (and gold, when given a scorer)
+    n_eval_prompts: int = 64
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
+    no_eos_score: float | None = -1.0  # RM score for responses that never produce EOS (None: keep the RM score)
 
 
 def read_prompts(path: str) -> list:
