@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
@@ -60,6 +62,19 @@ def ours(env: str, labels: int, seed: int, threads: int, out: Path, done: dict[s
     return {k: v for k, v in row.items() if k not in ("curve", "ref_curve")}
 
 
+def row(env: str, seed: int, o: dict, p: dict) -> dict:
+    neg = env == "Pendulum"  # negative returns: compare normalized scores
+    den = p["norm"] if neg else p["pbrl_return"]
+    return {"env": env, "seed": seed, "labels_ours": o["labels"], "labels_peer": p["comparisons"],
+            "timesteps_ours": o["timesteps"], "timesteps_peer": p["timesteps"],
+            "ours_pbrl": round(o["pbrl_return"], 1), "ours_ppo_true": round(o["true_reward_return"], 1),
+            "ours_norm": round(o["normalized"], 3), "peer_pbrl": p["pbrl_return"],
+            "peer_ppo_true": p["ppo_return"], "peer_norm": p["norm"],
+            "return_ratio": round((o["normalized"] if neg else o["pbrl_return"]) / den, 3) if den else None,
+            "ours_wall_s": o["pbrl_wall_s"], "peer_wall_s": p["pbrl_wall_s"],
+            "wall_ratio": round(o["pbrl_wall_s"] / p["pbrl_wall_s"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--envs", nargs="+", default=list(SIDES), choices=list(SIDES))
@@ -72,32 +87,38 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="override our config (the peer gets our agent timesteps); e.g. for a quick smoke run")
     ap.add_argument("--iters", type=int, default=10, help="the peer's preference iterations (its ITERS)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="(env, seed) pairs run at once, each ours then the peer's (give each job a core)")
     args = ap.parse_args()
     require_peers(str(PEER_PY), str(PEER))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = {k: Path(v) for k, v in (item.split("=", 1) for item in args.ours)}
+    tasks = [(env, seed) for env in args.envs for seed in args.seeds]
+
+    def one(task: tuple[str, int]) -> dict:
+        env, seed = task
+        o = ours(env, args.labels, seed, args.threads, out, done, args.sets)
+        p = peer(env, args.labels, seed, o["timesteps"], args.threads, args.iters)
+        return row(env, seed, o, p)
+
     rows = []
-    for env in args.envs:
-        for seed in args.seeds:
-            o = ours(env, args.labels, seed, args.threads, out, done, args.sets)
-            p = peer(env, args.labels, seed, o["timesteps"], args.threads, args.iters)
-            neg = env == "Pendulum"
-            rows.append({"env": env, "seed": seed, "labels_ours": o["labels"], "labels_peer": p["comparisons"],
-                         "timesteps_ours": o["timesteps"], "timesteps_peer": p["timesteps"],
-                         "ours_pbrl": round(o["pbrl_return"], 1), "ours_ppo_true": round(o["true_reward_return"], 1),
-                         "ours_norm": round(o["normalized"], 3), "peer_pbrl": p["pbrl_return"],
-                         "peer_ppo_true": p["ppo_return"], "peer_norm": p["norm"],
-                         "return_ratio": round(o["normalized"] / p["norm"] if neg else o["pbrl_return"] / p["pbrl_return"], 3)
-                         if (p["norm"] if neg else p["pbrl_return"]) else None,
-                         "ours_wall_s": o["pbrl_wall_s"], "peer_wall_s": p["pbrl_wall_s"],
-                         "wall_ratio": round(o["pbrl_wall_s"] / p["pbrl_wall_s"], 3)})
-            print(json.dumps(rows[-1]), flush=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each job is two subprocesses, one after the other
+        for r in pool.map(one, tasks):
+            rows.append(r)
+            print(json.dumps(r), flush=True)
             (out / "results.json").write_text(json.dumps(rows, indent=2))
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print("\n| env | seeds | return ratio ours / peer (mean, min-max) | wall ratio ours / peer (mean, min-max) |\n|---|---|---|---|")
+    for env in args.envs:
+        sel = [r for r in rows if r["env"] == env]
+        rr = [r["return_ratio"] for r in sel if r["return_ratio"] is not None]
+        wr = [r["wall_ratio"] for r in sel]
+        fmt = lambda v: f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"
+        print(f"| {env} | {len(sel)} | {fmt(rr)} | {fmt(wr)} |")
 
 
 if __name__ == "__main__":
