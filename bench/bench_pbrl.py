@@ -13,7 +13,8 @@ both are scored on the true reward (deterministic policy, 10 episodes).
 The peer runs in its own virtual environment (imitation 1.0.1 pins gymnasium 0.29 and SB3 2.2):
     bash ../shared/bench/peers/setup.sh .peers imitation
 Writes runs/bench-pbrl/results.json and prints a table of per-seed returns, the ratio of returns at equal labels
-(ours / peer; for Pendulum, whose returns are negative, the ratio of normalized scores) and of PbRL wall time.
+(ours / peer; for Pendulum, whose returns are negative, the ratio of normalized scores), the ratio of returns above
+one random-action baseline (ours), and of PbRL wall time; then their mean and range per environment.
 """
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ def row(env: str, seed: int, o: dict, p: dict) -> dict:
             "ours_norm": round(o["normalized"], 3), "peer_pbrl": p["pbrl_return"],
             "peer_ppo_true": p["ppo_return"], "peer_norm": p["norm"],
             "return_ratio": round((o["normalized"] if neg else o["pbrl_return"]) / den, 3) if den else None,
+            # one baseline for both sides (our random-action return): how far above random each PbRL agent got
+            "random": round(o["random_return"], 1),
+            "above_random_ratio": round((o["pbrl_return"] - o["random_return"]) / (p["pbrl_return"] - o["random_return"]), 3)
+            if p["pbrl_return"] != o["random_return"] else None,
             "ours_wall_s": o["pbrl_wall_s"], "peer_wall_s": p["pbrl_wall_s"],
             "wall_ratio": round(o["pbrl_wall_s"] / p["pbrl_wall_s"], 3)}
 
@@ -112,13 +117,15 @@ def main() -> None:
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    print("\n| env | seeds | return ratio ours / peer (mean, min-max) | wall ratio ours / peer (mean, min-max) |\n|---|---|---|---|")
+    print("\n| env | seeds | return ratio ours / peer | above-random ratio ours / peer | wall ratio ours / peer |"
+          "\n|---|---|---|---|---|")
     for env in args.envs:
         sel = [r for r in rows if r["env"] == env]
         rr = [r["return_ratio"] for r in sel if r["return_ratio"] is not None]
+        ar = [r["above_random_ratio"] for r in sel if r["above_random_ratio"] is not None]
         wr = [r["wall_ratio"] for r in sel]
-        fmt = lambda v: f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"
-        print(f"| {env} | {len(sel)} | {fmt(rr)} | {fmt(wr)} |")
+        fmt = lambda v: f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"  # mean (min-max)
+        print(f"| {env} | {len(sel)} | {fmt(rr)} | {fmt(ar)} | {fmt(wr)} |")
 
 
 if __name__ == "__main__":

