@@ -94,7 +94,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="the peer's preference iterations (its ITERS)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="(env, seed) pairs run at once, each ours then the peer's (give each job a core)")
+    ap.add_argument("--table", metavar="RESULTS_JSON", help="print the tables of a finished run's results.json and exit")
     args = ap.parse_args()
+    if args.table:
+        report(json.loads(Path(args.table).read_text()))
+        return
     require_peers(str(PEER_PY), str(PEER))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,20 +117,26 @@ def main() -> None:
             rows.append(r)
             print(json.dumps(r), flush=True)
             (out / "results.json").write_text(json.dumps(rows, indent=2))
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    """Per-seed rows, then per environment: mean PbRL return of each side, the ratio of those means, and the
+    mean (min-max) of the per-seed return, above-random and wall ratios."""
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    print("\n| env | seeds | return ratio ours / peer | above-random ratio ours / peer | wall ratio ours / peer |"
-          "\n|---|---|---|---|---|")
-    for env in args.envs:
+    print("\n| env | seeds | ours PbRL return (mean) | peer PbRL return (mean) | ratio of means | return ratio ours / peer "
+          "| above-random ratio ours / peer | wall ratio ours / peer |\n|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"  # mean (min-max)
+    for env in dict.fromkeys(r["env"] for r in rows):
         sel = [r for r in rows if r["env"] == env]
+        mo, mp = statistics.fmean(r["ours_pbrl"] for r in sel), statistics.fmean(r["peer_pbrl"] for r in sel)
         rr = [r["return_ratio"] for r in sel if r["return_ratio"] is not None]
         ar = [r["above_random_ratio"] for r in sel if r["above_random_ratio"] is not None]
-        wr = [r["wall_ratio"] for r in sel]
-        fmt = lambda v: f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"  # mean (min-max)
-        print(f"| {env} | {len(sel)} | {fmt(rr)} | {fmt(ar)} | {fmt(wr)} |")
-
+        print(f"| {env} | {len(sel)} | {mo:.1f} | {mp:.1f} | {mo / mp:.3f} | {fmt(rr)} | {fmt(ar)} "
+              f"| {fmt([r['wall_ratio'] for r in sel])} |")
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ import torch
 from rlhf.control.dagger import Dataset, DAggerConfig, Learner, beta_schedule, collect
 from rlhf.control.demos import behaviour_clone, expert_for, rollout
 from rlhf.control.envs import make_env
-from rlhf.control.scalar import HumanReward, credit
+from rlhf.control.scalar import CoachPolicy, HumanReward, credit
 from rlhf.control.teachers import ScalarTeacher, ScalarTeacherConfig
 from rlhf.errors import RLHFError
 
@@ -185,6 +185,32 @@ def test_weighted_human_reward_loss_by_hand():
     assert float(h.loss(obs, acts, w, f).detach()) == pytest.approx(expected, rel=1e-6)
 
 
+def test_coach_loss_by_hand():
+    """COACH: -sum w f log pi(a|s) / sum w - entropy_coef * mean entropy, and its gradient step raises the
+    probability of an action given +1 and lowers that of an action given -1."""
+    pi = CoachPolicy(2, 3, 4, entropy_coef=0.1)
+    obs = torch.tensor([[0.1, 0.2], [0.3, -0.1]])
+    acts, w, f = torch.tensor([2, 0]), torch.tensor([0.5, 0.25]), torch.tensor([1.0, -1.0])
+    with torch.no_grad():
+        logp = torch.log_softmax(pi.net(obs), -1)
+        ent = float(-(logp.exp() * logp).sum(-1).mean())
+        expected = -(0.5 * 1.0 * float(logp[0, 2]) + 0.25 * -1.0 * float(logp[1, 0])) / 0.75 - 0.1 * ent
+    assert float(pi.loss(obs, acts, w, f).detach()) == pytest.approx(expected, rel=1e-6)
+    pi.entropy_coef = 0.0
+    opt = torch.optim.SGD(pi.parameters(), lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        pi.loss(obs, acts, w, f).backward()
+        opt.step()
+    with torch.no_grad():
+        after = torch.softmax(pi.net(obs), -1)
+    assert after[0, 2] > logp[0, 2].exp() and after[1, 0] < logp[1, 0].exp()
+    assert pi.greedy(obs[0].numpy()) == 2
+    rng = np.random.default_rng(0)
+    draws = [pi.act(obs[0].numpy(), rng) for _ in range(400)]
+    assert abs(np.mean(np.asarray(draws) == 2) - float(after[0, 2])) < 0.08  # samples from pi, not greedy
+
+
 def test_scalar_trainer_noise_models():
     n = 4000
     t = ScalarTeacher(ScalarTeacherConfig(rate=0.3, seed=0))
@@ -209,9 +235,10 @@ def test_scalar_trainer_noise_models():
             ScalarTeacher(ScalarTeacherConfig(**bad))
 
 
-def test_tiny_tamer_run_writes_a_run_dir(tmp_path):
-    out = tmp_path / "tamer"
-    proc = _cli("tamer", "-q", "-o", str(out), "--set", "episode_len=40", "--set", "episodes=2",
+@pytest.mark.parametrize("method", ["tamer", "coach"])
+def test_tiny_scalar_feedback_run_writes_a_run_dir(tmp_path, method):
+    out = tmp_path / method
+    proc = _cli(method, "-q", "-o", str(out), "--set", "episode_len=40", "--set", "episodes=2",
                 "--set", "seeds=[0]", "--set", "eval_episodes=1")
     assert proc.returncode == 0, proc.stderr
     (seed,) = json.loads((out / "summary.json").read_text())["per_seed"]
@@ -226,6 +253,8 @@ def test_tiny_tamer_run_writes_a_run_dir(tmp_path):
     (("dagger", "--set", "env=Acrobot"), "no expert controller for 'Acrobot'"),
     (("tamer", "--set", "env=Pendulum"), "continuous"),
     (("tamer", "--set", "trainer.delay_min=5", "--set", "trainer.delay_max=2"), "trainer.delay_min"),
+    (("coach", "--set", "env=Pendulum"), "continuous"),
+    (("coach", "--set", "entropy_coef=-1"), "entropy_coef: must be >= 0, got -1"),
     (("--set", "labels=0"), "labels: the label budget must be >= 1, got 0"),
     (("--set", "clip_len=600"), "clip_len: 600 must be between 1 and the episode length (500 steps)"),
     (("--set", "env=Acrobot", "--set", "demos.episodes=2"), "no expert controller for 'Acrobot'"),

@@ -166,7 +166,7 @@ app.add_typer(control_app, name="control")
 def control_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
              out: Optional[str] = OutOpt, quiet: bool = QuietOpt) -> None:
     """Deep RL from preferences over trajectory clips (`rlhf control -c configs/control_cartpole.yaml`);
-    `rlhf control dagger|tamer -c ...` for learning from corrections or scalar feedback."""
+    `rlhf control dagger|tamer|coach -c ...` for learning from corrections or scalar feedback."""
     if ctx.invoked_subcommand is None:
         from rlhf.control import pbrl
 
@@ -280,6 +280,8 @@ STAGE_COMMANDS = [
      "DAgger: an expert relabels the states the learner visits; behavioural cloning on the aggregate."),
     ("control", "tamer", "rlhf.control.scalar", "TamerConfig", "run",
      "Deep TAMER: a trainer's delayed, noisy +1/-1 on recent actions trains H(s, a); the agent acts greedily on it."),
+    ("control", "coach", "rlhf.control.scalar", "CoachConfig", "run",
+     "COACH: the trainer's delayed, noisy +1/-1 is the advantage of a softmax policy's recent actions."),
     (None, "control-highway", "rlhf.control.highway", "HighwayConfig", "run",
      "Driving safety from preferences (highway-env): collisions, speed, progress vs the env-reward agent."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",

@@ -1,4 +1,5 @@
-"""`rlhf control tamer`: Deep TAMER (Warnell et al. 2018), learning from a trainer's scalar feedback.
+"""`rlhf control tamer|coach`: learning from a trainer's scalar feedback, Deep TAMER (Warnell et al. 2018) and
+COACH (MacGlashan et al. 2017; Deep COACH, Arumugam et al. 2019).
 
 The agent acts greedily on a learned model of the trainer's feedback, H(s, a) (an MLP with one output per action).
 A simulated trainer (`teachers.ScalarTeacher`) watches and presses +1 / -1 about the actions it sees (+1: the
@@ -9,6 +10,12 @@ exactly t - i under a uniform delay model; Deep TAMER's importance weights, in s
 credited (s, a, w, f) goes into a replay buffer; H is fit by the weighted squared error sum w (H(s, a) - f)^2 / sum w
 on each new feedback and on a replay minibatch every `replay_every` steps. Training episodes end when the task
 would have ended (the trainer restarts the run); the greedy policy is scored on the fixed-length TRUE return.
+
+COACH reads the same feedback as the advantage of the action it is about, not as a reward to regress: the agent
+is a softmax policy pi(a | s) that samples its actions, and each credited (s, a, w, f) moves it along
+f * w * grad log pi(a | s) (the credit window plays the eligibility trace), plus an entropy bonus; Deep COACH's
+replay of credited windows is the same replay buffer. Both learners share the trainer, the credit assignment,
+the replay and the evaluation; only the network's meaning, how it acts, and its loss differ.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ class TamerConfig:
     hidden: int = 32
     lr: float = 1e-3
     batch_size: int = 32
-    replay_every: int = 1  # a replay minibatch every N agent steps
+    replay_every: int = 1  # a replay minibatch every N agent steps (0 = none)
     buffer: int = 20_000  # credited (s, a, w, f) kept
     eval_episodes: int = 5
     threads: int = 1
@@ -55,12 +62,14 @@ class TamerConfig:
         expert_for(name)
         probe = make_env(name, self.episode_len)
         if not isinstance(probe.action_space, gym.spaces.Discrete):
-            raise RLHFError(f"env: TAMER here acts greedily over discrete actions; '{name}' has continuous ones")
+            raise RLHFError(f"env: TAMER and COACH here act over discrete actions; '{name}' has continuous ones")
         probe.close()
         if self.episode_len < 0:
             raise RLHFError(f"episode_len: must be >= 0 (0 = default), got {self.episode_len}")
-        if self.episodes < 1 or self.eval_episodes < 1 or self.replay_every < 1 or self.batch_size < 1:
-            raise RLHFError("episodes, eval_episodes, replay_every and batch_size must be >= 1")
+        if self.episodes < 1 or self.eval_episodes < 1 or self.batch_size < 1:
+            raise RLHFError("episodes, eval_episodes and batch_size must be >= 1")
+        if self.replay_every < 0:
+            raise RLHFError(f"replay_every: must be >= 0 (0 = no replay), got {self.replay_every}")
         if not 0 <= self.credit_min <= self.credit_max:
             raise RLHFError(f"credit_min/credit_max: need 0 <= min <= max, got {self.credit_min}, {self.credit_max}")
         if not self.seeds:
@@ -75,8 +84,23 @@ def credit(arrival: int, steps: list[int], credit_min: int, credit_max: int) -> 
     return [w if credit_min <= arrival - s <= credit_max else 0.0 for s in steps]
 
 
-class HumanReward(nn.Module):
-    """H(s, .): the trainer's expected feedback for each action in state s."""
+@dataclass
+class CoachConfig(TamerConfig):
+    """COACH: the same trainer, credit window and replay as TAMER; a softmax policy updated by feedback-weighted
+    log-likelihood (the feedback as the advantage) with an entropy bonus."""
+    lr: float = 1e-3
+    entropy_coef: float = 0.01
+    replay_every: int = 0  # plain COACH (each credited feedback updates once); replay was less stable here
+    out: str = "runs/control-coach"
+
+    def check(self) -> None:
+        super().check()
+        if self.entropy_coef < 0:
+            raise RLHFError(f"entropy_coef: must be >= 0, got {self.entropy_coef}")
+
+
+class ActionNet(nn.Module):
+    """An MLP with one output per action."""
 
     def __init__(self, obs_dim: int, n_actions: int, hidden: int):
         super().__init__()
@@ -84,12 +108,41 @@ class HumanReward(nn.Module):
                                  nn.Linear(hidden, n_actions))
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray) -> int:
+    def greedy(self, obs: np.ndarray) -> int:
         return int(self.net(torch.as_tensor(np.asarray(obs, np.float32)).view(1, -1)).argmax(-1))
+
+
+class HumanReward(ActionNet):
+    """TAMER's H(s, .): the trainer's expected feedback for each action in state s; the agent acts greedily on it."""
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator | None = None) -> int:
+        return self.greedy(obs)
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor, feedback: torch.Tensor):
         h = self.net(obs).gather(1, actions.long().view(-1, 1)).squeeze(1)
         return (weights * (h - feedback) ** 2).sum() / weights.sum().clamp_min(1e-8)
+
+
+class CoachPolicy(ActionNet):
+    """COACH's pi(. | s) (logits); the agent samples from it while it learns."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: int, entropy_coef: float = 0.0):
+        super().__init__(obs_dim, n_actions, hidden)
+        self.entropy_coef = entropy_coef
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, rng: np.random.Generator) -> int:
+        p = torch.softmax(self.net(torch.as_tensor(np.asarray(obs, np.float32)).view(1, -1)), -1)[0].double().numpy()
+        return int(rng.choice(len(p), p=p / p.sum()))
+
+    def loss(self, obs: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor, feedback: torch.Tensor):
+        """-sum w f log pi(a | s) / sum w - entropy_coef * mean entropy: a gradient step on it is COACH's
+        theta += lr * f * (credit-weighted grad log pi)."""
+        logp = torch.log_softmax(self.net(obs), -1)
+        chosen = logp.gather(1, actions.long().view(-1, 1)).squeeze(1)
+        pg = -(weights * feedback * chosen).sum() / weights.sum().clamp_min(1e-8)
+        entropy = -(logp.exp() * logp).sum(-1).mean()
+        return pg - self.entropy_coef * entropy
 
 
 class Replay:
@@ -113,14 +166,14 @@ class Replay:
         return self.tensors([self.rows[i] for i in idx])
 
 
-def greedy_return(cfg: TamerConfig, h: HumanReward, seed: int) -> float:
+def greedy_return(cfg: TamerConfig, h: ActionNet, seed: int) -> float:
     e = make_env(cfg.env, cfg.episode_len)
     total = 0.0
     for i in range(cfg.eval_episodes):
         obs, _ = e.reset(seed=seed + i)
         done = False
         while not done:
-            obs, r, term, trunc, _ = e.step(h.act(obs))
+            obs, r, term, trunc, _ = e.step(h.greedy(obs))
             total += r
             done = term or trunc
     e.close()
@@ -133,7 +186,8 @@ def run_seed(cfg: TamerConfig, seed: int, bar, rd: RunDir) -> dict:
     expert = expert_for(cfg.env)
     trainer = ScalarTeacher(ScalarTeacherConfig(**{**cfg.trainer.__dict__, "seed": cfg.trainer.seed + seed}))
     e = make_env(cfg.env, cfg.episode_len)
-    h = HumanReward(int(np.prod(e.observation_space.shape)), e.action_space.n, cfg.hidden)
+    dims = (int(np.prod(e.observation_space.shape)), e.action_space.n, cfg.hidden)
+    h = CoachPolicy(*dims, cfg.entropy_coef) if isinstance(cfg, CoachConfig) else HumanReward(*dims)
     opt = torch.optim.Adam(h.parameters(), lr=cfg.lr)
     replay = Replay(cfg.buffer)
 
@@ -150,7 +204,7 @@ def run_seed(cfg: TamerConfig, seed: int, bar, rd: RunDir) -> dict:
         trainer.reset()
         history: deque = deque(maxlen=cfg.credit_max + 1)  # (step, obs, action)
         for t in range(e.episode_len):
-            action = h.act(obs)
+            action = h.act(obs, rng)
             history.append((t, np.asarray(obs, np.float32), action))
             trainer.watch(t, action, expert(obs))
             for f in trainer.arrivals(t):
@@ -162,7 +216,7 @@ def run_seed(cfg: TamerConfig, seed: int, bar, rd: RunDir) -> dict:
                     update(Replay.tensors(new))
             obs, _, _, _, info = e.step(action)
             steps += 1
-            if len(replay) and steps % cfg.replay_every == 0:
+            if len(replay) and cfg.replay_every and steps % cfg.replay_every == 0:
                 update(replay.sample(cfg.batch_size, rng))
             if info.get("ended"):  # the task would have ended: the trainer restarts it
                 break
@@ -175,12 +229,16 @@ def run_seed(cfg: TamerConfig, seed: int, bar, rd: RunDir) -> dict:
             "wrong_feedback": trainer.wrong, "steps": steps, "curve": curve}
 
 
+def _name(cfg: TamerConfig) -> str:
+    return "COACH" if isinstance(cfg, CoachConfig) else "TAMER"
+
+
 def _plot(rd: RunDir, cfg: TamerConfig, results: list[dict], rand: float) -> None:
     plot_curves(rd.sub("plots/return_vs_feedback.png"),
-                [([p["feedback"] for p in r["curve"]], [p["return"] for p in r["curve"]], f"TAMER, seed {r['seed']}")
+                [([p["feedback"] for p in r["curve"]], [p["return"] for p in r["curve"]], f"{_name(cfg)}, seed {r['seed']}")
                  for r in results],
                 [(rand, "gray", ":", "random actions")],
-                "scalar feedback given", "true return (greedy on H)", f"Deep TAMER on {cfg.env}")
+                "scalar feedback given", "true return (greedy policy)", f"{_name(cfg)} on {cfg.env}")
 
 
 
@@ -188,7 +246,7 @@ def run(cfg: TamerConfig, show_progress: bool = True):
     cfg.check()
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
-    with RunDir(cfg.out, cfg) as rd, progress_bar(f"tamer {cfg.env}", len(cfg.seeds) * cfg.episodes,
+    with RunDir(cfg.out, cfg) as rd, progress_bar(f"{_name(cfg).lower()} {cfg.env}", len(cfg.seeds) * cfg.episodes,
                                                   show_progress) as bar:
         results = [run_seed(cfg, seed, bar, rd) for seed in cfg.seeds]
         rand = random_return(cfg.env, cfg.episode_len, cfg.eval_episodes, 100_000)
@@ -199,7 +257,7 @@ def run(cfg: TamerConfig, show_progress: bool = True):
                "random_return": rand, "wall_s": round(time.perf_counter() - started, 1)}
         table = [{"seed": r["seed"], "feedback": r["feedback"], "wrong": r["wrong_feedback"], "agent steps": r["steps"],
                   **{f"ep{p['episode']}": round(p["return"], 1) for p in r["curve"]}} for r in results]
-        rd.write_summary(f"rlhf control tamer: {cfg.env}, {cfg.episodes} episodes, {len(cfg.seeds)} seed(s)",
+        rd.write_summary(f"rlhf control {_name(cfg).lower()}: {cfg.env}, {cfg.episodes} episodes, {len(cfg.seeds)} seed(s)",
                          {"greedy return after each training episode": table,
                           "over seeds (std = population std)": agg,
                           "setup": {"trainer": str(cfg.trainer.__dict__),
