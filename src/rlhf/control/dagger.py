@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rlhf.control.demos import behaviour_clone, expert_for
-from rlhf.control.envs import make_env, random_return, resolve
+from rlhf.control.envs import policy_return, make_env, random_return, resolve
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
@@ -135,17 +135,7 @@ def collect(cfg: DAggerConfig, learner: Learner, expert, beta: float, rng: np.ra
 
 
 def evaluate_learner(cfg: DAggerConfig, learner: Learner, seed: int) -> float:
-    e = make_env(cfg.env, cfg.episode_len)
-    total = 0.0
-    for i in range(cfg.eval_episodes):
-        obs, _ = e.reset(seed=seed + i)
-        done = False
-        while not done:
-            obs, r, term, trunc, _ = e.step(learner.act(obs))
-            total += r
-            done = term or trunc
-    e.close()
-    return total / cfg.eval_episodes
+    return policy_return(cfg.env, cfg.episode_len, learner.act, cfg.eval_episodes, seed)
 
 
 def run_seed(cfg: DAggerConfig, seed: int, bar, rd: RunDir) -> dict:

@@ -124,20 +124,28 @@ def episode_len_of(env: str, episode_len: int = 0) -> int:
     return episode_len or resolve(env)[1].episode_len
 
 
-def random_return(env: str, episode_len: int, episodes: int, seed: int) -> float:
-    """Mean true return of uniform random actions (the floor of the normalized score)."""
+def policy_return(env: str, episode_len: int, act, episodes: int, seed: int) -> float:
+    """Mean true return of `act(obs) -> action` over `episodes` fixed-length episodes (reset seeds seed + i)."""
     e = make_env(env, episode_len)
-    e.action_space.seed(seed)
     total = 0.0
     for i in range(episodes):
-        e.reset(seed=seed + i)
+        obs, _ = e.reset(seed=seed + i)
         done = False
         while not done:
-            _, r, term, trunc, _ = e.step(e.action_space.sample())
+            obs, r, term, trunc, _ = e.step(act(obs))
             total += r
             done = term or trunc
     e.close()
     return total / episodes
+
+
+def random_return(env: str, episode_len: int, episodes: int, seed: int) -> float:
+    """Mean true return of uniform random actions (the floor of the normalized score)."""
+    probe = make_env(env, episode_len)
+    space = probe.action_space
+    probe.close()
+    space.seed(seed)
+    return policy_return(env, episode_len, lambda obs: space.sample(), episodes, seed)
 
 
 def action_features(space: gym.Space, actions: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from rlhf.control.demos import expert_for
-from rlhf.control.envs import make_env, random_return, resolve
+from rlhf.control.envs import policy_return, make_env, random_return, resolve
 from rlhf.control.teachers import ScalarTeacher, ScalarTeacherConfig
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
@@ -167,17 +167,7 @@ class Replay:
 
 
 def greedy_return(cfg: TamerConfig, h: ActionNet, seed: int) -> float:
-    e = make_env(cfg.env, cfg.episode_len)
-    total = 0.0
-    for i in range(cfg.eval_episodes):
-        obs, _ = e.reset(seed=seed + i)
-        done = False
-        while not done:
-            obs, r, term, trunc, _ = e.step(h.greedy(obs))
-            total += r
-            done = term or trunc
-    e.close()
-    return total / cfg.eval_episodes
+    return policy_return(cfg.env, cfg.episode_len, h.greedy, cfg.eval_episodes, seed)
 
 
 def run_seed(cfg: TamerConfig, seed: int, bar, rd: RunDir) -> dict:
