@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from bench_ppo import build  # the same policy / reward model folders and prompts as the PPO benchmark
-from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
+from peer_env import peer_arguments, peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 PEER_WRAPPER = r"""
 import json, os, runpy, sys, time
@@ -44,7 +44,6 @@ runpy.run_path(os.environ["BENCH_PEER"], run_name="__main__")
 """
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 B, G, RESP = 16, 4, 32
 
 
@@ -76,13 +75,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--episodes", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
-    ap.add_argument("--tok", default=str(ROOT / ".peers" / "tok"))
-    ap.add_argument("--python", default=str(ROOT / ".peers" / "trl-new" / "bin" / "python"), help="peer venv python")
-    ap.add_argument("--peer", default=str(SHARED / "bench" / "peers" / "peer_trl_grpo.py"))
-    ap.add_argument("--data", default=str(SHARED / "data" / "hh-harmless" / "train.jsonl"))
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
+    peer_arguments(ap, "trl-new", "peer_trl_grpo.py")
     args = ap.parse_args()
     if args.ours_only:
         print("BENCH_JSON " + json.dumps(ours(args)))

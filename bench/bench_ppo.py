@@ -31,10 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
+from peer_env import peer_arguments, peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 NL, NE, NH, B, RESP, EPIS, PROMPT_TOKENS = 4, 256, 4, 16, 32, 64, 64
 
 
@@ -131,17 +130,11 @@ def ours(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tok", default=str(ROOT / ".peers" / "tok"))
-    ap.add_argument("--python", default=str(ROOT / ".peers" / "trl-old" / "bin" / "python"), help="peer venv python")
-    ap.add_argument("--peer", default=str(SHARED / "bench" / "peers" / "peer_trl_ppo.py"))
-    ap.add_argument("--data", default=str(SHARED / "data" / "hh-harmless" / "train.jsonl"))
-    ap.add_argument("--skip-peer", action="store_true")
+    peer_arguments(ap, "trl-old", "peer_trl_ppo.py")
     ap.add_argument("--profile", action="store_true", help="cProfile our run (stats on stderr)")
     ap.add_argument("--value-init", default="reward,policy",
                     help="our value model(s) to time, comma-separated: reward (a separate value model, as TRL) and/or "
                          "policy (a value head on the policy)")
-    ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ours_only:
         print("BENCH_JSON " + json.dumps(ours(args)))

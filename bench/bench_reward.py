@@ -34,10 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
+from peer_env import peer_arguments, peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 PEER_WRAPPER = r"""
 import json, os, runpy, sys, time
@@ -99,18 +98,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tok", default=str(ROOT / ".peers" / "tok"))
-    ap.add_argument("--python", default=str(ROOT / ".peers" / "trl-new" / "bin" / "python"), help="peer venv python")
-    ap.add_argument("--peer", default=str(SHARED / "bench" / "peers" / "peer_trl_pref.py"))
-    ap.add_argument("--data", default=str(SHARED / "data" / "hh-harmless" / "train.jsonl"))
+    peer_arguments(ap, "trl-new", "peer_trl_pref.py")
     ap.add_argument("--trl-defaults", action="store_true", help="run TRL as shipped (bf16 autocast, grad checkpointing)")
     ap.add_argument("--length-buckets", type=int, default=32, help="our RewardConfig.length_buckets (1 = off)")
     ap.add_argument("--all-pairs", action="store_true",
                     help="give ours all N pairs (long ones truncated) instead of only those TRL keeps (<= 256 tokens)")
     ap.add_argument("--init", help="a pretrained HF folder both sides start from (its tokenizer too): the HH case")
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--subset", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ours_only:

@@ -10,7 +10,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
 from rlhf.control.clips import TrajectoryBuffer
-from rlhf.control.envs import action_features, make_env
+from rlhf.control.envs import action_features, make_env, policy_return
 from rlhf.errors import RLHFError
 
 
@@ -137,18 +137,7 @@ def relabel_replay(model, reward_fn) -> None:
 
 def evaluate(model, env: str, episode_len: int, episodes: int, seed: int) -> float:
     """Mean true return of the deterministic policy over `episodes` fixed-length episodes."""
-    e = make_env(env, episode_len)
-    total = 0.0
-    for i in range(episodes):
-        obs, _ = e.reset(seed=seed + i)
-        done = False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, r, term, trunc, _ = e.step(action)
-            total += r
-            done = term or trunc
-    e.close()
-    return total / episodes
+    return policy_return(env, episode_len, lambda obs: model.predict(obs, deterministic=True)[0], episodes, seed)
 
 
 class ProgressCallback(BaseCallback):
