@@ -58,6 +58,27 @@ def nano_checkpoint(tmp_path_factory, tiny_tokenizer) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def nano_rm_checkpoint(tmp_path_factory, nano_checkpoint, tiny_tokenizer) -> Path:
+    """An untrained reward model on the nano checkpoint (score head seed 0), as a Hugging Face folder. Read-only."""
+    from rlhf.models.reward import init_reward_model
+
+    path = tmp_path_factory.mktemp("rm") / "model"
+    model = init_reward_model(nano_checkpoint, seed=0)
+    model.config.pad_token_id = tiny_tokenizer.pad_token_id
+    model.save_pretrained(str(path))
+    tiny_tokenizer.save_pretrained(str(path))
+    return path
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    """n world-style prompts as a JSONL file of {"prompt": ...} rows."""
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": f"Where does person {i} live?"}) + "\n" for i in range(n)))
+    return path
+
+
 def _cli_env() -> dict:
     env = dict(os.environ)
     # one thread per process: the CLI tests run several processes at once on few cores

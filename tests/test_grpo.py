@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from conftest import write_prompts
 from rlhf.errors import RLHFError
-from rlhf.models.reward import init_reward_model
 from rlhf.train import grpo
 from rlhf.train.grpo import GRPOConfig, RLOOConfig, group_advantages, policy_loss
 
@@ -76,25 +76,10 @@ def test_identical_rewards_give_zero_gradient():
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def rm_checkpoint(tmp_path_factory, nano_checkpoint, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("rm") / "model"
-    model = init_reward_model(nano_checkpoint, seed=0)
-    model.config.pad_token_id = tiny_tokenizer.pad_token_id
-    model.save_pretrained(str(path))
-    tiny_tokenizer.save_pretrained(str(path))
-    return path
-
-
-def _prompts(path, n):
-    path.write_text("".join(json.dumps({"prompt": f"Where does person {i} live?"}) + "\n" for i in range(n)))
-    return path
-
-
 @pytest.mark.parametrize("cls", [GRPOConfig, RLOOConfig])
-def test_short_run(tmp_path, nano_checkpoint, rm_checkpoint, cls):
-    prompts = _prompts(tmp_path / "p.jsonl", 8)
-    cfg = cls(out=str(tmp_path / "run"), policy=str(nano_checkpoint), reward_model=str(rm_checkpoint),
+def test_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, cls):
+    prompts = write_prompts(tmp_path / "p.jsonl", 8)
+    cfg = cls(out=str(tmp_path / "run"), policy=str(nano_checkpoint), reward_model=str(nano_rm_checkpoint),
               prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=4, steps=2, prompts_per_step=4,
               micro_batch_prompts=2, group_size=3, epochs=2)
     cfg.sampling.max_new_tokens = 6
@@ -111,9 +96,9 @@ def test_short_run(tmp_path, nano_checkpoint, rm_checkpoint, cls):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-def test_bad_input_one_line(tmp_path, nano_checkpoint, rm_checkpoint, cli):
-    prompts = _prompts(tmp_path / "p.jsonl", 4)
-    common = ["--set", f"policy={nano_checkpoint}", "--set", f"reward_model={rm_checkpoint}", "--set", f"prompts={prompts}", "-q"]
+def test_bad_input_one_line(tmp_path, nano_checkpoint, nano_rm_checkpoint, cli):
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    common = ["--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}", "--set", f"prompts={prompts}", "-q"]
     runs = {cmd: cli.start(cmd, *common, "--set", "group_size=1", "-o", tmp_path / cmd) for cmd in ("grpo", "rloo")}
     bad_mode = cli.start("grpo", *common, "--set", "kl_mode=both", "-o", tmp_path / "x")
     for cmd, future in runs.items():
@@ -145,7 +130,7 @@ def test_group_sampling_forwards_each_prompt_once_with_the_same_samples(nano_che
         sample(model, flat[1:] + flat[:1], cfg, tok.eos_token_id, tok.pad_token_id, group=3)
 
 
-def test_group_scores_equal_the_separate_sequences_scores(nano_checkpoint, rm_checkpoint):
+def test_group_scores_equal_the_separate_sequences_scores(nano_checkpoint, nano_rm_checkpoint):
     """sample_groups scores each prompt once beside its G responses: the scores of the separate
     prompt + response sequences (up to float rounding), normalization included."""
     from rlhf.data.chat import encode_prompt
@@ -154,7 +139,7 @@ def test_group_scores_equal_the_separate_sequences_scores(nano_checkpoint, rm_ch
     from rlhf.rollout.engine import SamplingConfig
     from rlhf.train.sampling import sample_groups
 
-    tok, policy, rm = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint), load_reward_model(rm_checkpoint)
+    tok, policy, rm = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint), load_reward_model(nano_rm_checkpoint)
     rm.config.rlhf_reward_offset = 0.25  # a stored offset is applied the same way
     prompts = [encode_prompt(tok, p) for p in ("Where does person 1 live?", "What is 2 plus 2?", "Hi")]
     g = sample_groups(policy, rm, tok, prompts, 4, SamplingConfig(max_new_tokens=10, temperature=1.0),

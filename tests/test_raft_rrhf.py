@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from conftest import write_prompts
 from rlhf.errors import RLHFError
-from rlhf.models.reward import init_reward_model
 from rlhf.train import raft, rrhf
 from rlhf.train.raft import RAFTConfig, keep_count, select_top
 from rlhf.train.rrhf import RRHFConfig, rrhf_loss
@@ -51,24 +51,9 @@ def test_rrhf_loss_by_hand():
     assert rank.item() == 0.0
 
 
-@pytest.fixture(scope="module")
-def rm_checkpoint(tmp_path_factory, nano_checkpoint, tiny_tokenizer):
-    path = tmp_path_factory.mktemp("rm") / "model"
-    model = init_reward_model(nano_checkpoint, seed=0)
-    model.config.pad_token_id = tiny_tokenizer.pad_token_id
-    model.save_pretrained(str(path))
-    tiny_tokenizer.save_pretrained(str(path))
-    return path
-
-
-def _prompts(path, n):
-    path.write_text("".join(json.dumps({"prompt": f"Where does person {i} live?"}) + "\n" for i in range(n)))
-    return path
-
-
-def test_raft_short_run(tmp_path, nano_checkpoint, rm_checkpoint):
-    prompts = _prompts(tmp_path / "p.jsonl", 6)
-    cfg = RAFTConfig(out=str(tmp_path / "raft"), policy=str(nano_checkpoint), reward_model=str(rm_checkpoint),
+def test_raft_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint):
+    prompts = write_prompts(tmp_path / "p.jsonl", 6)
+    cfg = RAFTConfig(out=str(tmp_path / "raft"), policy=str(nano_checkpoint), reward_model=str(nano_rm_checkpoint),
                      prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=2, iterations=2,
                      prompts_per_iteration=4, k=4, keep_fraction=0.5, sample_batch_prompts=3, batch_size=2)
     cfg.sampling.max_new_tokens = 6
@@ -79,9 +64,9 @@ def test_raft_short_run(tmp_path, nano_checkpoint, rm_checkpoint):
     assert s["result"]["sft_steps"] == 4 and (out / "model" / "model.safetensors").is_file()
 
 
-def test_rrhf_short_run(tmp_path, nano_checkpoint, rm_checkpoint):
-    prompts = _prompts(tmp_path / "p.jsonl", 6)
-    cfg = RRHFConfig(out=str(tmp_path / "rrhf"), policy=str(nano_checkpoint), reward_model=str(rm_checkpoint),
+def test_rrhf_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint):
+    prompts = write_prompts(tmp_path / "p.jsonl", 6)
+    cfg = RRHFConfig(out=str(tmp_path / "rrhf"), policy=str(nano_checkpoint), reward_model=str(nano_rm_checkpoint),
                      prompts=str(prompts), eval_prompts=None, steps=2, prompts_per_step=3, k=3)
     cfg.sampling.max_new_tokens = 6
     out = rrhf.run(cfg, show_progress=False, gold=lambda p, r: 0.5)
@@ -90,9 +75,9 @@ def test_rrhf_short_run(tmp_path, nano_checkpoint, rm_checkpoint):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-def test_best_of_n_cli(tmp_path, nano_checkpoint, rm_checkpoint, tiny_world_sets, cli):
-    prompts = _prompts(tmp_path / "p.jsonl", 3)
-    r = cli.run("best-of-n", "--set", f"policy={nano_checkpoint}", "--set", f"reward_model={rm_checkpoint}",
+def test_best_of_n_cli(tmp_path, nano_checkpoint, nano_rm_checkpoint, tiny_world_sets, cli):
+    prompts = write_prompts(tmp_path / "p.jsonl", 3)
+    r = cli.run("best-of-n", "--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}",
                 "--set", f"prompts={prompts}", "--set", "n=4", "--set", "sampling.max_new_tokens=6", *tiny_world_sets,
                 "-o", tmp_path / "bon", "-q")
     assert r.returncode == 0, r.stderr
@@ -101,6 +86,6 @@ def test_best_of_n_cli(tmp_path, nano_checkpoint, rm_checkpoint, tiny_world_sets
     assert len(picks) == len(sft) == 3 and all(s["messages"][-1]["content"] == p["response"] for s, p in zip(sft, picks))
     curve = json.loads((tmp_path / "bon" / "summary.json").read_text())["curve"]
     assert [c["n"] for c in curve] == [1, 2, 4] and all(b["proxy"] >= a["proxy"] - 1e-6 for a, b in zip(curve, curve[1:]))
-    bad = cli.run("best-of-n", "--set", f"policy={nano_checkpoint}", "--set", f"reward_model={rm_checkpoint}",
+    bad = cli.run("best-of-n", "--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}",
                   "--set", "n=0", "-o", tmp_path / "bad", "-q")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: n must be at least 1, got 0"
