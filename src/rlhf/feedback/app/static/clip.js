@@ -4,38 +4,11 @@
   "use strict";
   const root = document.getElementById("clip-labeler");
   if (!root) return;
-  const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const assignment = root.dataset.assignment;
-  const project = root.dataset.project;
   const left = Number(root.dataset.left);
   const right = Number(root.dataset.right);
-  const status = document.getElementById("status");
+  const { say, post, goNext } = window.assignmentPage(root);
   let busy = root.dataset.answered === "true";
-
-  function say(text, isError) {
-    status.textContent = text;
-    status.classList.toggle("error", Boolean(isError));
-  }
-
-  async function post(url, body) {
-    const response = await fetch(url, {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-      body: JSON.stringify(body),
-    });
-    const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(data.detail ? String(data.detail) : `server said ${response.status}`);
-    return data;
-  }
-
-  async function goNext() {
-    try {
-      const next = await post(`/api/projects/${encodeURIComponent(project)}/next`, {});
-      window.location.assign(next.url || "/projects");
-    } catch (err) {
-      say(err.message, true);
-    }
-  }
 
   function ranksFor(better) {  // original order; the better clip gets rank 1, equal clips both get 1
     const ranks = [1, 1];

@@ -5,20 +5,13 @@
   "use strict";
   const root = document.getElementById("labeler");
   if (!root) return;
-  const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const assignment = root.dataset.assignment;
-  const project = root.dataset.project;
   const k = Number(root.dataset.k);
   const cards = Array.from(root.querySelectorAll("article.response"));
-  const status = document.getElementById("status");
+  const { say, post, goNext } = window.assignmentPage(root);
   const ranks = new Map();  // original index -> rank (1..k)
   let selected = 0;         // position of the selected card
   let busy = root.dataset.answered === "true";
-
-  function say(text, isError) {
-    status.textContent = text;
-    status.classList.toggle("error", Boolean(isError));
-  }
 
   function cardByIndex(index) {
     return cards.find((c) => c.dataset.index === String(index));
@@ -79,26 +72,6 @@
       label.flags.push(flags);
     }
     return label;
-  }
-
-  async function post(url, body) {
-    const response = await fetch(url, {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-      body: JSON.stringify(body),
-    });
-    const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(data.detail ? String(data.detail) : `server said ${response.status}`);
-    return data;
-  }
-
-  async function goNext() {
-    try {
-      const next = await post(`/api/projects/${encodeURIComponent(project)}/next`, {});
-      window.location.assign(next.url || "/projects");
-    } catch (err) {
-      say(err.message, true);
-    }
   }
 
   async function send(url, body, doneText) {
