@@ -259,6 +259,9 @@ def test_tiny_scalar_feedback_run_writes_a_run_dir(tmp_path, method):
     (("--set", "clip_len=600"), "clip_len: 600 must be between 1 and the episode length (500 steps)"),
     (("--set", "env=Acrobot", "--set", "demos.episodes=2"), "no expert controller for 'Acrobot'"),
     (("--set", "demos.bc_epochs=3"), "demos.episodes"),
+    (("--set", "env=Highway", "--set", "clip_len=10", "--set", "people.db=labels.db"), "people.db: live clips"),
+    (("--set", "people.db=labels.db", "--set", "people.project=bad/name"), "bad project name 'bad/name'"),
+    (("--set", "people.db=labels.db", "--set", "people.overlap=0"), "people.overlap and people.fps must be >= 1"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     proc = _cli(*args, "-o", str(tmp_path / "run"))

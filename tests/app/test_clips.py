@@ -165,3 +165,64 @@ def test_bad_clip_tasks_are_one_clear_line(db_path, tmp_path, clip_dir):
         make_pairs("Pendulum", tmp_path / "x", pairs=1, clip_len=500, episodes=1)
     with pytest.raises(RLHFError, match="not found"):
         read_answers(tmp_path, tmp_path / "none.jsonl")
+
+
+def test_people_teach_the_live_control_loop_through_the_app(db_path, tmp_path):
+    """`rlhf control` with people.db: each round's clip pairs appear in the app; an annotator answers them through
+    the app's own API (left, right, equal, can't tell in turn) while the loop waits; the run's labels are
+    exactly those answers (can't tell = skipped) and its GIFs are served by the app."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from rlhf.feedback.app import create_app
+
+    sessions = open_database(db_path)
+    with sessions() as db:
+        create_user(db, "ann1", PASSWORD)
+    out = tmp_path / "run"
+    sets = ["env=Pendulum", "episode_len=20", "clip_len=5", "labels=8", "rounds=2", "initial_frac=0.5",
+            "init_episodes=1", "eval_episodes=1", "baseline=false", "agent.timesteps=256", "agent.n_envs=1",
+            "agent.n_steps=128", "agent.batch_size=64", "reward.epochs=1", f"people.db={db_path}",
+            "people.project=live", "people.poll_s=0.1", "people.timeout_s=300"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "control", "-q", "-o", str(out),
+                             *[x for s in sets for x in ("--set", s)]], env=env, stderr=subprocess.PIPE, text=True)
+    given = []  # the ranks answered, None = can't tell
+    try:
+        with TestClient(create_app(db_path)) as client:
+            csrf = login(client, "ann1")
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                response = client.post("/api/projects/live/next", headers={"X-CSRF-Token": csrf})
+                if response.status_code == 404 or response.json()["assignment_id"] is None:
+                    time.sleep(0.1)  # the loop has not asked (yet)
+                    continue
+                task = response.json()
+                page = client.get(task["url"])
+                assert page.status_code == 200 and 'id="clip-labeler"' in page.text
+                with sessions() as db:
+                    t = db.get(Assignment, task["assignment_id"]).task
+                    task_id = t.id
+                for i in (0, 1):  # both clips are real GIFs the app serves
+                    media = client.get(f"/media/{task_id}/{i}")
+                    assert media.status_code == 200 and media.content[:4] == b"GIF8"
+                choice = [[1, 2], [2, 1], [1, 1], None][len(given) % 4]
+                url = f"/api/assignments/{task['assignment_id']}/" + ("label" if choice else "skip")
+                body = {"ranks": choice} if choice else {"reason": "can't tell"}
+                assert client.post(url, json=body, headers={"X-CSRF-Token": csrf}).json()["stored"]
+                given.append(choice)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+    (seed,) = json.loads((out / "summary.json").read_text())["per_seed"]
+    assert seed["labels"] == len(given) == 8
+    assert seed["skipped"] == given.count(None) and seed["equal"] == given.count([1, 1])
+    stored = [json.loads(line)["ranks"] for line in (out / "labels_seed0.jsonl").read_text().splitlines()]
+    assert sorted(stored) == sorted(c for c in given if c)
+    assert len(list((tmp_path / "run-people" / "clips").glob("*.gif"))) == 16

@@ -1,6 +1,7 @@
 """People as the teacher: clip pairs out to the labeling app, their answers back to the control reward model.
 
-An import/export pair, not a live teacher inside `rlhf control` (people answer at their own pace):
+An import/export pair (people answer at their own pace), and `PeopleTeacher`, the live teacher inside
+`rlhf control` (`people.db`): each round's pairs go to the app and the loop waits for the answers.
 
     rlhf control-clips make Pendulum clips/ --pairs 50 --gold 5   # episodes, clips as GIFs, tasks.jsonl, pairs.npz
     rlhf label create-project pend --media-root clips/ && rlhf label import --project pend clips/tasks.jsonl \
@@ -18,6 +19,8 @@ Gold pairs (optional) are pairs whose true returns differ most, ranked by the tr
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +160,122 @@ def fit_answers(pairs_dir: str | Path, export: str | Path, seed: int = 0, config
     stats = ensemble.fit(got["xa"], got["xb"], got["y"])
     return {"env": got["env"], "labels": len(got["y"]), "equal": int((got["y"] == 0.5).sum()),
             "people_vs_true_reward": got["true_agreement"], **stats, "ensemble": ensemble}
+
+
+# ---------------------------------------------------------------- people as a live teacher inside `rlhf control`
+
+
+@dataclass
+class PeopleConfig:
+    """`rlhf control` asks people instead of the simulated teacher when `db` is set: each labeling round's clip
+    pairs are rendered to GIFs, imported into the labeling app's `project` (created on first use, media root
+    `media`), and the loop waits until every pair has `overlap` answers or `timeout_s` has passed (pairs still
+    unanswered then count as skipped). The annotators use the app as for any clip project (left / right / equal
+    / can't tell); several annotators of a pair are combined by the export's consensus."""
+    db: str = ""  # labeling database (a SQLite file or a PostgreSQL URL); empty: the simulated teacher
+    project: str = "control"
+    media: str = ""  # folder for the GIFs and task files; empty: <run dir>/people
+    overlap: int = 1
+    timeout_s: float = 3600.0
+    poll_s: float = 2.0
+    fps: int = 15
+
+    def check(self, env: str) -> None:
+        if not self.db:
+            return
+        from rlhf.feedback.app.projects import check_project_name
+
+        check_project_name(self.project)
+        if resolve(env)[0] == "Highway":
+            raise RLHFError("people.db: live clips are redrawn from observations, which Highway cannot do; "
+                            "use `rlhf control-clips make Highway` for people on Highway")
+        if self.overlap < 1 or self.timeout_s <= 0 or self.poll_s <= 0 or self.fps < 1:
+            raise RLHFError("people.overlap and people.fps must be >= 1, people.timeout_s and people.poll_s > 0")
+
+
+class PeopleTeacher:
+    """The labeling app's annotators as `rlhf control`'s teacher (the SimulatedTeacher's interface: compare_all,
+    asked / skipped / equal)."""
+
+    def __init__(self, config: PeopleConfig, env: str, media: Path, tag: str, say=print):
+        from rlhf.feedback.app.db import open_database
+        from rlhf.feedback.app.projects import create_project
+        from rlhf.feedback.app.models import Project
+        from sqlalchemy import select
+
+        self.config, self.env, self.tag, self.say = config, resolve(env)[0], tag, say
+        self.media = Path(config.media) if config.media else media
+        (self.media / "clips").mkdir(parents=True, exist_ok=True)
+        self.sessions = open_database(config.db)
+        with self.sessions() as db:
+            if db.scalar(select(Project).where(Project.name == config.project)) is None:
+                create_project(db, config.project, overlap=config.overlap, media_root=str(self.media))
+        self.asked = self.skipped = self.equal = self.rounds = 0
+        space = make_env(self.env).action_space
+        from rlhf.control.envs import action_dim
+
+        self.n_action = action_dim(space)
+
+    def compare_all(self, clips: list) -> list:
+        """[(clip a, clip b)] -> answers (1.0 a better, 0.0 b, 0.5 equal, SKIP), once people have answered."""
+        from rlhf.control.render import render_clip
+        from rlhf.control.teachers import SKIP
+        from rlhf.data.jsonl import write_jsonl
+        from rlhf.feedback.app.importer import import_tasks
+
+        self.rounds += 1
+        ids, rows = [], []
+        for i, (a, b) in enumerate(clips):
+            pid = f"{self.tag}-r{self.rounds:02d}-{i:04d}"
+            refs = []
+            for side, clip in (("a", a), ("b", b)):
+                ref = f"clips/{pid}-{side}.gif"
+                _write_clip(render_clip(self.env, clip.features[:, :-self.n_action]), self.media / ref, self.config.fps)
+                refs.append(ref)
+            ids.append(pid)
+            rows.append({"id": pid, "kind": "clip", "prompt": PROMPT.format(env=self.env), "responses": refs})
+        tasks = self.media / f"tasks-{self.tag}-r{self.rounds:02d}.jsonl"
+        write_jsonl(tasks, rows)
+        with self.sessions() as db:
+            import_tasks(db, self.config.project, tasks)
+        self.say(f"waiting for people: {len(ids)} clip pairs in project {self.config.project!r} "
+                 f"({self.config.overlap} answer(s) each, at most {self.config.timeout_s:.0f} s)")
+        answers = self._wait(ids)
+        out = []
+        for pid in ids:
+            ranks = answers.get(pid)
+            self.asked += 1
+            if ranks is None:
+                self.skipped += 1
+                out.append(SKIP)
+            elif ranks[0] == ranks[1]:
+                self.equal += 1
+                out.append(0.5)
+            else:
+                out.append(1.0 if ranks[0] < ranks[1] else 0.0)
+        return out
+
+    def _wait(self, ids: list[str]) -> dict[str, list[int]]:
+        """Poll the database until every pair has `overlap` answers (skips count) or the timeout; then each
+        pair's consensus ranks over its non-skipped answers (pairs only skipped, or unanswered: absent)."""
+        from rlhf.feedback.app.export import consensus
+        from rlhf.feedback.app.models import Project
+        from rlhf.feedback.app.quality import project_labels
+        from sqlalchemy import select
+
+        wanted, deadline = set(ids), time.monotonic() + self.config.timeout_s
+        while True:
+            with self.sessions() as db:
+                project = db.scalar(select(Project).where(Project.name == self.config.project))
+                got: dict[str, list] = {}
+                for task, _, label in project_labels(db, project):
+                    if task.external_id in wanted:
+                        got.setdefault(task.external_id, []).append(None if label.skipped else label.ranks)
+            if all(len(got.get(pid, [])) >= self.config.overlap for pid in ids) or time.monotonic() >= deadline:
+                break
+            time.sleep(self.config.poll_s)
+        return {pid: consensus([r for r in got[pid] if r is not None]) for pid in ids
+                if any(r is not None for r in got.get(pid, []))}
+
+    def stats(self) -> dict:
+        return {"asked": self.asked, "skipped": self.skipped, "equal": self.equal}

@@ -12,12 +12,14 @@ reward-model fit also sees free (demonstration clip > agent clip) pairs.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rlhf.control.agents import (AgentConfig, LearnedRewardVecEnv, ProgressCallback, evaluate, make_agent, make_venv,
                                  relabel_replay)
+from rlhf.control.app_clips import PeopleConfig, PeopleTeacher
 from rlhf.control.clips import TrajectoryBuffer, label_schedule, select_pairs
 from rlhf.control.envs import action_dim, action_features, episode_len_of, make_env, random_return, resolve
 from rlhf.control.reward_model import RewardEnsemble, RewardModelConfig
@@ -62,6 +64,7 @@ class ControlConfig:
     reward: RewardModelConfig = field(default_factory=RewardModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     demos: DemoConfig = field(default_factory=DemoConfig)
+    people: PeopleConfig = field(default_factory=PeopleConfig)  # people.db set: people answer in the labeling app
 
     def check(self) -> None:
         """Every user-fixable problem, before any work is done."""
@@ -90,6 +93,7 @@ class ControlConfig:
         if self.reward.members < 1:
             raise RLHFError(f"reward.members: must be >= 1, got {self.reward.members}")
         self.teacher.check()
+        self.people.check(self.env)
         d = self.demos
         if d.episodes < 0 or d.bc_epochs < 0 or d.rm_pairs < 0:
             raise RLHFError("demos.episodes, demos.bc_epochs and demos.rm_pairs must be >= 0")
@@ -121,9 +125,8 @@ def _ask(cfg: ControlConfig, buffer: TrajectoryBuffer, ensemble, teacher, labels
          rng: np.random.Generator, trained: bool, seed: int) -> None:
     length = cfg.clip_len
     pairs = select_pairs(buffer, n, length, rng, cfg.sampling, ensemble if trained else None, cfg.oversample)
-    for p in pairs:
-        a, b = buffer.clip(p.episode_a, p.start_a, length), buffer.clip(p.episode_b, p.start_b, length)
-        answer = teacher.compare(a.rewards, b.rewards)
+    clips = [(buffer.clip(p.episode_a, p.start_a, length), buffer.clip(p.episode_b, p.start_b, length)) for p in pairs]
+    for p, (a, b), answer in zip(pairs, clips, teacher.compare_all(clips)):
         if answer is SKIP:
             continue
         labels.xa.append(a.features)
@@ -181,7 +184,12 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir, on_agent=None) -> d
     venv = LearnedRewardVecEnv(make_venv(cfg.env, cfg.episode_len, a.n_envs, seed), buffer)
     obs_dim = int(np.prod(venv.observation_space.shape))
     ensemble = RewardEnsemble(obs_dim, action_dim(venv.action_space), cfg.reward, seed)
-    teacher = SimulatedTeacher(TeacherConfig(**{**cfg.teacher.__dict__, "seed": cfg.teacher.seed + seed}))
+    if cfg.people.db:
+        from rlhf.progress import console
+
+        teacher = PeopleTeacher(cfg.people, cfg.env, Path(f"{cfg.out}-people"), f"s{seed}", console.print)
+    else:
+        teacher = SimulatedTeacher(TeacherConfig(**{**cfg.teacher.__dict__, "seed": cfg.teacher.seed + seed}))
     model = make_agent(a, venv, seed)
     labels = _Labels()
     schedule = label_schedule(cfg.labels, cfg.rounds - 1, cfg.initial_frac, cfg.decay)
@@ -309,7 +317,8 @@ def run(cfg: ControlConfig, show_progress: bool = True, on_agent=None):
             f"rlhf control: {cfg.env}, {cfg.agent.algo.upper()}, {cfg.labels} labels, {len(cfg.seeds)} seed(s)",
             {"per seed": rows, "over seeds (std = population std)": agg,
              "setup": {"env": cfg.env, "episode_len": results[0]["length"], "clip_len": cfg.clip_len,
-                       "sampling": cfg.sampling, "teacher": str(cfg.teacher.__dict__),
+                       "sampling": cfg.sampling,
+                       "teacher": f"people in project {cfg.people.project!r}" if cfg.people.db else str(cfg.teacher.__dict__),
                        "demos": str(cfg.demos.__dict__),
                        "agent timesteps": results[0]["timesteps"]}},
             data={"per_seed": results, "aggregate": agg})

@@ -74,6 +74,10 @@ class SimulatedTeacher:
             answer = 1.0 - answer
         return answer
 
+    def compare_all(self, clips: list) -> list:
+        """[(clip a, clip b)] -> answers, one `compare` of their true rewards each (PeopleTeacher's interface)."""
+        return [self.compare(a.rewards, b.rewards) for a, b in clips]
+
     def stats(self) -> dict:
         return {"asked": self.asked, "skipped": self.skipped, "equal": self.equal}
 
