@@ -298,3 +298,16 @@ def test_clip_pairs_render_to_gif_and_mp4(tmp_path, name):
     assert mp4.stat().st_size > 1000
     with pytest.raises(RLHFError, match="clip files are .gif or .mp4"):
         write_pair(name, obs, obs, tmp_path / "pair.avi")
+
+
+def test_tiny_hopper_run(tmp_path):
+    """MuJoCo locomotion goes through the same loop: a few Hopper steps with a continuous action space."""
+    out = tmp_path / "hopper"
+    proc = _cli("-q", "-o", str(out), "--set", "env=Hopper", "--set", "labels=12", "--set", "rounds=2",
+                "--set", "clip_len=10", "--set", "episode_len=50", "--set", "agent.timesteps=512",
+                "--set", "agent.n_envs=2", "--set", "agent.n_steps=128", "--set", "init_episodes=2",
+                "--set", "eval_episodes=1", "--set", "reward.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    (seed,) = json.loads((out / "summary.json").read_text())["per_seed"]
+    assert seed["labels"] == 12 and seed["timesteps"] == 512
+    assert np.isfinite(seed["pbrl_return"]) and np.isfinite(seed["true_reward_return"])

@@ -260,6 +260,7 @@ def test_tiny_scalar_feedback_run_writes_a_run_dir(tmp_path, method):
     (("--set", "env=Acrobot", "--set", "demos.episodes=2"), "no expert controller for 'Acrobot'"),
     (("--set", "demos.bc_epochs=3"), "demos.episodes"),
     (("--set", "env=Highway", "--set", "clip_len=10", "--set", "people.db=labels.db"), "people.db: live clips"),
+    (("--set", "env=Hopper", "--set", "clip_files=2"), "clip_files: clips are redrawn from observations, which Hopper"),
     (("--set", "people.db=labels.db", "--set", "people.project=bad/name"), "bad project name 'bad/name'"),
     (("--set", "people.db=labels.db", "--set", "people.overlap=0"), "people.overlap and people.fps must be >= 1"),
 ])

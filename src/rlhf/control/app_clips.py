@@ -186,9 +186,13 @@ class PeopleConfig:
         from rlhf.feedback.app.projects import check_project_name
 
         check_project_name(self.project)
-        if resolve(env)[0] == "Highway":
-            raise RLHFError("people.db: live clips are redrawn from observations, which Highway cannot do; "
-                            "use `rlhf control-clips make Highway` for people on Highway")
+        from rlhf.control.render import REDRAWN
+
+        name = resolve(env)[0]
+        if name not in REDRAWN:
+            raise RLHFError(f"people.db: live clips are redrawn from observations, which {name} cannot do "
+                            f"(it can for {', '.join(REDRAWN)})" + ("; use `rlhf control-clips make Highway` for "
+                                                                   "people on Highway" if name == "Highway" else ""))
         if self.overlap < 1 or self.timeout_s <= 0 or self.poll_s <= 0 or self.fps < 1:
             raise RLHFError("people.overlap and people.fps must be >= 1, people.timeout_s and people.poll_s > 0")
 

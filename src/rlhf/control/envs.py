@@ -31,6 +31,10 @@ ENVS: dict[str, EnvSpec] = {
     "MountainCarContinuous": EnvSpec("MountainCarContinuous-v0", 999),
     "Acrobot": EnvSpec("Acrobot-v1", 500),
     "Highway": EnvSpec("rlhf/HighwaySafety-v0", 30),  # highway-fast-v0 with a safety teacher (highway.py)
+    # MuJoCo locomotion (the `mujoco` package): Hopper never ends when it falls, so the episode length says nothing
+    # about the reward (Christiano et al. 2017 removed such terminations too); HalfCheetah never terminates
+    "Hopper": EnvSpec("Hopper-v5", 1000, kwargs=(("terminate_when_unhealthy", False),)),
+    "HalfCheetah": EnvSpec("HalfCheetah-v5", 1000),
 }
 _ALIASES = {spec.gym_id: name for name, spec in ENVS.items()}
 
@@ -112,7 +116,11 @@ def make_env(env: str, episode_len: int = 0, seed: int | None = None, render: bo
     if name == "Highway" and spec.gym_id not in gym.registry:  # by name: highway.py imports this module
         gym.register(spec.gym_id, entry_point="rlhf.control.highway:make_highway_env")
     # TimeLimit from gym.make would truncate at the registered horizon; ours replaces it.
-    e = gym.make(spec.gym_id, max_episode_steps=10**9, disable_env_checker=True, **kwargs)
+    try:
+        e = gym.make(spec.gym_id, max_episode_steps=10**9, disable_env_checker=True, **kwargs)
+    except gym.error.DependencyNotInstalled as exc:
+        raise RLHFError(f"env: {name} needs a package that is not installed ({exc}); "
+                        f"pip install -e '.[control]'") from None
     e = FixedLength(e, length, name, spec.absorb if absorb is None else absorb)
     if seed is not None:
         e.reset(seed=seed)

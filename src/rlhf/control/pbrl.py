@@ -43,7 +43,7 @@ class DemoConfig:
 
 @dataclass
 class ControlConfig:
-    env: str = "CartPole"  # CartPole | Pendulum | MountainCarContinuous | Acrobot (or their gymnasium ids)
+    env: str = "CartPole"  # CartPole | Pendulum | MountainCarContinuous | Acrobot | Hopper | HalfCheetah (or gym ids)
     episode_len: int = 0  # fixed episode length; 0 = the environment's default horizon
     seeds: list[int] = field(default_factory=lambda: [0])
     labels: int = 1000  # label budget: teacher queries, skips included
@@ -86,6 +86,12 @@ class ControlConfig:
             raise RLHFError("seeds: give at least one seed")
         if self.clip_files < 0:
             raise RLHFError(f"clip_files: must be >= 0, got {self.clip_files}")
+        if self.clip_files:
+            from rlhf.control.render import REDRAWN
+
+            if resolve(self.env)[0] not in REDRAWN:
+                raise RLHFError(f"clip_files: clips are redrawn from observations, which {resolve(self.env)[0]} "
+                                f"cannot do (it can for {', '.join(REDRAWN)})")
         if self.init_episodes < 1 or self.eval_episodes < 1 or self.oversample < 1:
             raise RLHFError("init_episodes, eval_episodes and oversample must be >= 1")
         if self.reward.output not in ("tanh", "linear"):

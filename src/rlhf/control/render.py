@@ -11,6 +11,9 @@ from rlhf.control.envs import make_env, resolve
 from rlhf.errors import RLHFError
 
 
+REDRAWN = ("CartPole", "MountainCarContinuous", "Pendulum", "Acrobot")  # what _state can restore
+
+
 def _state(name: str, obs: np.ndarray) -> np.ndarray:
     if name == "CartPole":
         return np.asarray(obs, np.float64)[:4]  # without the absorbing-state indicator
