@@ -60,7 +60,7 @@ def ours(args) -> dict:
     cfg = GRPOConfig(out=str(work / "ours"), policy=str(work / "policy"), reward_model=str(work / "rm"),
                      prompts=str(work / "prompts.jsonl"), eval_prompts=None, steps=args.episodes // B,
                      prompts_per_step=B // G, group_size=G, micro_batch_prompts=B // G, epochs=1,
-                     sampling=SamplingConfig(max_new_tokens=RESP, temperature=1.0), kl_mode="loss", beta=0.04,
+                     sampling=SamplingConfig(max_new_tokens=RESP, temperature=1.0, draw=args.draw), kl_mode="loss", beta=0.04,
                      loss_agg="token", scale_rewards=True, no_eos_score=None, reward_clip=1e9, samples_every=0,
                      optim=OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="linear"))
     run(cfg, show_progress=False)
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--episodes", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
+    ap.add_argument("--draw", default="multinomial", choices=["multinomial", "inverse_cdf"],
+                    help="our sampling.draw (multinomial: the default, as TRL draws)")
     peer_arguments(ap, "trl-new", "peer_trl_grpo.py")
     args = ap.parse_args()
     if args.ours_only:
@@ -101,7 +103,7 @@ def main() -> None:
                       f"mean completion {trl['mean_completion_len']} tokens (dropped args {trl['dropped_args']}, "
                       f"threads={trl['threads']})", flush=True)
             proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads", str(args.threads),
-                                   "--episodes", str(args.episodes)], env=env, capture_output=True, text=True)
+                                   "--episodes", str(args.episodes), "--draw", args.draw], env=env, capture_output=True, text=True)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
             if proc.returncode or not lines:
                 sys.exit(f"ours failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -97,6 +97,25 @@ def test_draw_uses_the_generator_and_its_device():
     assert torch.equal(a, b) and a.dtype == torch.long and a.shape == (8,)
 
 
+def test_inverse_cdf_sampling_is_seeded_and_respects_top_k(model, prompts, tiny_tokenizer):
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, draw="inverse_cdf")
+    a, b = _sample(model, prompts, tiny_tokenizer, cfg, 5), _sample(model, prompts, tiny_tokenizer, cfg, 5)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
+    multinomial = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=8), 5)
+    assert not torch.equal(a.response_ids, multinomial.response_ids)  # another (equally exact) draw
+    # top-k = 1 leaves one token of positive probability: the draw must take it, i.e. greedy decoding
+    top1 = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=8, top_k=1, draw="inverse_cdf"), 5)
+    greedy = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=8, temperature=0), None)
+    assert torch.equal(top1.response_ids, greedy.response_ids)
+
+
+def test_unknown_draw_is_a_clear_error(model, prompts, tiny_tokenizer):
+    from rlhf.errors import RLHFError
+
+    with pytest.raises(RLHFError, match="sampling.draw: expected one of multinomial, inverse_cdf, got 'gumbel'"):
+        _sample(model, prompts, tiny_tokenizer, SamplingConfig(draw="gumbel"), 0)
+
+
 # ---------------------------------------------------------------- determinism
 
 

@@ -17,8 +17,12 @@ import torch
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
 from rlhf.data.batching import left_pad
+from rlhf.errors import RLHFError
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.models.lm import logprobs_from_logits, position_ids
+
+
+DRAWS = ("multinomial", "inverse_cdf")
 
 
 @dataclass
@@ -27,6 +31,9 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
+    # how a token is drawn from the distribution: torch.multinomial, or the inverse CDF (`draw`: one uniform per
+    # row, ~15x cheaper per step on CPU; equally exact, but other tokens than multinomial for the same seed)
+    draw: str = "multinomial"
 
 
 @dataclass
@@ -117,6 +124,8 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
     then forwarded once (see `_prefill`); checked, so a wrong value is an error, never a wrong sample."""
     model = getattr(model, "module", model)
     device = next(model.parameters()).device
+    if cfg.draw not in DRAWS:
+        raise RLHFError(f"sampling.draw: expected one of {', '.join(DRAWS)}, got '{cfg.draw}'")
     if group > 1 and (len(prompts) % group or any(prompts[i] != prompts[i - i % group] for i in range(len(prompts)))):
         raise ValueError(f"sample(group={group}): the prompts are not runs of {group} identical copies")
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
@@ -131,7 +140,14 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
         if cfg.temperature > 0:
             scaled = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
             logp_all = torch.log_softmax(scaled, -1)
-            nxt = draw(logp_all.exp(), generator)
+            probs = logp_all.exp()
+            if cfg.draw == "inverse_cdf":
+                nxt = draw(probs, generator)
+            elif generator is not None and generator.device != probs.device:
+                # draws from the trainer's CPU generator: the same seed samples alike on every device
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+            else:
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             logp_all = torch.log_softmax(logits, -1)
             nxt = logits.argmax(-1)
