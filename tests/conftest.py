@@ -71,12 +71,16 @@ def nano_rm_checkpoint(tmp_path_factory, nano_checkpoint, tiny_tokenizer) -> Pat
     return path
 
 
-def write_prompts(path: Path, n: int) -> Path:
-    """n world-style prompts as a JSONL file of {"prompt": ...} rows."""
+@pytest.fixture(scope="session")
+def write_prompts():
+    """write_prompts(path, n): n world-style prompts as a JSONL file of {"prompt": ...} rows; returns the path."""
     import json
 
-    path.write_text("".join(json.dumps({"prompt": f"Where does person {i} live?"}) + "\n" for i in range(n)))
-    return path
+    def write(path: Path, n: int) -> Path:
+        path.write_text("".join(json.dumps({"prompt": f"Where does person {i} live?"}) + "\n" for i in range(n)))
+        return path
+
+    return write
 
 
 def _cli_env() -> dict:

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from conftest import write_prompts
 from rlhf.errors import RLHFError
 from rlhf.train import grpo
 from rlhf.train.grpo import GRPOConfig, RLOOConfig, group_advantages, policy_loss
@@ -77,7 +76,7 @@ def test_identical_rewards_give_zero_gradient():
 
 
 @pytest.mark.parametrize("cls", [GRPOConfig, RLOOConfig])
-def test_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, cls):
+def test_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, cls, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", 8)
     cfg = cls(out=str(tmp_path / "run"), policy=str(nano_checkpoint), reward_model=str(nano_rm_checkpoint),
               prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=4, steps=2, prompts_per_step=4,
@@ -96,7 +95,7 @@ def test_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, cls):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-def test_bad_input_one_line(tmp_path, nano_checkpoint, nano_rm_checkpoint, cli):
+def test_bad_input_one_line(tmp_path, nano_checkpoint, nano_rm_checkpoint, cli, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", 4)
     common = ["--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}", "--set", f"prompts={prompts}", "-q"]
     runs = {cmd: cli.start(cmd, *common, "--set", "group_size=1", "-o", tmp_path / cmd) for cmd in ("grpo", "rloo")}

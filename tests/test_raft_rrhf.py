@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from conftest import write_prompts
 from rlhf.errors import RLHFError
 from rlhf.train import raft, rrhf
 from rlhf.train.raft import RAFTConfig, keep_count, select_top
@@ -51,7 +50,7 @@ def test_rrhf_loss_by_hand():
     assert rank.item() == 0.0
 
 
-def test_raft_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint):
+def test_raft_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", 6)
     cfg = RAFTConfig(out=str(tmp_path / "raft"), policy=str(nano_checkpoint), reward_model=str(nano_rm_checkpoint),
                      prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=2, iterations=2,
@@ -64,7 +63,7 @@ def test_raft_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint):
     assert s["result"]["sft_steps"] == 4 and (out / "model" / "model.safetensors").is_file()
 
 
-def test_rrhf_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint):
+def test_rrhf_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", 6)
     cfg = RRHFConfig(out=str(tmp_path / "rrhf"), policy=str(nano_checkpoint), reward_model=str(nano_rm_checkpoint),
                      prompts=str(prompts), eval_prompts=None, steps=2, prompts_per_step=3, k=3)
@@ -75,7 +74,7 @@ def test_rrhf_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint):
     assert (out / "model" / "model.safetensors").is_file()
 
 
-def test_best_of_n_cli(tmp_path, nano_checkpoint, nano_rm_checkpoint, tiny_world_sets, cli):
+def test_best_of_n_cli(tmp_path, nano_checkpoint, nano_rm_checkpoint, tiny_world_sets, cli, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", 3)
     r = cli.run("best-of-n", "--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}",
                 "--set", f"prompts={prompts}", "--set", "n=4", "--set", "sampling.max_new_tokens=6", *tiny_world_sets,
