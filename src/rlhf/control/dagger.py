@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf.control.demos import behaviour_clone, expert_for
-from rlhf.control.envs import policy_return, make_env, random_return, resolve
+from rlhf.control.demos import behaviour_clone, check_expert_task, expert_for
+from rlhf.control.envs import make_env, policy_return, random_return
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
@@ -46,24 +46,14 @@ class DAggerConfig:
     out: str = "runs/control-dagger"
 
     def check(self) -> None:
-        name, _ = resolve(self.env)
-        expert_for(name)
-        probe = make_env(name, self.episode_len)
-        import gymnasium as gym
-
-        if not isinstance(probe.action_space, gym.spaces.Discrete):
-            raise RLHFError(f"env: DAgger's learner here is a classifier; '{name}' has continuous actions")
-        probe.close()
-        if self.episode_len < 0:
-            raise RLHFError(f"episode_len: must be >= 0 (0 = default), got {self.episode_len}")
+        check_expert_task(self.env, self.episode_len, self.seeds,
+                          "DAgger's learner here is a classifier; '{name}' has continuous actions")
         if self.iterations < 1 or self.episodes < 1 or self.eval_episodes < 1:
             raise RLHFError("iterations, episodes and eval_episodes must be >= 1")
         if not 0 <= self.beta <= 1 or not 0 <= self.decay <= 1:
             raise RLHFError(f"beta and decay must be in [0, 1], got {self.beta}, {self.decay}")
         if not 0 <= self.expert_mistake <= 1:
             raise RLHFError(f"expert_mistake: must be in [0, 1], got {self.expert_mistake}")
-        if not self.seeds:
-            raise RLHFError("seeds: give at least one seed")
 
 
 def beta_schedule(beta: float, decay: float, iterations: int) -> list[float]:

@@ -47,6 +47,22 @@ def expert_for(env: str) -> Callable[[np.ndarray], object]:
     return EXPERTS[name]
 
 
+def check_expert_task(env: str, episode_len: int, seeds: list[int], continuous: str) -> None:
+    """What DAgger and TAMER / COACH need of their task: a hand-written expert, a valid episode length (make_env
+    checks it) and discrete actions; `continuous` is the error for a continuous action space ({name} filled in)."""
+    import gymnasium as gym
+
+    name, _ = resolve(env)
+    expert_for(name)
+    probe = make_env(name, episode_len)
+    discrete = isinstance(probe.action_space, gym.spaces.Discrete)
+    probe.close()
+    if not discrete:
+        raise RLHFError("env: " + continuous.format(name=name))
+    if not seeds:
+        raise RLHFError("seeds: give at least one seed")
+
+
 def rollout(env: str, episode_len: int, act: Callable[[np.ndarray], object], episodes: int, seed: int):
     """Run `act` for `episodes` fixed-length episodes: (observations (N, obs), actions (N, ...), returns per episode)."""
     e = make_env(env, episode_len)

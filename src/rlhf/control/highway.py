@@ -14,7 +14,7 @@ episodes, mean speed and progress (metres driven), per seed and over seeds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -120,7 +120,7 @@ def run(cfg: HighwayConfig, show_progress: bool = True):
 
     from rlhf.control import pbrl
     from rlhf.control.envs import episode_len_of
-    from rlhf.rundir import RunDir, markdown_table
+    from rlhf.rundir import markdown_table
 
     cfg.check()
     length = episode_len_of(cfg.env, cfg.episode_len)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhf.control.demos import expert_for
-from rlhf.control.envs import policy_return, make_env, random_return, resolve
+from rlhf.control.demos import check_expert_task, expert_for
+from rlhf.control.envs import make_env, policy_return, random_return
 from rlhf.control.teachers import ScalarTeacher, ScalarTeacherConfig
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
@@ -56,24 +56,14 @@ class TamerConfig:
                                                                                       delay_min=1, delay_max=3))
 
     def check(self) -> None:
-        import gymnasium as gym
-
-        name, _ = resolve(self.env)
-        expert_for(name)
-        probe = make_env(name, self.episode_len)
-        if not isinstance(probe.action_space, gym.spaces.Discrete):
-            raise RLHFError(f"env: TAMER and COACH here act over discrete actions; '{name}' has continuous ones")
-        probe.close()
-        if self.episode_len < 0:
-            raise RLHFError(f"episode_len: must be >= 0 (0 = default), got {self.episode_len}")
+        check_expert_task(self.env, self.episode_len, self.seeds,
+                          "TAMER and COACH here act over discrete actions; '{name}' has continuous ones")
         if self.episodes < 1 or self.eval_episodes < 1 or self.batch_size < 1:
             raise RLHFError("episodes, eval_episodes and batch_size must be >= 1")
         if self.replay_every < 0:
             raise RLHFError(f"replay_every: must be >= 0 (0 = no replay), got {self.replay_every}")
         if not 0 <= self.credit_min <= self.credit_max:
             raise RLHFError(f"credit_min/credit_max: need 0 <= min <= max, got {self.credit_min}, {self.credit_max}")
-        if not self.seeds:
-            raise RLHFError("seeds: give at least one seed")
         self.trainer.check()
 
 
