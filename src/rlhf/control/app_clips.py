@@ -201,13 +201,14 @@ class PeopleTeacher:
     """The labeling app's annotators as `rlhf control`'s teacher (the SimulatedTeacher's interface: compare_all,
     asked / skipped / equal)."""
 
-    def __init__(self, config: PeopleConfig, env: str, media: Path, tag: str, say=print):
+    def __init__(self, config: PeopleConfig, env: str, obs_dim: int, media: Path, tag: str, say=print):
+        """`obs_dim`: the observation's share of a clip's reward-model features (observation, then action)."""
         from rlhf.feedback.app.db import open_database
         from rlhf.feedback.app.projects import create_project
         from rlhf.feedback.app.models import Project
         from sqlalchemy import select
 
-        self.config, self.env, self.tag, self.say = config, resolve(env)[0], tag, say
+        self.config, self.env, self.obs_dim, self.tag, self.say = config, resolve(env)[0], obs_dim, tag, say
         self.media = Path(config.media) if config.media else media
         (self.media / "clips").mkdir(parents=True, exist_ok=True)
         self.sessions = open_database(config.db)
@@ -215,10 +216,6 @@ class PeopleTeacher:
             if db.scalar(select(Project).where(Project.name == config.project)) is None:
                 create_project(db, config.project, overlap=config.overlap, media_root=str(self.media))
         self.asked = self.skipped = self.equal = self.rounds = 0
-        space = make_env(self.env).action_space
-        from rlhf.control.envs import action_dim
-
-        self.n_action = action_dim(space)
 
     def compare_all(self, clips: list) -> list:
         """[(clip a, clip b)] -> answers (1.0 a better, 0.0 b, 0.5 equal, SKIP), once people have answered."""
@@ -234,7 +231,7 @@ class PeopleTeacher:
             refs = []
             for side, clip in (("a", a), ("b", b)):
                 ref = f"clips/{pid}-{side}.gif"
-                _write_clip(render_clip(self.env, clip.features[:, :-self.n_action]), self.media / ref, self.config.fps)
+                _write_clip(render_clip(self.env, clip.features[:, :self.obs_dim]), self.media / ref, self.config.fps)
                 refs.append(ref)
             ids.append(pid)
             rows.append({"id": pid, "kind": "clip", "prompt": PROMPT.format(env=self.env), "responses": refs})

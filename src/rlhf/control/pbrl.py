@@ -193,7 +193,7 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir, on_agent=None) -> d
     if cfg.people.db:
         from rlhf.progress import console
 
-        teacher = PeopleTeacher(cfg.people, cfg.env, Path(f"{cfg.out}-people"), f"s{seed}", console.print)
+        teacher = PeopleTeacher(cfg.people, cfg.env, obs_dim, Path(f"{cfg.out}-people"), f"s{seed}", console.print)
     else:
         teacher = SimulatedTeacher(TeacherConfig(**{**cfg.teacher.__dict__, "seed": cfg.teacher.seed + seed}))
     model = make_agent(a, venv, seed)
