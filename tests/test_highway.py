@@ -102,3 +102,14 @@ def test_highway_clips_for_people_are_drawn_offscreen(tmp_path):
     assert frames.shape[1:3] == (150, 600) and frames[..., :3].mean() > 50  # grey road, not a black screen
     pairs = np.load(tmp_path / "pairs.npz")
     assert pairs["xa"].shape == (1, 5, 25 + 5)  # 5 cars x 5 kinematics features, one-hot of 5 meta-actions
+
+
+def test_returns_are_judged_by_the_teachers_score_not_the_environments_reward():
+    """`policy_return` (every evaluation and the random baseline) sums what the teacher judges by; on Highway that
+    is the safety score, so a driver that crashes at once gets the crash's -5 per step, not highway-env's reward."""
+    from rlhf.control.envs import policy_return
+
+    fast = drive(FASTER, 30)
+    got = policy_return("Highway", 30, lambda obs: FASTER, 1, 0)
+    assert got == pytest.approx(fast["teacher"].sum())
+    assert got < fast["env"].sum() - 20  # the environment's reward would call the crash a fair drive

@@ -133,15 +133,17 @@ def episode_len_of(env: str, episode_len: int = 0) -> int:
 
 
 def policy_return(env: str, episode_len: int, act, episodes: int, seed: int) -> float:
-    """Mean true return of `act(obs) -> action` over `episodes` fixed-length episodes (reset seeds seed + i)."""
+    """Mean true return of `act(obs) -> action` over `episodes` fixed-length episodes (reset seeds seed + i).
+    True = what the teacher judges by, `info["true_reward"]`: the environment's reward, except where the
+    environment gives the teacher its own score (Highway: the safety score, not highway-env's reward)."""
     e = make_env(env, episode_len)
     total = 0.0
     for i in range(episodes):
         obs, _ = e.reset(seed=seed + i)
         done = False
         while not done:
-            obs, r, term, trunc, _ = e.step(act(obs))
-            total += r
+            obs, _, term, trunc, info = e.step(act(obs))
+            total += info["true_reward"]
             done = term or trunc
     e.close()
     return total / episodes
