@@ -46,6 +46,24 @@ def test_pipeline_rejects_an_unknown_stage(cli, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_pipeline_rejects_an_unknown_reward_init(cli, tmp_path):
+    res = cli.run("pipeline", "--set", "reward_init=base", "-o", tmp_path / "p")
+    assert res.returncode == 2
+    assert "reward_init: expected 'sft' or 'pretrain', got 'base'" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_reward_models_start_from_the_configured_stage(tmp_path):
+    from rlhf.pipeline import PipelineConfig, _wire
+
+    for init in ("sft", "pretrain"):
+        cfg = PipelineConfig(reward_init=init)
+        cfg.validate()
+        _wire(cfg, tmp_path)
+        assert cfg.reward.init == str(tmp_path / init / "model")
+        assert cfg.ppo.policy == str(tmp_path / "sft" / "model")  # the policy always starts from SFT
+
+
 @pytest.mark.slow
 def test_default_pipeline_gain_holds_over_three_seeds(tmp_path):
     """The RL stage's gain on the embedded default, asserted where it holds on every machine. One seed's

@@ -45,6 +45,9 @@ class PipelineConfig:
     # reward models trained on the same comparisons with other seeds (and so other held-out splits): PPO
     # optimizes their mean and logs their disagreement on its samples
     reward_ensemble: int = 3
+    # what the reward models start from: "sft" (InstructGPT) or "pretrain" (lm-human-preferences: the pretrained
+    # LM, which still knows the facts that SFT partly overwrote, so it can tell a right answer from a made-up one)
+    reward_init: str = "sft"
     best_of_n: int = 16
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.0))
     # a second table sampled at the policies' own temperature: greedy decoding picks a distribution's mode
@@ -56,6 +59,8 @@ class PipelineConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise RLHFError(f"stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
+        if self.reward_init not in ("sft", "pretrain"):
+            raise RLHFError(f"reward_init: expected 'sft' or 'pretrain', got '{self.reward_init}'")
         if self.reward_ensemble < 1:
             raise RLHFError(f"reward_ensemble: at least 1 reward model, got {self.reward_ensemble}")
         if self.reward_ensemble == 1 and self.ppo.ensemble_reward != "first":
@@ -77,7 +82,7 @@ def _wire(cfg: PipelineConfig, root: Path) -> None:
             stage.world = cfg.world
     cfg.sft.init = str(root / "pretrain" / "model")
     cfg.labels.policy = str(root / "sft" / "model")
-    cfg.reward.init = str(root / "sft" / "model")
+    cfg.reward.init = str(root / cfg.reward_init / "model")
     cfg.reward.data = str(root / "labels" / "comparisons.jsonl")
     cfg.ppo.policy = str(root / "sft" / "model")
     cfg.ppo.reward_model = str(root / "reward" / "model")
