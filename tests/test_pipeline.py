@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import TINY_WORLD
 
@@ -26,8 +27,9 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     stages = [row["stage"] for row in summary["table"]]
-    assert stages == ["pretrained", "SFT", "SFT + RM best-of-4", "PPO-ptx (ptx_coef 2)"]
-    assert [row["stage"] for row in summary["sampled_table"]] == ["pretrained", "SFT", "PPO-ptx (ptx_coef 2)"]
+    averaged = "PPO-ptx (ptx_coef 2) + averaging (0.2 pretrained)"
+    assert stages == ["pretrained", "SFT", "SFT + RM best-of-4", "PPO-ptx (ptx_coef 2)", averaged]
+    assert [row["stage"] for row in summary["sampled_table"]] == ["pretrained", "SFT", "PPO-ptx (ptx_coef 2)", averaged]
     assert "ptx_loss" in (out / "ppo" / "metrics.jsonl").read_text()
     for row in summary["table"]:
         assert -4.0 <= row["gold_mean"] <= 3.0 and row["gold_se"] >= 0
@@ -37,6 +39,13 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
         assert (out / sub).exists(), sub
     assert "eval_pairwise_accuracy" in summary["stages"]["reward"]
     assert not list(tmp_path.glob("*.partial-*"))
+    # the averaged policy is 0.8 x PPO + 0.2 x pretrained, tensor by tensor
+    from safetensors.torch import load_file
+    ppo, pre, avg = (load_file(out / d / "model" / "model.safetensors") for d in ("ppo", "pretrain", "ppo-averaged"))
+    assert set(avg) == set(ppo)
+    for k in avg:
+        assert torch.allclose(avg[k], 0.8 * ppo[k] + 0.2 * pre[k], atol=1e-6), k
+    assert not torch.equal(avg["model.embed_tokens.weight"], ppo["model.embed_tokens.weight"])
 
 
 def test_pipeline_rejects_an_unknown_stage(cli, tmp_path):

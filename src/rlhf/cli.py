@@ -229,7 +229,7 @@ def signals_(runs: list[Path] = typer.Argument(..., help="PPO run directories (m
         table.add_row(*row.values())
     Console(width=200).print(table)
 
-models_app = typer.Typer(help="Bring real models in: GGUF import, folder info.", no_args_is_help=True)
+models_app = typer.Typer(help="Bring real models in: GGUF import, folder info, weight averaging.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
@@ -244,6 +244,20 @@ def import_gguf_(file: Path = typer.Argument(..., help="GGUF file (e.g. from `py
 
     log = (lambda _m: None) if quiet else (lambda m: typer.echo(m, err=True))
     typer.echo(summary_line(import_gguf(file, out_dir, force=force, log=log)))
+
+
+@models_app.command("average")
+def models_average(finetuned: Path = typer.Argument(..., help="HF folder of the fine-tuned model (e.g. runs/ppo/model)"),
+                   base: Path = typer.Argument(..., help="HF folder of the model it started from (e.g. runs/pretrain/model)"),
+                   out_dir: Path = typer.Argument(..., help="HF folder to write"),
+                   weight: float = typer.Option(0.2, "--weight", "-w", help="the base model's share: (1 - w) * fine-tuned + w * base"),
+                   force: bool = typer.Option(False, "--force", help="replace a non-empty OUT_DIR")) -> None:
+    """Average the weights of two folders of one architecture (WiSE-FT; the alignment-tax remedy of Lin et al. 2024)."""
+    from rlhf.models.average import average_models
+
+    s = average_models(finetuned, base, weight, out_dir, force=force)
+    typer.echo(f"wrote {s['out_dir']}: {1 - weight:g} x {finetuned} + {weight:g} x {base} "
+               f"({s['parameters'] / 1e6:.1f}M parameters, {s['seconds']:.1f} s)")
 
 
 @models_app.command("info")

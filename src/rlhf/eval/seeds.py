@@ -10,7 +10,7 @@ per-seed pipeline summaries) then gives, for the greedy and the sampled table of
 - the pooled test over all seeds' prompts: each seed's difference has the prompt-level standard error
   sqrt(se_a^2 + se_b^2) (the pipeline's own test), so the mean difference has SE sqrt(sum se_i^2) / n
   (every seed evaluates the same number of held-out prompts, so the pooled mean is the mean over seeds);
-- the issue's targets: PPO beats SFT in every seed, pooled gain > 3 SE, hallucination rate down >= 50%
+- the issue's targets, for every RL row (PPO, and PPO averaged with the pretrained weights): PPO beats SFT in every seed, pooled gain > 3 SE, hallucination rate down >= 50%
   relative to SFT (of the mean over seeds), fact accuracy within 5 points of the pretrained model, at most
   10 minutes per seed.
 Each seed's extra numbers from its pipeline summary (`stages`: labels, reward model, PPO) and its stage
@@ -90,10 +90,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or abs(b) < 1e-9 else a / b
 
 
-def _ppo_stage(stages: list[str]) -> str | None:
-    return next((s for s in stages if s.startswith("PPO")), None)
-
-
 def _aggregate_table(tables: list[list[dict]], seeds: list[int]) -> dict:
     by_seed = [{row["stage"]: row for row in table} for table in tables]
     stages = list(dict.fromkeys(row["stage"] for table in tables for row in table))
@@ -148,9 +144,13 @@ def _paired(b: str, a: str, by_seed: list[dict], seeds: list[int]) -> dict | Non
 
 
 def _targets(stages, stage_rows, paired, by_seed, seeds) -> list[dict]:
-    ppo = _ppo_stage(stages)
-    if ppo is None or "SFT" not in stages:
+    """The issue's targets for every RL row (PPO, and PPO averaged with the pretrained weights)."""
+    if "SFT" not in stages:
         return []
+    return [t for ppo in stages if ppo.startswith("PPO") for t in _targets_for(ppo, stages, stage_rows, paired, by_seed, seeds)]
+
+
+def _targets_for(ppo, stages, stage_rows, paired, by_seed, seeds) -> list[dict]:
     agg = {row["stage"]: row for row in stage_rows}
     vs_sft = next((p for p in paired if p["b"] == ppo and p["a"] == "SFT"), None)
     if vs_sft is None:

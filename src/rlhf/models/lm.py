@@ -152,6 +152,37 @@ def save_model(model, tokenizer, directory: str | Path) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
+def prepare_out_dir(out_dir: Path, force: bool) -> None:
+    """OUT_DIR may not exist, or be an empty folder, or (with force) a folder to replace."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise RLHFError(f"output exists and is not a folder: {out_dir}")
+        if any(out_dir.iterdir()) and not force:
+            raise RLHFError(f"output folder is not empty: {out_dir} (pass --force to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+
+def write_model_folder(model, tokenizer, out_dir: str | Path) -> None:
+    """save_model into a temporary folder beside OUT_DIR, renamed at the end: nothing is ever half-written."""
+    import os
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        save_model(model, tokenizer, tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
