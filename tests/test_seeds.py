@@ -75,6 +75,22 @@ def test_aggregate_on_hand_made_numbers():
     assert out["per_seed_stages"][0]["reward.eval_pairwise_accuracy"] == 0.75
 
 
+def test_targets_are_reported_for_every_rl_row():
+    """PPO and PPO averaged with the pretrained weights each get the issue's targets, judged on their own numbers."""
+    avg = f"{PPO} + averaging (0.2 pretrained)"
+    summaries = [json.loads(json.dumps(s)) for s in SUMMARIES]
+    for s, fact in zip(summaries, (0.8, 0.78, 0.9)):  # pretrained 0.8, 0.8, 0.9: gap -0.0067
+        s["table"].append(_row(avg, s["table"][1]["gold_mean"] + 0.3, 0.06, 0.1, fact))
+    targets = aggregate(summaries)["targets"]
+    facts = [t for t in targets if t["target"].startswith("fact accuracy")]
+    assert [t["target"] for t in facts] == [f"fact accuracy {PPO} within 5 points of pretrained (gap >= -0.05)",
+                                           f"fact accuracy {avg} within 5 points of pretrained (gap >= -0.05)"]
+    assert [t["met"] for t in facts] == [False, True] and "gap -0.007" in facts[1]["value"]
+    beats = [t for t in targets if t["target"].endswith("beats SFT on mean gold in every seed")]
+    assert [(t["value"], t["met"]) for t in beats] == [("2 of 3", False), ("3 of 3", True)]
+    assert len(targets) == 2 * 4 + 1  # four per RL row, then the time per seed
+
+
 def test_aggregate_counts_the_seeds_a_stage_has_and_skips_missing_values():
     two = [json.loads(json.dumps(s)) for s in SUMMARIES[:2]]
     two[1]["table"] = [r for r in two[1]["table"] if r["stage"] != PPO]
