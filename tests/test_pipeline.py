@@ -79,7 +79,9 @@ def test_default_pipeline_gain_holds_over_three_seeds(tmp_path):
     table differs between CPUs (their float kernels differ, so trajectories diverge); what the measured
     spread over seeds supports is asserted instead: `rlhf study seeds --seeds 0,1,2`, PPO-ptx beats SFT on
     mean gold in every seed, pooled over all seeds' prompts by more than 3 standard errors, and makes up
-    answers about unknown entities at most half as often as SFT (README: the measured table)."""
+    answers about unknown entities at most half as often as SFT; averaged with the pretrained weights it
+    still beats SFT by more than 3 pooled standard errors and answers more facts right than PPO-ptx alone
+    (README: the measured table)."""
     out = tmp_path / "seeds"
     # all cores, as a user would run it (the CLI fixture pins one thread per process)
     res = subprocess.run([sys.executable, "-m", "rlhf.cli", "study", "seeds", "--seeds", "0,1,2", "-q", "-o", str(out)],
@@ -91,3 +93,9 @@ def test_default_pipeline_gain_holds_over_three_seeds(tmp_path):
     assert gain["pooled_z"] > 3, gain
     hallucination = {row["stage"]: row["hallucination_rate"]["mean"] for row in greedy["stages"]}
     assert hallucination[gain["b"]] <= 0.5 * hallucination["SFT"], hallucination
+    # the policy averaged with the pretrained weights: still far above SFT, and it keeps more facts than PPO
+    # alone (here +0.11, +0.12, +0.19 per seed; seed 3, held out when the weight was chosen: +0.31)
+    avg = next(p for p in greedy["paired"] if p["a"] == "SFT" and "averaging" in p["b"])
+    assert avg["pooled_z"] > 3, avg
+    facts = {row["stage"]: row["fact_accuracy"]["mean"] for row in greedy["stages"]}
+    assert facts[avg["b"]] > facts[gain["b"]], facts
