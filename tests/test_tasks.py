@@ -232,3 +232,19 @@ def test_hh_preset_smoke(cli, tmp_path, chatml_model):
                                                "policy, RM best-of-2"]
     assert table[3]["rm_score"] >= table[2]["rm_score"]  # the pick is never below the first sample
     assert len((out / "best_of_n.jsonl").read_text().splitlines()) == 4
+
+
+def test_instructions_preset_with_an_encoder_reward_model(cli, tmp_path, chatml_model):
+    """A reward model with another vocabulary (a BERT-like encoder, as MiniLM) reads the policy's samples
+    as text through its own tokenizer in best-of-N as in PPO."""
+    pytest.importorskip("ifbench")
+    from tests.test_reward import _bert_dir
+
+    bert = _bert_dir(tmp_path / "bert")
+    out = tmp_path / "inst"
+    r = cli.run("pipeline", "--preset", "instructions", "-q", "--set", "size=smoke", "--set", f"policy={chatml_model}",
+                "--set", f"reward_init={bert}", "--out", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = _summary(out)
+    assert [row["stage"] for row in s["table"]][1] == "start + RM best-of-2"
+    assert s["table"][2]["stage"].startswith("PPO (")

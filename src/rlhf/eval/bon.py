@@ -48,7 +48,8 @@ def run(cfg: BestOfNConfig, show_progress: bool = True) -> Path:
     tokenizer = load_tokenizer(cfg.policy)
     policy, reward_model = load_causal_lm(cfg.policy), load_reward_model(cfg.reward_model)
     with RunDir(cfg.out, cfg) as run_dir:
-        bon = best_of_n(policy, reward_model, tokenizer, world, prompts, cfg.n, cfg.sampling, seed=cfg.seed)
+        bon = best_of_n(policy, reward_model, tokenizer, world, prompts, cfg.n, cfg.sampling, seed=cfg.seed,
+                        rm_tokenizer=load_tokenizer(cfg.reward_model))
         rows = score_responses(world, prompts, bon["responses"])
         write_jsonl(run_dir.sub("responses.jsonl"),
                     [{"prompt": r["prompt"], "response": r["response"], "gold": r["gold"], "kind": r["kind"]} for r in rows])

@@ -124,14 +124,15 @@ def run_comparisons_eval(model_dir: str | Path, data: str | Path, out: str | Pat
 
 
 def best_of_n(policy, reward_model, tokenizer, world: World, prompts: list[dict], n_max: int = 64,
-              sampling: SamplingConfig | None = None, seed: int = 0) -> dict:
+              sampling: SamplingConfig | None = None, seed: int = 0, rm_tokenizer=None) -> dict:
     """Sample n_max responses per prompt once; for n = 1, 2, 4, ..., n_max the RM picks the best of the
     first n. Returns per-n mean gold and proxy (RM) score of the pick, the analytic KL of best-of-n
-    (log n - (n-1)/n), and the rows of the largest n for a gold table."""
+    (log n - (n-1)/n), and the rows of the largest n for a gold table. The RM reads the texts through
+    `rm_tokenizer` (its own, e.g. an encoder's; default: the policy's)."""
     sampling = sampling or SamplingConfig(max_new_tokens=32, temperature=1.0)
     flat_prompts = [p["prompt"] for p in prompts for _ in range(n_max)]
     texts = generate_texts(policy, tokenizer, flat_prompts, sampling, seed=seed)
-    rm = score_texts(reward_model, tokenizer, flat_prompts, texts)
+    rm = score_texts(reward_model, rm_tokenizer or tokenizer, flat_prompts, texts)
     gold = [world.score(p, t).total for p, t in zip(flat_prompts, texts)]
     curve = []
     ns = sorted({1, *[2 ** k for k in range(1, int(math.log2(n_max)) + 1)], n_max})

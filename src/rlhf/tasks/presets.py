@@ -288,6 +288,8 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
         cfg.ppo.seed, cfg.ppo.out, cfg.ppo.policy = cfg.seed, str(root / "ppo"), cfg.policy
         cfg.ppo.reward_model, cfg.ppo.prompts = str(root / "reward" / "model"), None
         cfg.ppo.retokenize = cfg.ppo.retokenize or (cfg.reward_init not in (None, cfg.policy))
+        if cfg.ppo.retokenize and cfg.ppo.value_init == "reward":
+            cfg.ppo.value_init = "policy"  # the RM reads another vocabulary: the value head sits on the policy
         eval_prompts, seconds, sections = task.eval[:cfg.n_eval], {}, {}
         t = time.time()
         console.rule("[bold]start policy")
@@ -312,10 +314,8 @@ def run_gold_task(cfg: GoldTaskConfig, task: GoldTask, show_progress: bool = Tru
         if "best_of_n" in cfg.stages and cfg.best_of_n > 0:
             console.rule(f"[bold]best-of-{cfg.best_of_n}")
             t = time.time()
-            if rm_tok.get_vocab() != tokenizer.get_vocab():
-                raise RLHFError("best_of_n: the reward model reads another vocabulary than the policy; "
-                                "set reward_init to a model with the policy's tokenizer")
-            bon = best_of_n(start, rm, tokenizer, scorer, eval_prompts, cfg.best_of_n, cfg.eval_sampling, cfg.seed)
+            bon = best_of_n(start, rm, tokenizer, scorer, eval_prompts, cfg.best_of_n, cfg.eval_sampling, cfg.seed,
+                            rm_tokenizer=rm_tok)
             curve = [{k: round(v, 4) for k, v in c.items()} for c in bon["curve"]]
             picks = gold_rows(task, eval_prompts, bon["responses"])
             table.append(stage_row(f"start + RM best-of-{cfg.best_of_n}", picks, extra))

@@ -26,7 +26,8 @@ from rlhf.errors import RLHFError
 from rlhf.models import lora
 from rlhf.models.options import ModelOptions
 from rlhf.models.lm import backbone, load_tokenizer
-from rlhf.models.reward import encode_for, init_reward_model, is_encoder, raw_scores, score_head, score_sequences
+from rlhf.models.reward import (encode_for, init_reward_model, is_encoder, max_len, raw_scores, score_head,
+                               score_sequences)
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
@@ -289,14 +290,15 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     model.config.pad_token_id = tokenizer.pad_token_id
     trainable = freeze_below(model, cfg.train_layers) if cfg.train_layers else sum(p.numel() for p in model.parameters())
     packed = cfg.pack_responses and not is_encoder(model)  # an encoder's prompt attends to the response: no sharing
-    train_enc = encode_rankings(tokenizer, train_set, cfg.max_len, model)
-    eval_enc = encode_rankings(tokenizer, eval_set, cfg.max_len, model)
+    cut = min(cfg.max_len, max_len(model))  # never longer than the model's position table (BERT-likes: 512 or less)
+    train_enc = encode_rankings(tokenizer, train_set, cut, model)
+    eval_enc = encode_rankings(tokenizer, eval_set, cut, model)
     steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
     if packed:
-        train_rows = [pack_ranking(tokenizer, r, cfg.max_len) for r in train_set]
+        train_rows = [pack_ranking(tokenizer, r, cut) for r in train_set]
         lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_rows]
     else:
         lengths = [max(len(s) for s in group) for group in train_enc]
