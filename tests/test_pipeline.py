@@ -48,6 +48,13 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     assert not torch.equal(avg["model.embed_tokens.weight"], ppo["model.embed_tokens.weight"])
 
 
+def test_pipeline_rejects_an_averaging_weight_outside_0_1(cli, tmp_path):
+    res = cli.run("pipeline", "--set", "average_pretrained=1.5", "-o", tmp_path / "p")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: average_pretrained: expected a number in [0, 1) (the pretrained model's share), got 1.5"
+    assert not (tmp_path / "p").exists()
+
+
 def test_pipeline_rejects_an_unknown_stage(cli, tmp_path):
     res = cli.run("pipeline", "--set", "stages=[pretrain,dpoo]", "-o", tmp_path / "p")
     assert res.returncode == 2
