@@ -15,15 +15,16 @@ With --init FOLDER both sides start from the same pretrained HF folder (SmolLM2-
 `AutoModelForSequenceClassification.from_pretrained(FOLDER, num_labels=1)` in place of its tiny GPT-2 (the
 one name it imports is swapped before it runs), ours is `rlhf reward --set init=FOLDER`. Same pairs, same
 batch size, lr, max length 256, one epoch, fp32, the same threads. --trl-defaults turns TRL's gradient
-checkpointing (and bf16) back on, as TRL ships; ours then runs with model.gradient_checkpointing too.
+checkpointing and bf16 autocast back on, as TRL ships; ours then runs with model.gradient_checkpointing and
+model.mixed_precision=bf16 (the same autocast over fp32 weights). --mixed-precision bf16 alone changes ours only.
 
 Two things about the peer script are corrected for, and both numbers are printed:
   * TRL drops pairs longer than max_length (it does not truncate) yet the peer divides all N pairs by the
     train time; we count the pairs it actually trained and by default give ours exactly those pairs (with
     --all-pairs ours trains all N, cutting long prompts from the left as `rlhf reward` does).
-  * TRL's RewardConfig defaults to bf16=True and gradient_checkpointing=True. On a CPU without bf16
-    matrix units that is many times slower and is not the computation we do, so the peer runs with
-    both off (fp32, no recomputation) unless --trl-defaults is given.
+  * TRL's RewardConfig defaults to bf16=True and gradient_checkpointing=True; the peer runs with both off
+    (fp32, no recomputation) unless --trl-defaults is given, so that by default both sides compute in fp32.
+    On a CPU without bf16 matrix instructions bf16 autocast is slower; with them (AVX512-BF16, AMX) faster.
 """
 from __future__ import annotations
 
@@ -84,8 +85,11 @@ def ours(args) -> dict:
                        length_buckets=args.length_buckets,
                        optim=OptimConfig(lr=1e-4, warmup_steps=0, weight_decay=0.0, schedule="linear",
                                          betas=(0.9, 0.999)))
-    if args.trl_defaults and hasattr(cfg.model, "gradient_checkpointing"):
+    if args.trl_defaults:  # as TRL ships: bf16 autocast over fp32 weights, gradient checkpointing
         cfg.model.gradient_checkpointing = True
+        cfg.model.mixed_precision = "bf16"
+    if args.mixed_precision:
+        cfg.model.mixed_precision = args.mixed_precision
     out = run(cfg, show_progress=False)
     result = json.loads((out / "summary.json").read_text())["result"]
     rankings, _ = load_rankings(args.subset, on_bad="skip")
@@ -100,6 +104,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     peer_arguments(ap, "trl-new", "peer_trl_pref.py")
     ap.add_argument("--trl-defaults", action="store_true", help="run TRL as shipped (bf16 autocast, grad checkpointing)")
+    ap.add_argument("--mixed-precision", choices=("no", "bf16"), help="ours only: model.mixed_precision")
     ap.add_argument("--length-buckets", type=int, default=32, help="our RewardConfig.length_buckets (1 = off)")
     ap.add_argument("--all-pairs", action="store_true",
                     help="give ours all N pairs (long ones truncated) instead of only those TRL keeps (<= 256 tokens)")
@@ -151,7 +156,8 @@ def main() -> None:
         trl = None if args.skip_peer else side([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.pairs)])
         us = side([sys.executable, __file__, "--ours-only", "--work", work, "--subset", str(subset),
                    "--threads", str(args.threads), "--length-buckets", str(args.length_buckets),
-                   *(["--init", args.init] if args.init else []), *(["--trl-defaults"] if args.trl_defaults else [])])
+                   *(["--init", args.init] if args.init else []), *(["--trl-defaults"] if args.trl_defaults else []),
+                   *(["--mixed-precision", args.mixed_precision] if args.mixed_precision else [])])
 
     ours_pps = us["pairs_trained"] / us["train_seconds"]
     ours_tps = us["tokens_trained"] / us["train_seconds"]

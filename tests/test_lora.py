@@ -2,7 +2,7 @@
 base model exactly (adapters disabled, no second copy), only adapters train, the merged folder reloads to the
 peft model's outputs, the reward model's score head is trained and saved, DPO/PPO/GRPO run with one policy
 in memory, LoRA runs resume exactly, bf16 and gradient checkpointing run (checkpointing even in eval mode),
-and bad options are one clear line.
+bf16 mixed precision runs the passes in bf16 over fp32 weights, and bad options are one clear line.
 
 Models are the session's nano llama (about 1M parameters) written to a temp folder; every run is a few steps.
 """
@@ -328,6 +328,72 @@ def test_bf16_and_checkpointing_runs(tiny_world, nano_checkpoint, rm_folder, tmp
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["pg_loss"]) and math.isfinite(r["vf_loss"]) for r in rows)
     assert load_causal_lm(out / "model") is not None
+
+
+def bf16_matmuls(monkeypatch) -> dict:
+    """Counts the linear layers' outputs by dtype while a trainer runs (autocast makes them bf16)."""
+    seen: dict = {}
+    real = torch.nn.Linear.forward
+
+    def forward(self, x):
+        out = real(self, x)
+        seen[out.dtype] = seen.get(out.dtype, 0) + 1
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", forward)
+    return seen
+
+
+def test_mixed_precision_runs_matmuls_in_bf16_over_fp32_weights(tiny_world, nano_checkpoint, rm_folder, tmp_path,
+                                                                monkeypatch):
+    """model.mixed_precision=bf16 (accelerate's autocast): the trainers' passes run in bf16, the weights they
+    update and save stay fp32, losses stay finite; a later fp32 trainer in the same process runs in fp32."""
+    mixed = ModelOptions(mixed_precision="bf16")
+    seen = bf16_matmuls(monkeypatch)
+    rng = random.Random(0)
+    words = " ".join(tiny_world.corpus()).split()
+    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 2)), "rejected": " ".join(rng.sample(words, 8))}
+            for p in tiny_world.prompts("train")[:48]]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = reward.run(reward.RewardConfig(out=str(tmp_path / "rm"), init=str(nano_checkpoint), data=str(tmp_path / "pairs.jsonl"),
+                                         batch_size=8, max_len=64, epochs=3.0, eval_fraction=0.25, model=mixed,
+                                         optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.0)), False)
+    assert seen.get(torch.bfloat16, 0) > 0 and seen.get(torch.float32, 0) == 0, seen  # every matmul in bf16
+    assert {w.dtype for w in load_file(str(out / "model" / "model.safetensors")).values()} == {torch.float32}
+    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-3:]) / 3 < losses[0] - 0.1  # it still learns
+    assert json.loads((out / "summary.json").read_text())["result"]["eval_pairwise_accuracy"] > 0.6
+    prompts = _prompts(tmp_path / "p.jsonl", 8)
+    runs = {"sft": lambda: sft.run(_sft_cfg(tmp_path / "sft", nano_checkpoint, model=mixed), False,
+                                   dialogues=[d["messages"] for d in tiny_world.demonstrations()][:32]),
+            "ppo": lambda: ppo.run(_ppo_cfg(tmp_path / "ppo", nano_checkpoint, rm_folder, prompts, steps=2,
+                                            value_init="policy", model=mixed), show_progress=False),
+            "grpo": lambda: grpo.run(grpo.GRPOConfig(out=str(tmp_path / "grpo"), policy=str(nano_checkpoint),
+                                                     reward_model=str(rm_folder), prompts=str(prompts),
+                                                     eval_prompts=str(prompts), n_eval_prompts=2, steps=2,
+                                                     prompts_per_step=4, micro_batch_prompts=2, group_size=3,
+                                                     model=mixed, sampling=SamplingConfig(max_new_tokens=6)),
+                                     show_progress=False)}
+    for name, go in runs.items():
+        seen.clear()
+        out = go()
+        assert seen.get(torch.bfloat16, 0) > 0, (name, seen)
+        assert {w.dtype for w in load_file(str(out / "model" / "model.safetensors")).values()} == {torch.float32}, name
+        metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        key = {"sft": "loss", "ppo": "pg_loss", "grpo": "loss"}[name]
+        assert all(math.isfinite(r[key]) for r in metrics if key in r), name
+    seen.clear()  # the same process, a trainer without mixed precision: accelerate's state follows it
+    sft.run(_sft_cfg(tmp_path / "sft32", nano_checkpoint, model=ModelOptions()), False,
+            dialogues=[d["messages"] for d in tiny_world.demonstrations()][:16])
+    assert seen.get(torch.bfloat16, 0) == 0 and seen.get(torch.float32, 0) > 0, seen
+
+
+def test_bad_mixed_precision_is_one_clear_line(nano_checkpoint, tmp_path, cli):
+    r = cli.run("reward", "--set", f"init={nano_checkpoint}", "--set", "model.mixed_precision=fp16", "-q",
+                "-o", tmp_path / "run")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == "error: model.mixed_precision: expected no or bf16, got 'fp16'"
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------- bad options

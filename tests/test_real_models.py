@@ -288,6 +288,31 @@ def test_dtype(llama_dir):
         load_causal_lm(llama_dir, dtype="fp8")
 
 
+def test_gpt2_gelu_runs_fused_with_the_same_outputs_and_an_unchanged_folder(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers.activations import NewGELUActivation
+
+    from rlhf.models.lm import TanhGELU
+    from rlhf.models.reward import load_reward_model
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=64, n_positions=32, n_layer=2, n_embd=32, n_head=2)
+    hf = GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path / "lm")
+    ours = load_causal_lm(tmp_path / "lm")
+    acts = [type(m) for m in ours.modules() if isinstance(m, (TanhGELU, NewGELUActivation))]
+    assert acts == [TanhGELU, TanhGELU]  # one per block, swapped
+    ids = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, hf(ids).logits, atol=1e-5, rtol=1e-5)
+    ours.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["activation_function"] == "gelu_new"
+    cfg.num_labels, cfg.pad_token_id = 1, 0
+    GPT2ForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
+    rm = load_reward_model(tmp_path / "rm")
+    assert not any(isinstance(m, NewGELUActivation) for m in rm.modules())
+
+
 def test_models_info(llama_dir, cli):
     r = cli.run("models", "info", llama_dir)
     assert r.returncode == 0, r.stderr

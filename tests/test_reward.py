@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhf.data.comparisons import Ranking
 from rlhf.errors import RLHFError
+from rlhf.models.options import LoraOptions, ModelOptions
 from rlhf.models.reward import init_reward_model, load_reward_model, raw_scores, score
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.rollout.engine import left_pad
@@ -451,6 +452,73 @@ def test_train_layers_freezes_everything_below_the_top_blocks(llama_dir, tmp_pat
     assert result["trainable_parameters"] < sum(v.numel() for v in before.values())
     with pytest.raises(RLHFError, match="train_layers: 5 > the model's 2 blocks"):
         run(RewardConfig(out=str(tmp_path / "x"), init=str(llama_dir), data=str(data), train_layers=5))
+
+
+def test_train_embeddings_false_keeps_the_embeddings_and_trains_every_block(llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data = _separable(tmp_path / "d.jsonl", n=16)
+    out = run(RewardConfig(out=str(tmp_path / "rm"), init=str(llama_dir), data=str(data), batch_size=4, epochs=1,
+                           eval_fraction=0.0, max_len=64, train_embeddings=False, normalize=False), show_progress=False)
+    before = AutoModelForCausalLM.from_pretrained(str(llama_dir)).model.state_dict()
+    after = {k.removeprefix("model."): v for k, v in load_file(str(out / "model" / "model.safetensors")).items()}
+    assert torch.equal(before["embed_tokens.weight"], after["embed_tokens.weight"])
+    for block in (0, 1):
+        assert not torch.equal(before[f"layers.{block}.mlp.up_proj.weight"], after[f"layers.{block}.mlp.up_proj.weight"])
+    result = json.loads((out / "summary.json").read_text())["result"]
+    n_emb = before["embed_tokens.weight"].numel()
+    assert result["trainable_parameters"] == sum(v.numel() for v in before.values()) - n_emb + after["score.weight"].numel()
+    with pytest.raises(RLHFError, match="train_layers / train_embeddings and model.lora.r"):
+        RewardConfig(train_embeddings=False, model=ModelOptions(lora=LoraOptions(r=4))).validate()
+
+
+@pytest.mark.parametrize("kernels", ["for-loop", "fused"])
+def test_optimizer_implementations_take_the_same_steps(kernels):
+    from rlhf.train.common import OptimConfig, make_optimizer
+
+    def train(implementation: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        opt, sched = make_optimizer(model, OptimConfig(lr=1e-2, warmup_steps=2, implementation=implementation), 10)
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            model(x).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(train("foreach"), train(kernels)):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(RLHFError, match="optim.implementation: expected foreach, for-loop or fused, got 'apex'"):
+        make_optimizer(torch.nn.Linear(2, 2), OptimConfig(implementation="apex"), 1)
+
+
+def test_micro_batches_cut_in_order_within_the_token_budget():
+    from rlhf.train.reward import micro_batches
+
+    sizes = [(1, 10), (1, 12), (2, 30), (1, 100), (1, 5)]
+    assert micro_batches([0, 1, 2, 3, 4], sizes, 0) == [[0, 1, 2, 3, 4]]
+    # 0+1: 2 rows x 12 = 24; + 2 would be 4 x 30 = 120 > 64; 2 alone 60; 3 alone (100 > 64: a part of its own)
+    assert micro_batches([0, 1, 2, 3, 4], sizes, 64) == [[0, 1], [2], [3], [4]]
+    assert micro_batches([4, 0, 1], sizes, 36) == [[4, 0, 1]]  # 3 rows x 12 = 36
+    assert [i for part in micro_batches(list(range(5)), sizes, 50) for i in part] == list(range(5))
+
+
+def test_micro_batch_tokens_gives_the_one_pass_gradient(llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data = _separable(tmp_path / "d.jsonl", n=24)
+    common = dict(init=str(llama_dir), data=str(data), batch_size=8, epochs=1, eval_fraction=0.0, max_len=64,
+                  normalize=False)
+    one = run(RewardConfig(out=str(tmp_path / "one"), **common), show_progress=False)
+    parts = run(RewardConfig(out=str(tmp_path / "parts"), micro_batch_tokens=40, **common), show_progress=False)
+    wa, wb = (load_file(str(d / "model" / "model.safetensors")) for d in (one, parts))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4) for k in wa)
+    la, lb = ([json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, parts))
+    assert la == pytest.approx(lb, rel=1e-4)
+    with pytest.raises(RLHFError, match="micro_batch_tokens: expected >= 0"):
+        RewardConfig(micro_batch_tokens=-1).validate()
 
 
 @pytest.mark.slow

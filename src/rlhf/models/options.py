@@ -5,6 +5,7 @@ TrainingArguments.gradient_checkpointing; here they are one nested dataclass:
 
     model:
       dtype: bf16                  # fp32 | bf16: the weights' dtype while training
+      mixed_precision: bf16        # no | bf16: fp32 weights, matrix products in bf16 (autocast), TRL's bf16=True
       gradient_checkpointing: true # recompute activations in backward: less memory, about 30% more time
       lora:
         r: 16                      # 0: full fine-tuning; > 0: LoRA adapters through peft
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from rlhf.errors import RLHFError
 
 DTYPES = ("fp32", "bf16")
+MIXED_PRECISION = ("no", "bf16")
 
 
 @dataclass
@@ -42,12 +44,15 @@ class LoraOptions:
 @dataclass
 class ModelOptions:
     dtype: str = "fp32"  # fp32 | bf16
+    mixed_precision: str = "no"  # no | bf16: weights stay in `dtype`, forward/backward matmuls run in bf16 (autocast)
     gradient_checkpointing: bool = False
     lora: LoraOptions = field(default_factory=LoraOptions)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise RLHFError(f"model.dtype: expected fp32 or bf16, got '{self.dtype}'")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise RLHFError(f"model.mixed_precision: expected no or bf16, got '{self.mixed_precision}'")
 
     def torch_dtype(self):
         import torch

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from rlhf.data.batching import left_pad
 from rlhf.data.chat import encode_prompt_response
 from rlhf.errors import RLHFError
-from rlhf.models.lm import backbone, check_checkpoint, last_token_index
+from rlhf.models.lm import backbone, check_checkpoint, fused_gelu, last_token_index
 
 POOLINGS = ("last", "mean", "cls")
 
@@ -79,7 +79,7 @@ def init_reward_model(path: str | Path, seed: int = 0, pool: str = "auto"):
         torch.nn.init.zeros_(head.bias)
     model.config.rlhf_reward_offset = 0.0
     model.config.rlhf_reward_pooling = chosen
-    return model
+    return fused_gelu(model)
 
 
 def load_reward_model(path: str | Path):
@@ -91,7 +91,7 @@ def load_reward_model(path: str | Path):
     if model.config.num_labels != 1:
         raise RLHFError(f"{path}: a reward model has num_labels = 1, this one has {model.config.num_labels}")
     model.eval()
-    return model
+    return fused_gelu(model)
 
 
 def score_head(model) -> torch.nn.Linear:

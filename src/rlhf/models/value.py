@@ -52,5 +52,5 @@ def logprobs_and_values(policy, head: ValueHead, input_ids, attention_mask, resp
     hidden = backbone(policy, input_ids, attention_mask)[:, response_start - 1:-1]
     out = logprobs_from_logits(policy.get_output_embeddings()(hidden), input_ids[:, response_start:], temperature,
                                with_entropy)
-    values = head(hidden.to(head.weight.dtype)).squeeze(-1)  # the head stays fp32 under a bf16 policy
+    values = head(hidden.to(head.weight.dtype)).squeeze(-1).float()  # the head stays fp32 under a bf16 policy
     return (*out, values) if with_entropy else (out, values)

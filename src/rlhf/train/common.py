@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from rlhf.errors import RLHFError
@@ -23,6 +24,9 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    # AdamW's kernels (PyTorch's choice): foreach (the default: fast, but temporaries the size of the trained
+    # weights at every step) | for-loop (one tensor at a time: the least memory) | fused (one kernel per tensor)
+    implementation: str = "foreach"
 
 
 def seed_everything(seed: int) -> None:
@@ -32,9 +36,17 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def make_accelerator(seed: int, grad_accum: int = 1) -> Accelerator:
-    """Single process on a laptop, many under `accelerate launch`; each rank gets its own seed."""
-    accelerator = Accelerator(gradient_accumulation_steps=grad_accum)
+def make_accelerator(seed: int, grad_accum: int = 1, mixed_precision: str = "no") -> Accelerator:
+    """Single process on a laptop, many under `accelerate launch`; each rank gets its own seed.
+    `mixed_precision` (no | bf16) is accelerate's: the trainer runs its passes under `accelerator.autocast()`.
+    One process may run several trainers (the pipeline), each with its own precision, so accelerate's
+    process-wide state is re-made when the precision changes (the process group, if any, is kept)."""
+    if mixed_precision not in ("no", "bf16"):
+        raise RLHFError(f"model.mixed_precision: expected no or bf16, got '{mixed_precision}'")
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", "no") != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision)
     seed_everything(seed + accelerator.process_index * 1_000_003)
     return accelerator
 
@@ -42,8 +54,12 @@ def make_accelerator(seed: int, grad_accum: int = 1) -> Accelerator:
 def make_optimizer(model, cfg: OptimConfig, total_steps: int):
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    kernels = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}
+    if cfg.implementation not in kernels:
+        raise RLHFError(f"optim.implementation: expected foreach, for-loop or fused, got '{cfg.implementation}'")
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                            **kernels[cfg.implementation])
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -79,6 +95,11 @@ def optimizer_step(accelerator: Accelerator, model, opt, sched, loss: torch.Tens
     Returns the gradient norm before clipping."""
     check_finite(loss, step)
     accelerator.backward(loss)
+    return apply_update(accelerator, model, opt, sched, grad_clip)
+
+
+def apply_update(accelerator: Accelerator, model, opt, sched, grad_clip: float) -> float:
+    """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients."""
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     sched.step()

@@ -198,7 +198,7 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
     tokenizer = load_tokenizer(cfg.policy)
     ref_path = cfg.reference or cfg.policy
     ref_tokenizer = load_tokenizer(ref_path)
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
     ref = lora.reference(policy, cfg.policy, ref_path, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
     check_reference(tokenizer, ref_tokenizer, policy, ref, ref_path)
@@ -211,8 +211,9 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
     ref = ref.to(accelerator.device)
     policy.eval()  # no dropout: at the start policy = reference exactly, and the loss is log 2
     t_cache, c_cache = time.time(), time.process_time()
-    ref_train = reference_logps(ref, train_packed, pad, average, cfg.ref_batch_size)
-    ref_eval = reference_logps(ref, eval_packed, pad, average, cfg.ref_batch_size)
+    with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+        ref_train = reference_logps(ref, train_packed, pad, average, cfg.ref_batch_size)
+        ref_eval = reference_logps(ref, eval_packed, pad, average, cfg.ref_batch_size)
     cache_seconds, cache_cpu = time.time() - t_cache, time.process_time() - c_cache
     lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_packed]
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
@@ -222,7 +223,9 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
         def held_out(step: int) -> dict:
             row = {}
             if eval_set:
-                row.update({f"eval_{k}": v for k, v in evaluate_pairs(policy, eval_packed, ref_eval, eval_set, cfg, pad).items()})
+                with accelerator.autocast():
+                    pairs = evaluate_pairs(policy, eval_packed, ref_eval, eval_set, cfg, pad)
+                row.update({f"eval_{k}": v for k, v in pairs.items()})
             if kl_prompts:
                 row.update({f"eval_{k}": v for k, v in sample_kl(accelerator.unwrap_model(policy), ref, tokenizer, kl_prompts,
                                                                   cfg.kl_sampling, cfg.seed, gold).items()})
@@ -234,7 +237,8 @@ def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) 
         t0, c0, pairs_seen, first_loss = time.time(), time.process_time(), 0, None
         with progress_bar("dpo", steps, show_progress and accelerator.is_main_process) as bar:
             for step, idx in enumerate(schedule):
-                logps = forward_rankings(policy, [train_packed[i] for i in idx], pad, average)
+                with accelerator.autocast():
+                    logps = forward_rankings(policy, [train_packed[i] for i in idx], pad, average)
                 ref_logps = torch.cat([ref_train[i] for i in idx]).to(logps.device)
                 loss, margins = ranking_losses(logps, ref_logps, [train_set[i] for i in idx], cfg)
                 first_loss = loss.item() if first_loss is None else first_loss

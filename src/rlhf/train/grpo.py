@@ -137,14 +137,15 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                     order += torch.randperm(len(prompts), generator=gen_prompts).tolist()
                 idx, order = order[: cfg.prompts_per_step], order[cfg.prompts_per_step:]
                 # ---- sample G responses per prompt, score them
-                groups = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in idx], G, cfg.sampling,
-                                       gen_sample)
+                with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+                    groups = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in idx], G, cfg.sampling,
+                                           gen_sample)
                 roll, raw = groups.roll, groups.scores
                 scores = raw if cfg.no_eos_score is None else torch.where(roll.finished, raw, torch.full_like(raw, cfg.no_eos_score))
                 scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
                 # ---- log-probs: one packed forward per micro-batch (prompt once per group)
                 rows_per_mb, old_logp, ref_logp, seq_kl = [], [], [], []
-                with torch.no_grad():
+                with torch.no_grad(), accelerator.autocast():
                     for m0 in range(0, len(idx), cfg.micro_batch_prompts):
                         rows = groups.rows([encoded[i] for i in idx], m0, m0 + cfg.micro_batch_prompts)
                         rows_per_mb.append(rows)
@@ -163,7 +164,8 @@ def run(cfg: GRPOConfig, show_progress: bool = True, gold: GoldFn | None = None,
                 for _ in range(cfg.epochs):
                     for mb, rows in enumerate(rows_per_mb):
                         sl = slice(mb * cfg.micro_batch_prompts * G, (mb + 1) * cfg.micro_batch_prompts * G)
-                        logp, mask = packed_logprobs(policy, rows, pad, T)
+                        with accelerator.autocast():
+                            logp, mask = packed_logprobs(policy, rows, pad, T)
                         old = old_logp[mb] if old_logp else logp.detach()
                         loss, s = policy_loss(logp, old, ref_logp[mb], adv[sl], mask, cfg)
                         check_finite(loss, step)

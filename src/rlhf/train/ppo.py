@@ -186,7 +186,8 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
     cfg, m, B = t.cfg, t.m, t.cfg.rollout_batch_size
     # 1. generate and score
     idx, encoded = t.sampler.batch(B)
-    exp = rollout(m, [t.sampler.prompts[i] for i in idx], encoded, cfg.sampling, t.gen_sample)
+    with t.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+        exp = rollout(m, [t.sampler.prompts[i] for i in idx], encoded, cfg.sampling, t.gen_sample)
     kl_now = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
     watch = t.watch.update(kl_now, exp.member_scores)
     if "stop" in watch:  # a gold-free stop: this batch is not trained on, the policy stays as it is
@@ -239,15 +240,16 @@ def ppo_update(t: Trainer, step: int, exp: Experience, advantages, returns) -> d
             mb_adv = masked_whiten(advantages[mb], mask[mb]) if cfg.whiten_advantages == "minibatch" else advantages[mb]
             mb_kl = []
             for local, mc in zip(torch.arange(mb_size).split(cfg.micro_batch_size), mb.split(cfg.micro_batch_size)):
-                new_logp, entropy, vpred = policy_forward(m, ids[mc], attn[mc], P, cfg.sampling.temperature, True)
-                pg_loss, vf_loss, s = ppo_losses(new_logp, exp.logp[mc], mb_adv[local], vpred, exp.values[mc],
-                                                 returns[mc], mask[mc], cfg.cliprange, cfg.cliprange_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if t.ptx is not None:
-                    blk = t.ptx.batch(cfg.ptx_batch_size).to(t.accelerator.device)
-                    ptx_loss = F.cross_entropy(m.policy(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
-                    loss = loss + cfg.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(ptx_loss.item())
+                with t.accelerator.autocast():
+                    new_logp, entropy, vpred = policy_forward(m, ids[mc], attn[mc], P, cfg.sampling.temperature, True)
+                    pg_loss, vf_loss, s = ppo_losses(new_logp, exp.logp[mc], mb_adv[local], vpred.float(), exp.values[mc],
+                                                     returns[mc], mask[mc], cfg.cliprange, cfg.cliprange_value)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    if t.ptx is not None:
+                        blk = t.ptx.batch(cfg.ptx_batch_size).to(t.accelerator.device)
+                        ptx_loss = F.cross_entropy(m.policy(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
+                        loss = loss + cfg.ptx_coef * ptx_loss
+                        stats["ptx_loss"].append(ptx_loss.item())
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped, "
                                         "earlier checkpoints kept", updates)
@@ -325,7 +327,7 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
     elif cfg.value_init == "reward":
         raise RLHFError("value_init=reward copies the reward model, whose vocabulary differs from the policy's; "
                         "use value_init=sft with retokenize=true")
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
     ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
     reward = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)

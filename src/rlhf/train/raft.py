@@ -84,8 +84,9 @@ def run(cfg: RAFTConfig, show_progress: bool = True, gold: GoldFn | None = None,
                 kept_rows, all_scores, kept_scores, kept_gold = [], [], [], []
                 for c in range(0, len(idx), cfg.sample_batch_prompts):
                     chunk = idx[c:c + cfg.sample_batch_prompts]
-                    g = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in chunk], cfg.k, cfg.sampling,
-                                      gen_sample)
+                    with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+                        g = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in chunk], cfg.k,
+                                          cfg.sampling, gen_sample)
                     scores = g.scores
                     if cfg.no_eos_score is not None:
                         scores = torch.where(g.roll.finished, scores, torch.full_like(scores, cfg.no_eos_score))
@@ -119,7 +120,8 @@ def run(cfg: RAFTConfig, show_progress: bool = True, gold: GoldFn | None = None,
                         for p, rs, where in kept_rows[j]:
                             rows.append((p, rs, [start + w for w in where]))
                         start += keep
-                    loss = sft_loss(policy, rows, pad)
+                    with accelerator.autocast():
+                        loss = sft_loss(policy, rows, pad)
                     optimizer_step(accelerator, policy, opt, sched, loss, step, cfg.optim.grad_clip)
                     step += 1
                     losses.append(loss.item())

@@ -31,7 +31,7 @@ from rlhf.models.reward import (encode_for, init_reward_model, is_encoder, max_l
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
+from rlhf.train.common import OptimConfig, apply_update, check_finite, make_accelerator, make_optimizer
 
 
 @dataclass
@@ -42,6 +42,8 @@ class RewardConfig:
     init: str = "runs/sft/model"  # any local HF causal LM (the SFT model by default) or encoder (BERT-like)
     pooling: str = "auto"  # auto (decoders: last token; encoders: their sentence-transformers pooling, else [CLS]) | last | mean | cls
     train_layers: int = 0  # 0: train every weight; k > 0: only the top k transformer blocks, final norm and head
+    train_embeddings: bool = True  # false: the token (and position) embeddings stay as loaded: no gradient or
+                                   # optimizer state for them (SmolLM2: 28M of 135M weights, 0.34 GB less)
     data: str = "runs/labels/comparisons.jsonl"  # rankings or pairs (TRL, conversational, HH, K-wise)
     on_bad: str = "skip"  # skip (counted in the summary) | error
     limit: int | None = None
@@ -49,6 +51,8 @@ class RewardConfig:
     split_seed: int | None = None  # seed of the train/held-out split (default: seed), to compare seeds on one split
     epochs: float = 1.0  # one epoch: more overfits quickly
     batch_size: int = 8  # rankings (prompts) per step
+    micro_batch_tokens: int = 0  # > 0: forward/backward a step's rankings in parts of at most this many padded
+                                 # tokens (the same gradient, summed; bounds memory on long batches); 0: one pass
     max_len: int = 256
     ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
     margin: float = 0.0
@@ -66,10 +70,13 @@ class RewardConfig:
             raise RLHFError(f"ties: expected 'skip' or 'half', got '{self.ties}'")
         if self.normalize_sample < 0:
             raise RLHFError(f"normalize_sample: expected >= 0 (0 = every training response), got {self.normalize_sample}")
+        if self.micro_batch_tokens < 0:
+            raise RLHFError(f"micro_batch_tokens: expected >= 0 (0 = the whole batch in one pass), got {self.micro_batch_tokens}")
         if self.train_layers < 0:
             raise RLHFError(f"train_layers: expected >= 0 (0 = all), got {self.train_layers}")
-        if self.train_layers and self.model.lora.r:
-            raise RLHFError("train_layers and model.lora.r are two ways to train part of the model: set one of them")
+        if (self.train_layers or not self.train_embeddings) and self.model.lora.r:
+            raise RLHFError("train_layers / train_embeddings and model.lora.r are two ways to train part of the model: "
+                            "set one of them")
 
 
 def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "skip", margin: float = 0.0):
@@ -120,12 +127,16 @@ def transformer_blocks(model) -> torch.nn.ModuleList:
     raise RLHFError(f"train_layers: cannot find the transformer blocks of {type(base).__name__}")
 
 
-def freeze_below(model, k: int) -> int:
-    """Train only the top k blocks and everything after them (final norm, pooler, head). Returns the
+def freeze_below(model, k: int, train_embeddings: bool = True) -> int:
+    """Train only the top k blocks (k = 0: all of them) and everything after them (final norm, pooler,
+    head); the embeddings train only when every block does and `train_embeddings` holds. Returns the
     number of trainable parameters."""
+    if k == 0 and train_embeddings:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
     blocks = transformer_blocks(model)
     if k > len(blocks):
         raise RLHFError(f"train_layers: {k} > the model's {len(blocks)} blocks")
+    k = k or len(blocks)
     keep = {id(p) for b in list(blocks)[len(blocks) - k:] for p in b.parameters()}
     below = {id(p) for b in list(blocks)[:len(blocks) - k] for p in b.parameters()}
     base = getattr(model, "module", model).base_model
@@ -188,10 +199,33 @@ def packed_scores(model, rows: list[PackedRow], pad_id: int, device) -> torch.Te
         mask = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
     hidden = backbone(model, ids, mask, positions=pos)
     pooled = hidden[torch.tensor(last_row, device=device), torch.tensor(last_col, device=device)]
-    values = score_head(model)(pooled).squeeze(-1)
+    values = score_head(model)(pooled).squeeze(-1).float()
     order = torch.empty(n_out, dtype=torch.long, device=device)
     order[torch.tensor(out_idx, device=device) - min(out_idx)] = torch.arange(n_out, device=device)
     return values[order]
+
+
+def count_groups(rankings: list[Ranking], ties: str = "skip") -> int:
+    """Rankings that add a term to `ranking_loss` (the mean's denominator): those with a pair to train."""
+    return sum(1 for r in rankings if r.pairs() or (ties == "half" and r.ties()))
+
+
+def micro_batches(idx: list[int], sizes: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
+    """`idx` cut, in order, into parts whose padded batch (rows x widest row) stays within `max_tokens`
+    (a ranking larger than that alone is a part of its own); max_tokens 0: one part."""
+    if max_tokens <= 0:
+        return [list(idx)]
+    parts: list[list[int]] = []
+    rows = width = 0
+    for i in idx:
+        n, w = sizes[i]
+        if parts and (rows + n) * max(width, w) <= max_tokens:
+            parts[-1].append(i)
+            rows, width = rows + n, max(width, w)
+        else:
+            parts.append([i])
+            rows, width = n, w
+    return parts
 
 
 def batch_scores(model, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
@@ -285,10 +319,10 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(split_seed))
     tokenizer = load_tokenizer(cfg.init)
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     model = lora.trainable(init_reward_model(cfg.init, cfg.seed, cfg.pooling), cfg.model, cfg.seed, task="SEQ_CLS")
     model.config.pad_token_id = tokenizer.pad_token_id
-    trainable = freeze_below(model, cfg.train_layers) if cfg.train_layers else sum(p.numel() for p in model.parameters())
+    trainable = freeze_below(model, cfg.train_layers, cfg.train_embeddings)
     packed = cfg.pack_responses and not is_encoder(model)  # an encoder's prompt attends to the response: no sharing
     cut = min(cfg.max_len, max_len(model))  # never longer than the model's position table (BERT-likes: 512 or less)
     train_enc = encode_rankings(tokenizer, train_set, cut, model)
@@ -300,8 +334,10 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     if packed:
         train_rows = [pack_ranking(tokenizer, r, cut) for r in train_set]
         lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_rows]
+        sizes = [(len(rows), width) for rows, width in zip(train_rows, lengths)]  # (rows, width) it adds to a batch
     else:
         lengths = [max(len(s) for s in group) for group in train_enc]
+        sizes = [(len(group), width) for group, width in zip(train_enc, lengths)]
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
     state = TrainerState({"model": model}, {"opt": opt, "sched": sched}, tokenizer=tokenizer)
     first, scalars = resume(state, cfg.resume, "reward model", steps)
@@ -310,21 +346,29 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         with progress_bar("reward", steps - first, show_progress and accelerator.is_main_process) as bar:
             for step in range(first, steps):
                 idx = schedule[step]
-                if packed:
-                    rows, start = [], 0
-                    for i in idx:  # response indices follow the order of `idx`, as ranking_loss expects
-                        rows += [(p, rs, [start + w for w in where]) for p, rs, where in train_rows[i]]
-                        start += train_set[i].k
-                    scores = packed_scores(model, rows, tokenizer.pad_token_id, accelerator.device)
-                else:
-                    seqs = [s for i in idx for s in train_enc[i]]
-                    scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
-                loss, correct, n_pairs = ranking_loss(scores, [train_set[i] for i in idx], cfg.ties, cfg.margin)
-                optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
+                groups = max(1, count_groups([train_set[i] for i in idx], cfg.ties))
+                loss, correct, n_pairs = 0.0, 0, 0
+                for part in micro_batches(idx, sizes, cfg.micro_batch_tokens):
+                    with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+                        if packed:
+                            rows, start = [], 0
+                            for i in part:  # response indices follow the order of `part`, as ranking_loss expects
+                                rows += [(p, rs, [start + w for w in where]) for p, rs, where in train_rows[i]]
+                                start += train_set[i].k
+                            scores = packed_scores(model, rows, tokenizer.pad_token_id, accelerator.device)
+                        else:
+                            seqs = [s for i in part for s in train_enc[i]]
+                            scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
+                    part_loss, c, n = ranking_loss(scores.float(), [train_set[i] for i in part], cfg.ties, cfg.margin)
+                    share = count_groups([train_set[i] for i in part], cfg.ties) / groups  # parts add up to the mean
+                    check_finite(part_loss, step)
+                    accelerator.backward(part_loss * share)
+                    loss, correct, n_pairs = loss + part_loss.item() * share, correct + c, n_pairs + n
+                apply_update(accelerator, model, opt, sched, cfg.optim.grad_clip)
                 pairs_seen += n_pairs
-                run_dir.log(step + 1, loss=loss.item(), train_accuracy=correct / max(1, n_pairs),
+                run_dir.log(step + 1, loss=loss, train_accuracy=correct / max(1, n_pairs),
                             pairs_per_s=pairs_seen / (time.time() - t0))
-                bar.advance(loss=loss.item(), acc=correct / max(1, n_pairs))
+                bar.advance(loss=loss, acc=correct / max(1, n_pairs))
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                     state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1, pairs_seen=pairs_seen)
         train_seconds = time.time() - t0
@@ -335,7 +379,8 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         sections: dict = {}
         if eval_set:
             t = time.time()
-            eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id)
+            with accelerator.autocast():
+                eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id)
             acc, calib = pairwise_accuracy(eval_set, eval_scores)
             n = sum(len(r.pairs()) for r in eval_set)
             result.update(eval_pairwise_accuracy=acc, eval_pairs=n, eval_seconds=time.time() - t,
@@ -347,7 +392,8 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
             if cfg.normalize_sample and cfg.normalize_sample < len(flat_enc):
                 pick = torch.randperm(len(flat_enc), generator=torch.Generator().manual_seed(cfg.seed + 1))
                 flat_enc = [flat_enc[i] for i in pick[:cfg.normalize_sample].tolist()]
-            flat = torch.tensor(score_all(model, [flat_enc], tokenizer.pad_token_id)[0])
+            with accelerator.autocast():
+                flat = torch.tensor(score_all(model, [flat_enc], tokenizer.pad_token_id)[0])
             model.config.rlhf_reward_offset = float(flat.mean())
             result.update(reward_offset=float(flat.mean()), reward_std_after_shift=float(flat.std()),
                           normalize_responses=len(flat_enc), normalize_seconds=time.time() - t)

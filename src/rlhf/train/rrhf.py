@@ -76,11 +76,13 @@ def run(cfg: RRHFConfig, show_progress: bool = True, gold: GoldFn | None = None,
                 while len(order) < cfg.prompts_per_step:
                     order += torch.randperm(len(prompts), generator=gen_order).tolist()
                 idx, order = order[: cfg.prompts_per_step], order[cfg.prompts_per_step:]
-                g = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in idx], K, cfg.sampling, gen_sample)
+                with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+                    g = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in idx], K, cfg.sampling, gen_sample)
                 scores = g.scores
                 if cfg.no_eos_score is not None:
                     scores = torch.where(g.roll.finished, scores, torch.full_like(scores, cfg.no_eos_score))
-                logp, mask = packed_logprobs(policy, g.rows([encoded[i] for i in idx]), tokenizer.pad_token_id)
+                with accelerator.autocast():
+                    logp, mask = packed_logprobs(policy, g.rows([encoded[i] for i in idx]), tokenizer.pad_token_id)
                 parts = [rrhf_loss(logp[n * K:(n + 1) * K], mask[n * K:(n + 1) * K], scores[n * K:(n + 1) * K],
                                    cfg.rank_coef, cfg.length_penalty) for n in range(len(idx))]
                 loss = torch.stack([p[0] for p in parts]).mean()

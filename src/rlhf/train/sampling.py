@@ -133,7 +133,7 @@ def setup_group_trainer(cfg, prompts: list | None, eval_prompts: list | None,
         eval_prompts = read_prompts(cfg.eval_prompts)
     tokenizer = load_tokenizer(cfg.policy)
     check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
     ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
     reward_model = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)

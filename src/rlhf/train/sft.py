@@ -114,7 +114,7 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
     examples = [encode_dialogue(tokenizer, d, cfg.max_len) for d in dialogues]
     examples = [e for e in examples if any(y != IGNORE for y in e[1])]
     steps = max(1, int(cfg.epochs * len(examples) / cfg.batch_size))
-    accelerator = make_accelerator(cfg.seed)
+    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
@@ -129,16 +129,16 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
             for step in range(start, steps):
                 idx = order.take(cfg.batch_size)
                 batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = response_loss(logits, batch["labels"])
                 extra = {}
-                if ptx is not None:
-                    blk = ptx.batch(cfg.ptx_batch_size).to(accelerator.device)
-                    ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
-                    extra["ptx_loss"] = ptx_loss.item()
-                    optimizer_step(accelerator, model, opt, sched, loss + cfg.ptx_coef * ptx_loss, step, cfg.optim.grad_clip)
-                else:
-                    optimizer_step(accelerator, model, opt, sched, loss, step, cfg.optim.grad_clip)
+                with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    loss = total = response_loss(logits, batch["labels"])
+                    if ptx is not None:
+                        blk = ptx.batch(cfg.ptx_batch_size).to(accelerator.device)
+                        ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
+                        extra["ptx_loss"] = ptx_loss.item()
+                        total = loss + cfg.ptx_coef * ptx_loss
+                optimizer_step(accelerator, model, opt, sched, total, step, cfg.optim.grad_clip)
                 run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0], **extra)
                 bar.advance(loss=loss.item())
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
