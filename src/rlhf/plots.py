@@ -1,4 +1,5 @@
-"""Matplotlib for files only: the one place the headless backend is chosen."""
+"""Matplotlib for files only (the one place the headless backend is chosen), and the plots that more than one
+command draws: metric curves, a reward model's calibration."""
 from __future__ import annotations
 
 
@@ -29,3 +30,30 @@ def plot_curves(path, curves: list[tuple[list, list, str]], hlines: list[tuple[f
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def calibration_rows(calib: list[tuple[float, int]], bins: int = 10) -> list[dict]:
+    """Predicted P(chosen) binned: per bin the mean prediction, the observed frequency and the count."""
+    rows = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        sel = [(p, y) for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
+        if sel:
+            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": sum(p for p, _ in sel) / len(sel),
+                         "observed": sum(y for _, y in sel) / len(sel), "n": len(sel)})
+    return rows
+
+
+def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
+    plt = pyplot()
+    rows = calibration_rows(calib, bins)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.7)
+    ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-")
+    ax.set_xlabel("predicted P(chosen) = sigmoid(margin)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("reward model calibration")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return rows

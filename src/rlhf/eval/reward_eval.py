@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from rlhf.models.reward import score_texts
-from rlhf.train.reward import calibration_rows, pairwise_accuracy, plot_calibration, standard_error
-from rlhf.plots import pyplot
+from rlhf.plots import calibration_rows, plot_calibration, pyplot
+from rlhf.train.reward import pairwise_accuracy, standard_error
 from rlhf.rollout import SamplingConfig, generate_texts
 from rlhf.world import World
 

@@ -144,8 +144,10 @@ def _best_of_n(cfg: HHConfig, root: Path, held_out: list, show_progress: bool):
     prompts = [list(r.prompt) for r in chosen]
     flat = [{"prompt": p} for p in prompts for _ in range(n)]
     texts = generate(policy, tokenizer, flat, cfg.sampling, cfg.seed, "best-of-n samples", show_progress)
-    scores = score_texts(rm, rm_tok, [f["prompt"] for f in flat], texts)
-    human = score_texts(rm, rm_tok, [p for p in prompts for _ in range(2)], [x for r in chosen for x in r.responses[:2]])
+    # 16 conversations per RM pass: HH prompts run to hundreds of tokens, and 64 at once held gigabytes
+    scores = score_texts(rm, rm_tok, [f["prompt"] for f in flat], texts, batch_size=16)
+    human = score_texts(rm, rm_tok, [p for p in prompts for _ in range(2)], [x for r in chosen for x in r.responses[:2]],
+                        batch_size=16)
     first, best, rows = [], [], []
     ns = sorted({1, *[2 ** k for k in range(1, int(math.log2(n)) + 1)], n})
     by_n = {m: [] for m in ns}

@@ -6,7 +6,9 @@ skipped or trained toward P = 0.5. After training, scores are shifted so the ref
 responses (a seeded random sample of `normalize_sample` training responses, sampled from it) have mean
 0; the offset is recorded. `init` is a causal LM (last-token pooling, packed prompts) or an encoder
 (BERT-like: plain text, its own pooling; see models/reward.py). `train_layers: k` trains only the top k
-transformer blocks (plus final norm and head): the frozen blocks need no activations kept for backward.
+transformer blocks (plus final norm and head): the frozen blocks need no activations kept for backward;
+`train_embeddings: false` keeps the embeddings. `micro_batch_tokens` splits a step's forward/backward into
+parts of bounded size (the same summed gradient); `model.mixed_precision: bf16` runs them under autocast.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from rlhf.models.options import ModelOptions
 from rlhf.models.lm import backbone, load_tokenizer
 from rlhf.models.reward import (encode_for, init_reward_model, is_encoder, max_len, raw_scores, score_head,
                                score_sequences)
+from rlhf.plots import plot_calibration
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
@@ -261,35 +264,6 @@ def pairwise_accuracy(rankings, scores: list[list[float]]) -> tuple[float, list[
             calib += [(p, 1), (1 - p, 0)]
     n = sum(len(r.pairs()) for r in rankings)
     return (hits / n if n else float("nan")), calib
-
-
-def calibration_rows(calib: list[tuple[float, int]], bins: int = 10) -> list[dict]:
-    """Predicted P(chosen) binned: per bin the mean prediction, the observed frequency and the count."""
-    rows = []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        sel = [(p, y) for p, y in calib if lo <= p < hi or (b == bins - 1 and p == 1.0)]
-        if sel:
-            rows.append({"bin": f"{lo:.1f}-{hi:.1f}", "predicted": sum(p for p, _ in sel) / len(sel),
-                         "observed": sum(y for _, y in sel) / len(sel), "n": len(sel)})
-    return rows
-
-
-def plot_calibration(calib: list[tuple[float, int]], path, bins: int = 10) -> list[dict]:
-    from rlhf.plots import pyplot
-
-    plt = pyplot()
-    rows = calibration_rows(calib, bins)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.7)
-    ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], "o-")
-    ax.set_xlabel("predicted P(chosen) = sigmoid(margin)")
-    ax.set_ylabel("observed frequency")
-    ax.set_title("reward model calibration")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return rows
 
 
 def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buckets: int = 32) -> list[list[int]]:
