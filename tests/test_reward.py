@@ -513,10 +513,12 @@ def test_micro_batch_tokens_gives_the_one_pass_gradient(llama_dir, tmp_path):
                   normalize=False)
     one = run(RewardConfig(out=str(tmp_path / "one"), **common), show_progress=False)
     parts = run(RewardConfig(out=str(tmp_path / "parts"), micro_batch_tokens=40, **common), show_progress=False)
+    rows = [[json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, parts)]
+    assert len(rows[0]) == len(rows[1]) == 3
+    for key in ("loss", "grad_norm"):  # the same loss and the same summed gradient (its norm) at every step
+        assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], rel=1e-4), key
     wa, wb = (load_file(str(d / "model" / "model.safetensors")) for d in (one, parts))
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4) for k in wa)
-    la, lb = ([json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, parts))
-    assert la == pytest.approx(lb, rel=1e-4)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-3) for k in wa)  # AdamW's steps are lr-sized: 3e-4 each
     with pytest.raises(RLHFError, match="micro_batch_tokens: expected >= 0"):
         RewardConfig(micro_batch_tokens=-1).validate()
 

@@ -338,9 +338,9 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
                     check_finite(part_loss, step)
                     accelerator.backward(part_loss * share)
                     loss, correct, n_pairs = loss + part_loss.item() * share, correct + c, n_pairs + n
-                apply_update(accelerator, model, opt, sched, cfg.optim.grad_clip)
+                grad_norm = apply_update(accelerator, model, opt, sched, cfg.optim.grad_clip)
                 pairs_seen += n_pairs
-                run_dir.log(step + 1, loss=loss, train_accuracy=correct / max(1, n_pairs),
+                run_dir.log(step + 1, loss=loss, train_accuracy=correct / max(1, n_pairs), grad_norm=grad_norm,
                             pairs_per_s=pairs_seen / (time.time() - t0))
                 bar.advance(loss=loss, acc=correct / max(1, n_pairs))
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
