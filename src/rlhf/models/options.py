@@ -21,6 +21,11 @@ DTYPES = ("fp32", "bf16")
 MIXED_PRECISION = ("no", "bf16")
 
 
+def check_mixed_precision(value: str) -> None:
+    if value not in MIXED_PRECISION:
+        raise RLHFError(f"model.mixed_precision: expected no or bf16, got '{value}'")
+
+
 @dataclass
 class LoraOptions:
     r: int = 0  # adapter rank; 0 trains every weight
@@ -51,8 +56,7 @@ class ModelOptions:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise RLHFError(f"model.dtype: expected fp32 or bf16, got '{self.dtype}'")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise RLHFError(f"model.mixed_precision: expected no or bf16, got '{self.mixed_precision}'")
+        check_mixed_precision(self.mixed_precision)
 
     def torch_dtype(self):
         import torch

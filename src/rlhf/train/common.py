@@ -12,6 +12,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from rlhf.errors import RLHFError
+from rlhf.models.options import check_mixed_precision
 
 
 @dataclass
@@ -41,8 +42,7 @@ def make_accelerator(seed: int, grad_accum: int = 1, mixed_precision: str = "no"
     `mixed_precision` (no | bf16) is accelerate's: the trainer runs its passes under `accelerator.autocast()`.
     One process may run several trainers (the pipeline), each with its own precision, so accelerate's
     process-wide state is re-made when the precision changes (the process group, if any, is kept)."""
-    if mixed_precision not in ("no", "bf16"):
-        raise RLHFError(f"model.mixed_precision: expected no or bf16, got '{mixed_precision}'")
+    check_mixed_precision(mixed_precision)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", "no") != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)

@@ -82,16 +82,20 @@ class RewardConfig:
                             "set one of them")
 
 
+def count_groups(rankings: list[Ranking], ties: str = "skip") -> int:
+    """Rankings that add a term to `ranking_loss` (the mean's denominator): those with a pair to train."""
+    return sum(1 for r in rankings if r.pairs() or (ties == "half" and r.ties()))
+
+
 def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "skip", margin: float = 0.0):
     """scores: all responses of `rankings`, concatenated in order. Returns (loss, correct pairs, pairs).
     Each ranking weighs the same; within it, the loss is the mean over its C(K,2) pairs."""
     better, worse, weight, tie_i, tie_j, tie_w = [], [], [], [], [], []
-    offset, groups = 0, 0
+    offset, groups = 0, count_groups(rankings, ties)
     for r in rankings:
         pairs, tied = r.pairs(), (r.ties() if ties == "half" else [])
         n = len(pairs) + len(tied)
         if n:
-            groups += 1
             better += [offset + i for i, _ in pairs]
             worse += [offset + j for _, j in pairs]
             weight += [1.0 / n] * len(pairs)
@@ -134,19 +138,18 @@ def freeze_below(model, k: int, train_embeddings: bool = True) -> int:
     """Train only the top k blocks (k = 0: all of them) and everything after them (final norm, pooler,
     head); the embeddings train only when every block does and `train_embeddings` holds. Returns the
     number of trainable parameters."""
-    if k == 0 and train_embeddings:
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    blocks = transformer_blocks(model)
-    if k > len(blocks):
-        raise RLHFError(f"train_layers: {k} > the model's {len(blocks)} blocks")
-    k = k or len(blocks)
-    keep = {id(p) for b in list(blocks)[len(blocks) - k:] for p in b.parameters()}
-    below = {id(p) for b in list(blocks)[:len(blocks) - k] for p in b.parameters()}
-    base = getattr(model, "module", model).base_model
-    embeddings = {id(p) for n, p in base.named_parameters() if id(p) not in keep and id(p) not in below
-                  and ("emb" in n or n.startswith("wte") or n.startswith("wpe"))}
-    for p in model.parameters():
-        p.requires_grad_(id(p) not in below and id(p) not in embeddings)
+    if k or not train_embeddings:
+        blocks = transformer_blocks(model)
+        if k > len(blocks):
+            raise RLHFError(f"train_layers: {k} > the model's {len(blocks)} blocks")
+        k = k or len(blocks)
+        keep = {id(p) for b in list(blocks)[len(blocks) - k:] for p in b.parameters()}
+        below = {id(p) for b in list(blocks)[:len(blocks) - k] for p in b.parameters()}
+        base = getattr(model, "module", model).base_model
+        embeddings = {id(p) for n, p in base.named_parameters() if id(p) not in keep and id(p) not in below
+                      and ("emb" in n or n.startswith("wte") or n.startswith("wpe"))}
+        for p in model.parameters():
+            p.requires_grad_(id(p) not in below and id(p) not in embeddings)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -206,11 +209,6 @@ def packed_scores(model, rows: list[PackedRow], pad_id: int, device) -> torch.Te
     order = torch.empty(n_out, dtype=torch.long, device=device)
     order[torch.tensor(out_idx, device=device) - min(out_idx)] = torch.arange(n_out, device=device)
     return values[order]
-
-
-def count_groups(rankings: list[Ranking], ties: str = "skip") -> int:
-    """Rankings that add a term to `ranking_loss` (the mean's denominator): those with a pair to train."""
-    return sum(1 for r in rankings if r.pairs() or (ties == "half" and r.ties()))
 
 
 def micro_batches(idx: list[int], sizes: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
