@@ -326,7 +326,7 @@ def test_models_info(llama_dir, cli):
 # ---------------------------------------------------------------- GGUF import
 
 
-def write_gguf(path: Path, tokenizer, arch: str = "llama", seed: int = 0) -> Path:
+def write_gguf(path: Path, tokenizer, arch: str = "llama", seed: int = 0, eos_id: int = 2) -> Path:
     """A tiny GGUF: Llama hyper-parameters, random f32 tensors, the tokenizer's BPE vocabulary and merges."""
     import gguf
 
@@ -352,8 +352,8 @@ def write_gguf(path: Path, tokenizer, arch: str = "llama", seed: int = 0) -> Pat
     w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
     w.add_token_merges(merges)
     w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(2)
+    w.add_eos_token_id(eos_id)
+    w.add_pad_token_id(eos_id)
     w.add_unk_token_id(0)
     w.add_add_bos_token(False)
     w.add_chat_template(CHATML)
@@ -409,6 +409,27 @@ def test_import_gguf_round_trip(tiny_gguf, tmp_path, cli):
         torch.testing.assert_close(model(input_ids=ids).logits, direct(input_ids=ids).logits)
     cfg16 = SamplingConfig(max_new_tokens=16, temperature=0.0)
     assert generate_texts(model, tok, ["Hello?", SINGLE[:1]], cfg16) == generate_texts(direct, tok, ["Hello?", SINGLE[:1]], cfg16)
+
+
+def test_import_gguf_takes_eos_from_the_chat_template(tmp_path, cli):
+    """A GGUF whose metadata names <|im_start|> as EOS and pad (as transformers 5.17 reads SmolLM2's): the folder
+    stops replies at the template's <|im_end|>, in the tokenizer, config and generation config."""
+    path = write_gguf(tmp_path / "odd-eos.gguf", chatml_tokenizer(), eos_id=1)
+    out = tmp_path / "imported"
+    r = cli.run("models", "import-gguf", path, out)
+    assert r.returncode == 0, r.stderr
+    assert "eos '<|im_end|>'" in r.stdout and "pad '<|im_end|>'" in r.stdout
+    tok = load_tokenizer(out)
+    assert (tok.eos_token, tok.pad_token, tok.eos_token_id) == ("<|im_end|>", "<|im_end|>", 2)
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 2
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+    assert encode_dialogue(tok, MULTI) == encode_dialogue(chatml_tokenizer(), MULTI)
+
+
+def test_end_of_turn_token_of_a_template(tok):
+    from rlhf.data.chat import template_end_of_turn
+    assert template_end_of_turn(tok) == "<|im_end|>"
+    assert template_end_of_turn(chatml_tokenizer(template=None)) is None
 
 
 def test_import_gguf_refuses_to_overwrite(tiny_gguf, tmp_path):

@@ -177,6 +177,22 @@ def _template_response(tokenizer, response: str) -> list[int]:
     return ids[start:_turn_end(tokenizer, ids, start, len(ids))]
 
 
+def template_end_of_turn(tokenizer) -> str | None:
+    """The special token the model's chat template closes an assistant turn with (ChatML: <|im_end|>), or None
+    when the tokenizer has no template or the turn's first token after the reply is not a special token."""
+    if not uses_model_template(tokenizer):
+        return None
+    reply = "Hello there"
+    text = _render(tokenizer, _PROBE + [{"role": "assistant", "content": reply}], add_generation_prompt=False)
+    at = text.rfind(reply)
+    if at < 0:
+        return None
+    rest = _encode(tokenizer, text[at + len(reply):])
+    specials = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    first = next((i for i in rest if tokenizer.decode([i]).strip()), None)  # skip whitespace-only tokens
+    return tokenizer.convert_ids_to_tokens(first) if first is not None and first in specials else None
+
+
 # ---------------------------------------------------------------- the public API every trainer uses
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from rlhf.data.chat import template_end_of_turn
 from rlhf.errors import RLHFError
 from rlhf.models.lm import check_vocab, count_parameters, prepare_out_dir, write_model_folder
 
@@ -91,6 +92,16 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
     dtypes = {p.dtype for p in model.parameters()}
     if dtypes != {torch.float32}:
         raise RLHFError(f"{gguf_file}: dequantized weights are {sorted(map(str, dtypes))}, expected float32")
+    # GGUF metadata may name another EOS than the chat template ends a turn with (transformers 5.17 reads
+    # SmolLM2's as <|im_start|>; 5.24 as <|im_end|>): the template's end-of-turn token is where a reply stops
+    eos_was, end = tok.eos_token, template_end_of_turn(tok)
+    if end is not None and end != tok.eos_token:
+        if tok.pad_token in (None, tok.eos_token):
+            tok.pad_token = end
+        tok.eos_token = end
+        for cfg in (model.config, model.generation_config):
+            cfg.eos_token_id = tok.eos_token_id
+        log(f"EOS set to the chat template's end-of-turn token {end!r} (the GGUF says {eos_was!r})")
     if tok.pad_token is None:  # no new vocabulary entry: pad = eos, attention masks tell padding apart
         tok.pad_token = tok.eos_token
     check_vocab(tok, model.get_input_embeddings().num_embeddings, str(gguf_file))
@@ -102,7 +113,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
         "file": str(gguf_file), "out_dir": str(out_dir), "architecture": arch,
         "parameters": count_parameters(model), "vocab": len(tok),
         "chat_template": bool(getattr(tok, "chat_template", None)),
-        "eos": tok.eos_token, "pad": tok.pad_token,
+        "eos": tok.eos_token, "pad": tok.pad_token, "gguf_eos": eos_was,
         "seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb(),
     }
 
