@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,6 +233,31 @@ def test_hh_preset_smoke(cli, tmp_path, chatml_model):
                                                "policy, RM best-of-2"]
     assert table[3]["rm_score"] >= table[2]["rm_score"]  # the pick is never below the first sample
     assert len((out / "best_of_n.jsonl").read_text().splitlines()) == 4
+
+
+def test_hh_preset_best_of_n_prompts_come_from_the_reward_models_held_out_split(cli, tmp_path, chatml_model):
+    """With reward.split_seed set, best-of-N samples the RM's own held-out prompts, never its training prompts."""
+    from rlhf.data.comparisons import load_rankings
+    from rlhf.data.sampler import train_eval_split
+
+    data = tmp_path / "hh.jsonl"
+    data.write_text("".join(json.dumps({"chosen": f"\n\nHuman: {q} ({i})\n\nAssistant: {c}",
+                                        "rejected": f"\n\nHuman: {q} ({i})\n\nAssistant: {r}"}) + "\n"
+                            for i in range(3) for q, c, r in HH_ROWS))  # every prompt distinct
+    rankings, _ = load_rankings(str(data))
+
+    def held_out(seed):  # the smoke size's split: 25% held out
+        train, held = train_eval_split(rankings, 0.25, torch.Generator().manual_seed(seed))
+        return [r.prompt_text for r in train], [r.prompt_text for r in held]
+
+    train7, held7 = held_out(7)
+    assert held7[:4] != held_out(0)[1][:4]  # the seed's split would pick other prompts
+    out = tmp_path / "hh"
+    r = cli.run("pipeline", "--preset", "hh-harmless", "-q", "--set", "size=smoke", "--set", f"policy={chatml_model}",
+                "--set", f"data={data}", "--set", "reward.split_seed=7", "--out", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    picked = [json.loads(line)["prompt"] for line in (out / "best_of_n.jsonl").read_text().splitlines()]
+    assert picked == held7[:4] and not set(picked) & set(train7)
 
 
 def test_instructions_preset_with_an_encoder_reward_model(cli, tmp_path, chatml_model):

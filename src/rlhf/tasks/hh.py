@@ -102,7 +102,8 @@ def run(cfg: HHConfig, show_progress: bool = True) -> Path:
         seconds["reward"] = round(time.time() - t, 1)
         result = json.loads((root / "reward" / "summary.json").read_text()).get("result", {})
         rankings, report = load_rankings(cfg.data, on_bad="skip", limit=cfg.reward.limit)
-        _, held_out = train_eval_split(rankings, cfg.reward.eval_fraction, torch.Generator().manual_seed(cfg.reward.seed))
+        split_seed = cfg.reward.seed if cfg.reward.split_seed is None else cfg.reward.split_seed  # the RM's own split
+        _, held_out = train_eval_split(rankings, cfg.reward.eval_fraction, torch.Generator().manual_seed(split_seed))
         held_pairs = sum(len(r.pairs()) for r in held_out)
         acc = result.get("eval_pairwise_accuracy", float("nan"))
         rm_section = {"backbone": cfg.backbone if cfg.backbone in ("policy", "minilm") else Path(cfg.backbone).name,
