@@ -15,12 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from rlhf.data.chat import encode_prompt
 from rlhf.data.comparisons import load_rankings
 from rlhf.data.jsonl import write_jsonl
-from rlhf.data.sampler import train_eval_split
 from rlhf.errors import RLHFError
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model, score_texts
@@ -102,8 +99,7 @@ def run(cfg: HHConfig, show_progress: bool = True) -> Path:
         seconds["reward"] = round(time.time() - t, 1)
         result = json.loads((root / "reward" / "summary.json").read_text()).get("result", {})
         rankings, report = load_rankings(cfg.data, on_bad="skip", limit=cfg.reward.limit)
-        split_seed = cfg.reward.seed if cfg.reward.split_seed is None else cfg.reward.split_seed  # the RM's own split
-        _, held_out = train_eval_split(rankings, cfg.reward.eval_fraction, torch.Generator().manual_seed(split_seed))
+        _, held_out = reward.split(cfg.reward, rankings)
         held_pairs = sum(len(r.pairs()) for r in held_out)
         acc = result.get("eval_pairwise_accuracy", float("nan"))
         rm_section = {"backbone": cfg.backbone if cfg.backbone in ("policy", "minilm") else Path(cfg.backbone).name,

@@ -26,7 +26,6 @@ import torch
 
 from rlhf.config import load_config
 from rlhf.data.comparisons import load_rankings, write_rankings
-from rlhf.data.sampler import train_eval_split
 from rlhf.errors import RLHFError
 from rlhf.eval.drift import proxy_gold_kl
 from rlhf.eval.reward_eval import best_of_n, heldout_gold_accuracy
@@ -264,7 +263,7 @@ def _reward(cfg: GoldTaskConfig, scorer: GoldScorer, root: Path, show_progress: 
            for k in ("rankings_train", "rankings_eval", "eval_pairwise_accuracy", "train_seconds", "pairs_per_s")
            if k in result}
     rankings, _ = load_rankings(cfg.reward.data, on_bad="skip")
-    _, held_out = train_eval_split(rankings, cfg.reward.eval_fraction, torch.Generator().manual_seed(cfg.reward.seed))
+    _, held_out = reward.split(cfg.reward, rankings)
     if held_out:
         path = root / "reward" / "model"
         acc = heldout_gold_accuracy(load_reward_model(path).to(device()), load_tokenizer(path), scorer, held_out)

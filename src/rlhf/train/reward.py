@@ -115,6 +115,13 @@ def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "ski
     return loss / groups, int((diff > 0).sum()), len(better)
 
 
+def split(cfg: RewardConfig, rankings: list[Ranking]) -> tuple[list[Ranking], list[Ranking]]:
+    """(train, held out) as the reward stage splits them (`split_seed`, else `seed`): every later use of "the
+    RM's held-out pairs" takes them from here, so none of them was trained on."""
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    return train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(seed))
+
+
 def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int, model=None) -> list[list[list[int]]]:
     """Every response of every ranking as the reward model reads it (a causal LM's unless `model` says otherwise)."""
     if model is None:
@@ -288,8 +295,7 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buck
 def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     cfg.validate()
     rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
-    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
-    train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(split_seed))
+    train_set, eval_set = split(cfg, rankings)
     tokenizer = load_tokenizer(cfg.init)
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     model = lora.trainable(init_reward_model(cfg.init, cfg.seed, cfg.pooling), cfg.model, cfg.seed, task="SEQ_CLS")
