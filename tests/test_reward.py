@@ -538,3 +538,22 @@ def test_real_minilm_reward_model_trains_and_scores(tmp_path):
     rm, tok = load_reward_model(out / "model"), load_tokenizer(out / "model")
     good, bad = score_texts(rm, tok, ["tell me about 99"] * 2, ["sure , here is a helpful answer about 99 .", "no 99 bad"])
     assert good > bad
+
+
+def test_held_out_is_the_reward_stages_own_split(tmp_path):
+    """Later checks of "the RM's held-out pairs" read the data as the trainer does (limit, on_bad) and split it
+    with split_seed when set: never a ranking the RM trained on."""
+    from rlhf.data.comparisons import load_rankings
+    from rlhf.train.reward import held_out, split
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+                            for i in range(40)))
+    cfg = RewardConfig(data=str(data), limit=20, seed=0, split_seed=3, eval_fraction=0.25)
+    got = [r.prompt_text for r in held_out(cfg)]
+    rankings, _ = load_rankings(str(data), limit=20)
+    train, held = split(cfg, rankings)
+    assert got == [r.prompt_text for r in held] and len(got) == 5
+    assert not set(got) & {r.prompt_text for r in train}
+    assert all(int(p.split()[1].rstrip("?")) < 20 for p in got)  # only the rows the trainer read
+    assert got != [r.prompt_text for r in split(RewardConfig(data=str(data), seed=0, eval_fraction=0.25), rankings)[1]]

@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rlhf.data.comparisons import load_rankings
 from rlhf.errors import RLHFError
 from rlhf.eval.gold_eval import evaluate_policy, plot_gold_by_kind, score_responses, summarize
 from rlhf.eval.reward_eval import best_of_n, heldout_gold_accuracy, plot_reward_eval
@@ -184,10 +183,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
 
 def _reward_vs_gold(cfg: PipelineConfig, root: Path, world: World) -> dict:
     """The reward stage's own held-out split, judged against the gold reward."""
-    rankings, _ = load_rankings(cfg.reward.data, on_bad="skip")
-    _, held_out = reward.split(cfg.reward, rankings)
     path = root / "reward" / "model"
-    return heldout_gold_accuracy(load_reward_model(path), load_tokenizer(path), world, held_out)
+    return heldout_gold_accuracy(load_reward_model(path), load_tokenizer(path), world, reward.held_out(cfg.reward))
 
 
 def _ppo_label(cfg: PipelineConfig) -> str:

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from rlhf.config import load_config
-from rlhf.data.comparisons import load_rankings, write_rankings
+from rlhf.data.comparisons import write_rankings
 from rlhf.errors import RLHFError
 from rlhf.eval.drift import proxy_gold_kl
 from rlhf.eval.reward_eval import best_of_n, heldout_gold_accuracy
@@ -262,8 +262,7 @@ def _reward(cfg: GoldTaskConfig, scorer: GoldScorer, root: Path, show_progress: 
     out = {k: round(result[k], 4) if isinstance(result.get(k), float) else result.get(k)
            for k in ("rankings_train", "rankings_eval", "eval_pairwise_accuracy", "train_seconds", "pairs_per_s")
            if k in result}
-    rankings, _ = load_rankings(cfg.reward.data, on_bad="skip")
-    _, held_out = reward.split(cfg.reward, rankings)
+    held_out = reward.held_out(cfg.reward)
     if held_out:
         path = root / "reward" / "model"
         acc = heldout_gold_accuracy(load_reward_model(path).to(device()), load_tokenizer(path), scorer, held_out)

@@ -117,9 +117,14 @@ def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "ski
 
 def split(cfg: RewardConfig, rankings: list[Ranking]) -> tuple[list[Ranking], list[Ranking]]:
     """(train, held out) as the reward stage splits them (`split_seed`, else `seed`): every later use of "the
-    RM's held-out pairs" takes them from here, so none of them was trained on."""
+    RM's held-out pairs" takes them from here (or from `held_out`), so none of them was trained on."""
     seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     return train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(seed))
+
+
+def held_out(cfg: RewardConfig) -> list[Ranking]:
+    """The reward stage's held-out rankings: its data read as `run` reads it (on_bad, limit), then `split`."""
+    return split(cfg, load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)[0])[1]
 
 
 def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int, model=None) -> list[list[list[int]]]:
