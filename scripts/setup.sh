@@ -8,7 +8,7 @@ python3 -m pip install -q "torch==2.13.0" 2>/dev/null || python3 -m pip install 
 if [ "${1:-}" = "test" ]; then
   # libjemalloc2: `rlhf --malloc jemalloc` (its test runs a command on it)
   if ! command -v chromium >/dev/null || [ ! -x /usr/lib/postgresql/15/bin/initdb ] \
-     || ! ldconfig -p | grep -q libjemalloc.so.2; then
+     || ! (ldconfig -p | grep -c libjemalloc.so.2 >/dev/null); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq chromium postgresql libjemalloc2 >/dev/null
