@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf.data.chat import encode_prompt
-from rlhf.data.comparisons import load_rankings
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.models.lm import load_causal_lm, load_tokenizer
@@ -97,16 +96,16 @@ def run(cfg: HHConfig, show_progress: bool = True) -> Path:
         t = time.time()
         reward.run(cfg.reward, show_progress)
         seconds["reward"] = round(time.time() - t, 1)
-        result = json.loads((root / "reward" / "summary.json").read_text()).get("result", {})
-        rankings, report = load_rankings(cfg.data, on_bad="skip", limit=cfg.reward.limit)
-        _, held_out = reward.split(cfg.reward, rankings)
+        summary = json.loads((root / "reward" / "summary.json").read_text())
+        result = summary.get("result", {})
+        held_out = reward.held_out(cfg.reward)
         held_pairs = sum(len(r.pairs()) for r in held_out)
         acc = result.get("eval_pairwise_accuracy", float("nan"))
         rm_section = {"backbone": cfg.backbone if cfg.backbone in ("policy", "minilm") else Path(cfg.backbone).name,
                       "train_rankings": result.get("rankings_train"), "held_out_pairs": held_pairs,
                       "held_out_accuracy": round(acc, 4), "held_out_accuracy_se": round(_accuracy_se(acc, held_pairs), 4),
                       "train_seconds": round(result.get("train_seconds", float("nan")), 1),
-                      "pairs_per_s": round(result.get("pairs_per_s", float("nan")), 3), "skipped_rows": report.as_dict()}
+                      "pairs_per_s": round(result.get("pairs_per_s", float("nan")), 3), "skipped_rows": summary.get("data")}
         sections: dict = {"reward model (pairwise accuracy on held-out HH pairs)": rm_section}
         table, curve = [], None
         if cfg.best_of_n > 0:
