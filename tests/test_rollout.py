@@ -275,3 +275,52 @@ def test_response_logprobs_match_sampling_at_temperature(model, prompts, tiny_to
     assert torch.allclose(full * roll.response_mask, roll.logprobs, atol=1e-4)
     lp, ent = response_logprobs(model, roll.input_ids, roll.attention_mask, roll.prompt_ids.shape[1], 0.6, True)
     assert (ent >= -1e-6).all() and (ent <= math.log(len(tiny_tokenizer)) + 1e-4).all()
+
+
+# ---------------------------------------------------------------- the decoding step's cache and mask
+
+
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("draw_kind", ["multinomial", "inverse_cdf"])
+def test_fast_step_samples_what_the_generic_step_samples(model, prompts, tiny_tokenizer, monkeypatch, group, draw_kind):
+    """GPT-2 and Llama decode with one preallocated cache and a ready 4-D mask (engine.FAST_STEP_MODELS);
+    every other model through HF's own cache and 2-D mask. Both paths give the same tokens and the same
+    log-probs, bit for bit, with left padding, groups and EOS inside the response."""
+    import rlhf.rollout.engine as engine
+    from transformers.cache_utils import DynamicLayer
+
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0.8, draw=draw_kind)
+    flat = [p for p in prompts for _ in range(group)]
+    seen = []
+    original = engine._SlabLayer.convert
+
+    def convert(layer, g, room):
+        seen.append(type(layer))
+        original(layer, g, room)
+
+    monkeypatch.setattr(engine._SlabLayer, "convert", convert)
+    fast = sample(model, flat, cfg, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id,
+                  torch.Generator().manual_seed(3), group=group)
+    assert seen and all(t is DynamicLayer for t in seen)  # the fast path ran, on every layer
+    monkeypatch.setattr(engine, "FAST_STEP_MODELS", ())
+    seen.clear()
+    generic = sample(model, flat, cfg, tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id,
+                     torch.Generator().manual_seed(3), group=group)
+    assert not seen  # ... and this one did not
+    assert torch.equal(fast.response_ids, generic.response_ids)
+    assert torch.equal(fast.logprobs, generic.logprobs)
+    assert torch.equal(fast.response_mask, generic.response_mask)
+
+
+def test_decoding_forwards_no_token_after_the_last(model, prompts, tiny_tokenizer):
+    """max_new_tokens = N costs one prompt forward and N - 1 one-token forwards: the N-th token's logits
+    would have nothing left to draw."""
+    calls = []
+    handle = model.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs["input_ids"].shape[1]),
+                                         with_kwargs=True)
+    try:
+        roll = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=6, temperature=0), None)
+    finally:
+        handle.remove()
+    steps = roll.response_ids.shape[1]
+    assert calls[0] > 1 and calls[1:] == [1] * (steps - 1)

@@ -233,7 +233,7 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     """log p(token) under softmax(logits / temperature), and optionally the entropy (without gradient:
     it is a statistic, not part of the loss)."""
     logits = logits.float()
-    if temperature > 0:
+    if temperature > 0 and temperature != 1:  # x / 1.0 is x: no copy of the logits for nothing
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)

@@ -21,6 +21,11 @@ from rlhf.errors import RLHFError
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.models.lm import logprobs_from_logits, position_ids
 
+try:  # transformers >= 5 keeps a cache as per-layer objects; older versions decode through their own cache
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # pragma: no cover - transformers 4.x
+    DynamicLayer = None
+
 
 DRAWS = ("multinomial", "inverse_cdf")
 
@@ -99,22 +104,71 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
 
-def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int):
+def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int, room: int):
     """The prompts' forward pass: (KV cache, last-position logits). With group > 1 (rows in runs of `group`
     copies of one prompt) each prompt is forwarded once and its cache and logits are repeated for its copies:
-    the same numbers (rows of a batch never mix), a group-th of the prefill's arithmetic."""
-    if group > 1:
-        sl = slice(None, None, group)
-        out = model(input_ids=prompt_ids[sl], attention_mask=mask[sl], position_ids=pos[sl], use_cache=True,
-                    **_keep_kwargs(model, 1))
-        past = out.past_key_values
+    the same numbers (rows of a batch never mix), a group-th of the prefill's arithmetic. `room`: tokens the
+    cache must take after the prompt (see `_SlabLayer`)."""
+    sl = slice(None, None, group) if group > 1 else slice(None)
+    out = model(input_ids=prompt_ids[sl], attention_mask=mask[sl], position_ids=pos[sl], use_cache=True,
+                **_keep_kwargs(model, 1))
+    past, logits = out.past_key_values, out.logits[:, -1].float()
+    if _slab(model, past):
+        for layer in past.layers:
+            _SlabLayer.convert(layer, group, room)
+    elif group > 1:
         if hasattr(past, "batch_repeat_interleave"):
             past.batch_repeat_interleave(group)
         else:  # legacy tuple caches
             past = tuple(tuple(t.repeat_interleave(group, 0) for t in layer) for layer in past)
-        return past, out.logits[:, -1].float().repeat_interleave(group, 0)
-    out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep_kwargs(model, 1))
-    return out.past_key_values, out.logits[:, -1].float()
+    return past, logits.repeat_interleave(group, 0) if group > 1 else logits
+
+
+# Decoder architectures whose attention takes a ready (B, 1, 1, keys) boolean mask for a one-token step (no
+# sliding window, no mask of their own), and whose cache layers are plain DynamicLayers: for these the
+# decoding step skips HF's mask construction and the cache's concatenation. Checked token for token against
+# the generic path in tests/test_rollout.py; every other model decodes through HF's cache and 2-D mask.
+FAST_STEP_MODELS = ("gpt2", "llama")
+
+
+def _fast_step(model) -> bool:
+    config = getattr(model, "config", None)
+    return (DynamicLayer is not None and getattr(config, "model_type", None) in FAST_STEP_MODELS
+            and getattr(config, "sliding_window", None) is None)
+
+
+def _slab(model, past) -> bool:
+    return _fast_step(model) and all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
+
+
+if DynamicLayer is not None:
+    class _SlabLayer(DynamicLayer):
+        """A DynamicLayer whose keys and values live in buffers sized once for the prompt and every new token:
+        a decoding step writes its key and value in place, where DynamicLayer concatenates (a copy of the
+        whole cache, per layer and step). Attention reads views of the filled part: the same numbers."""
+
+        @classmethod
+        def convert(cls, layer, group: int, room: int) -> None:
+            keys, values = layer.keys, layer.values
+            b, h, n, d = keys.shape
+            layer.__class__ = cls
+            layer.key_buffer = keys.new_empty(b * group, h, n + room, keys.shape[-1])
+            layer.value_buffer = values.new_empty(b * group, h, n + room, values.shape[-1])
+            # repeat each prompt's cache for its `group` copies while filling the buffers
+            layer.key_buffer[:, :, :n].view(b, group, h, n, -1).copy_(keys[:, None])
+            layer.value_buffer[:, :, :n].view(b, group, h, n, -1).copy_(values[:, None])
+            layer.length = n
+            layer.keys, layer.values = layer.key_buffer[:, :, :n], layer.value_buffer[:, :, :n]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            n, end = self.length, self.length + key_states.shape[-2]
+            if end > self.key_buffer.shape[2]:
+                raise RuntimeError(f"decoding cache full ({self.key_buffer.shape[2]} positions)")
+            self.key_buffer[:, :, n:end] = key_states
+            self.value_buffer[:, :, n:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
 
 
 @torch.no_grad()
@@ -140,15 +194,18 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
 
 def _decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: SamplingConfig, eos_id: int, pad_id: int,
             generator: torch.Generator | None, group: int, device) -> Rollout:
-    B = prompt_ids.shape[0]
-    mask = prompt_mask
-    pos = position_ids(mask)
-    past, logits = _prefill(model, prompt_ids, mask, pos, group)
+    B, P = prompt_ids.shape
+    pos = position_ids(prompt_mask)
+    past, logits = _prefill(model, prompt_ids, prompt_mask, pos, group, cfg.max_new_tokens)
+    # the attention mask of every step is a prefix of one mask made once: the prompt's, then ones
+    full_mask = torch.cat([prompt_mask, prompt_mask.new_ones((B, cfg.max_new_tokens))], 1)
+    step_mask = full_mask.bool()[:, None, None, :] if _fast_step(model) else full_mask
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
-    for _ in range(cfg.max_new_tokens):
+    for t in range(cfg.max_new_tokens):
         if cfg.temperature > 0:
-            scaled = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+            # x / 1.0 is x: the division (a copy of the logits) only where it changes them
+            scaled = _filter(logits / cfg.temperature if cfg.temperature != 1 else logits, cfg.top_k, cfg.top_p)
             logp_all = torch.log_softmax(scaled, -1)
             probs = logp_all.exp()
             if cfg.draw == "inverse_cdf":
@@ -166,11 +223,11 @@ def _decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: Sam
         tokens.append(nxt)
         logps.append(torch.where(finished, torch.zeros_like(logp), logp))
         finished = finished | (nxt == eos_id)
-        if bool(finished.all()):
-            break
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], 1)
+        if t + 1 == cfg.max_new_tokens or bool(finished.all()):
+            break  # (the last token's forward would give logits nobody draws from)
         pos = pos[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        out = model(input_ids=nxt[:, None], attention_mask=step_mask[..., :P + t + 1], position_ids=pos,
+                    past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1].float()
     response = torch.stack(tokens, 1)
     # mask: every token up to and including the first EOS

@@ -82,7 +82,7 @@ def packed_logprobs(model, rows: list[PackedRow], pad_id: int, temperature: floa
     hidden = model_.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
     picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(src, dtype=torch.long, device=device)]
     logits = model_.get_output_embeddings()(picked).float()
-    if temperature > 0:
+    if temperature > 0 and temperature != 1:
         logits = logits / temperature
     flat = torch.log_softmax(logits, -1).gather(-1, torch.tensor(tgt, device=device)[:, None]).squeeze(-1)
     index = sorted(lengths)
