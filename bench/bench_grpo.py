@@ -75,8 +75,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--episodes", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
-    ap.add_argument("--draw", default="multinomial", choices=["multinomial", "inverse_cdf"],
-                    help="our sampling.draw (multinomial: the default, as TRL draws)")
+    ap.add_argument("--draw", default="inverse_cdf", choices=["multinomial", "inverse_cdf"],
+                    help="our sampling.draw (inverse_cdf: the engine's default; multinomial: as HF generate draws)")
     peer_arguments(ap, "trl-new", "peer_trl_grpo.py")
     args = ap.parse_args()
     if args.ours_only:

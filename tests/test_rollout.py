@@ -101,7 +101,7 @@ def test_inverse_cdf_sampling_is_seeded_and_respects_top_k(model, prompts, tiny_
     cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, draw="inverse_cdf")
     a, b = _sample(model, prompts, tiny_tokenizer, cfg, 5), _sample(model, prompts, tiny_tokenizer, cfg, 5)
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
-    multinomial = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=8), 5)
+    multinomial = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=8, draw="multinomial"), 5)
     assert not torch.equal(a.response_ids, multinomial.response_ids)  # another (equally exact) draw
     # top-k = 1 leaves one token of positive probability: the draw must take it, i.e. greedy decoding
     top1 = _sample(model, prompts, tiny_tokenizer, SamplingConfig(max_new_tokens=8, top_k=1, draw="inverse_cdf"), 5)
@@ -324,3 +324,20 @@ def test_decoding_forwards_no_token_after_the_last(model, prompts, tiny_tokenize
         handle.remove()
     steps = roll.response_ids.shape[1]
     assert calls[0] > 1 and calls[1:] == [1] * (steps - 1)
+
+
+@pytest.mark.parametrize("precision", ["autocast-bf16", "bf16-weights"])
+def test_fast_step_is_the_generic_step_in_bf16_too(tiny_tokenizer, prompts, monkeypatch, precision):
+    import rlhf.rollout.engine as engine
+
+    model = _model(tiny_tokenizer, "llama")
+    if precision == "bf16-weights":
+        model = model.to(torch.bfloat16)
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    rolls = []
+    for fast in (True, False):
+        monkeypatch.setattr(engine, "FAST_STEP_MODELS", ("gpt2", "llama") if fast else ())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast-bf16"):
+            rolls.append(_sample(model, prompts, tiny_tokenizer, cfg, 4))
+    assert torch.equal(rolls[0].response_ids, rolls[1].response_ids)
+    assert torch.equal(rolls[0].logprobs, rolls[1].logprobs)

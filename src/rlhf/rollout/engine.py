@@ -1,9 +1,10 @@
 """The one sampling engine every method uses (eval, best-of-N, labeling, PPO, GRPO, ...).
 
 Prompts are left-padded, position ids skip the padding, and decoding runs token by token on the
-model's KV cache. The log-probs returned are those of the tempered distribution the token was drawn
-from (top-k = 0 and top-p = 1 make that the full distribution, as PPO needs). Tokens after EOS are PAD
-and masked out.
+model's KV cache (for GPT-2 and Llama models one buffer sized for the whole response, written in place,
+and one attention mask made once). The log-probs returned are those of the tempered distribution the
+token was drawn from (top-k = 0 and top-p = 1 make that the full distribution, as PPO needs). Tokens
+after EOS are PAD and masked out.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0
     top_p: float = 1.0
-    # how a token is drawn from the distribution: torch.multinomial, or the inverse CDF (`draw`: one uniform per
-    # row, ~15x cheaper per step on CPU; equally exact, but other tokens than multinomial for the same seed)
-    draw: str = "multinomial"
+    # how a token is drawn from the distribution: by the inverse CDF (`draw`: one uniform per row), or by
+    # torch.multinomial (one exponential per vocabulary entry, ~10x the cost per step on CPU; HF generate's
+    # draw). Both are exact samplers; they give other tokens for the same seed.
+    draw: str = "inverse_cdf"
 
 
 @dataclass
@@ -125,16 +127,19 @@ def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Ten
 
 
 # Decoder architectures whose attention takes a ready (B, 1, 1, keys) boolean mask for a one-token step (no
-# sliding window, no mask of their own), and whose cache layers are plain DynamicLayers: for these the
-# decoding step skips HF's mask construction and the cache's concatenation. Checked token for token against
-# the generic path in tests/test_rollout.py; every other model decodes through HF's cache and 2-D mask.
+# sliding window, no mask of their own), and whose cache layers are plain DynamicLayers: for these, on CPU, the
+# decoding step skips HF's mask construction and the cache's concatenation (Python and copies that cost as much
+# as a small model's arithmetic). Checked token for token against the generic path in tests/test_rollout.py
+# (fp32, bf16 weights and bf16 autocast). On CUDA the generic path stays: there the same tokens came out in
+# fp32 but not in bf16 (the attention kernel chosen for the strided cache differs), and it was no faster
+# for a 163M Llama (H100, 64 x 128 tokens). Every other model decodes through HF's cache and 2-D mask.
 FAST_STEP_MODELS = ("gpt2", "llama")
 
 
 def _fast_step(model) -> bool:
     config = getattr(model, "config", None)
     return (DynamicLayer is not None and getattr(config, "model_type", None) in FAST_STEP_MODELS
-            and getattr(config, "sliding_window", None) is None)
+            and getattr(config, "sliding_window", None) is None and next(model.parameters()).device.type == "cpu")
 
 
 def _slab(model, past) -> bool:
