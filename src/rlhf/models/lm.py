@@ -228,14 +228,17 @@ def backbone(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, posit
     return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
 
 
+def temper(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature as sampling uses them; the same tensor, not a copy, where that changes nothing
+    (temperature 1, or 0 = greedy)."""
+    return logits / temperature if temperature > 0 and temperature != 1 else logits
+
+
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
                          with_entropy: bool = False):
     """log p(token) under softmax(logits / temperature), and optionally the entropy (without gradient:
     it is a statistic, not part of the loss)."""
-    logits = logits.float()
-    if temperature > 0 and temperature != 1:  # x / 1.0 is x: no copy of the logits for nothing
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, -1)
+    logp_all = torch.log_softmax(temper(logits.float(), temperature), -1)
     logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     if not with_entropy:
         return logp

@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 from rlhf.data.batching import left_pad
 from rlhf.errors import RLHFError
 from rlhf.data.chat import decode_response, encode_prompt
-from rlhf.models.lm import logprobs_from_logits, position_ids
+from rlhf.models.lm import logprobs_from_logits, position_ids, temper
 
 try:  # transformers >= 5 keeps a cache as per-layer objects; older versions decode through their own cache
     from transformers.cache_utils import DynamicLayer
@@ -106,16 +106,17 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
 
-def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int, room: int):
+def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int, room: int,
+             fast: bool):
     """The prompts' forward pass: (KV cache, last-position logits). With group > 1 (rows in runs of `group`
     copies of one prompt) each prompt is forwarded once and its cache and logits are repeated for its copies:
     the same numbers (rows of a batch never mix), a group-th of the prefill's arithmetic. `room`: tokens the
-    cache must take after the prompt (see `_SlabLayer`)."""
+    cache must take after the prompt; `fast`: in a `_SlabLayer` cache where `_fast_step` allows it."""
     sl = slice(None, None, group) if group > 1 else slice(None)
     out = model(input_ids=prompt_ids[sl], attention_mask=mask[sl], position_ids=pos[sl], use_cache=True,
                 **_keep_kwargs(model, 1))
     past, logits = out.past_key_values, out.logits[:, -1].float()
-    if _slab(model, past):
+    if fast and all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None])):
         for layer in past.layers:
             _SlabLayer.convert(layer, group, room)
     elif group > 1:
@@ -142,10 +143,6 @@ def _fast_step(model) -> bool:
             and getattr(config, "sliding_window", None) is None and next(model.parameters()).device.type == "cpu")
 
 
-def _slab(model, past) -> bool:
-    return _fast_step(model) and all(type(layer) is DynamicLayer for layer in getattr(past, "layers", [None]))
-
-
 if DynamicLayer is not None:
     class _SlabLayer(DynamicLayer):
         """A DynamicLayer whose keys and values live in buffers sized once for the prompt and every new token:
@@ -157,7 +154,7 @@ if DynamicLayer is not None:
             keys, values = layer.keys, layer.values
             b, h, n, d = keys.shape
             layer.__class__ = cls
-            layer.key_buffer = keys.new_empty(b * group, h, n + room, keys.shape[-1])
+            layer.key_buffer = keys.new_empty(b * group, h, n + room, d)
             layer.value_buffer = values.new_empty(b * group, h, n + room, values.shape[-1])
             # repeat each prompt's cache for its `group` copies while filling the buffers
             layer.key_buffer[:, :, :n].view(b, group, h, n, -1).copy_(keys[:, None])
@@ -201,16 +198,16 @@ def _decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: Sam
             generator: torch.Generator | None, group: int, device) -> Rollout:
     B, P = prompt_ids.shape
     pos = position_ids(prompt_mask)
-    past, logits = _prefill(model, prompt_ids, prompt_mask, pos, group, cfg.max_new_tokens)
+    fast = _fast_step(model)
+    past, logits = _prefill(model, prompt_ids, prompt_mask, pos, group, cfg.max_new_tokens, fast)
     # the attention mask of every step is a prefix of one mask made once: the prompt's, then ones
     full_mask = torch.cat([prompt_mask, prompt_mask.new_ones((B, cfg.max_new_tokens))], 1)
-    step_mask = full_mask.bool()[:, None, None, :] if _fast_step(model) else full_mask
+    step_mask = full_mask.bool()[:, None, None, :] if fast else full_mask
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for t in range(cfg.max_new_tokens):
         if cfg.temperature > 0:
-            # x / 1.0 is x: the division (a copy of the logits) only where it changes them
-            scaled = _filter(logits / cfg.temperature if cfg.temperature != 1 else logits, cfg.top_k, cfg.top_p)
+            scaled = _filter(temper(logits, cfg.temperature), cfg.top_k, cfg.top_p)
             logp_all = torch.log_softmax(scaled, -1)
             probs = logp_all.exp()
             if cfg.draw == "inverse_cdf":

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from rlhf.models.lm import logprobs_from_logits
+
 PackedRow = tuple[list[int], list[list[int]], list[int]]
 
 
@@ -81,10 +83,7 @@ def packed_logprobs(model, rows: list[PackedRow], pad_id: int, temperature: floa
     mask = block_mask(seg, getattr(model_.config, "_attn_implementation", "sdpa"))
     hidden = model_.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
     picked = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(src, dtype=torch.long, device=device)]
-    logits = model_.get_output_embeddings()(picked).float()
-    if temperature > 0 and temperature != 1:
-        logits = logits / temperature
-    flat = torch.log_softmax(logits, -1).gather(-1, torch.tensor(tgt, device=device)[:, None]).squeeze(-1)
+    flat = logprobs_from_logits(model_.get_output_embeddings()(picked), torch.tensor(tgt, device=device), temperature)
     index = sorted(lengths)
     base = index[0]
     if index != list(range(base, base + len(index))):
