@@ -146,7 +146,7 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             metrics, rows = evaluate_policy(model, tok, world, eval_prompts, cfg.eval_sampling, cfg.seed)
             add(label, metrics, rows)
             if cfg.eval_sampled_temperature is not None:
-                sampled = SamplingConfig(cfg.eval_sampling.max_new_tokens, cfg.eval_sampled_temperature)
+                sampled = replace(cfg.eval_sampling, temperature=cfg.eval_sampled_temperature)
                 add(label, *evaluate_policy(model, tok, world, eval_prompts, sampled, cfg.seed),
                     into=sampled_table)
             if name == "sft" and "reward" in cfg.stages:
