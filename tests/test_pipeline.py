@@ -39,6 +39,23 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
         assert (out / sub).exists(), sub
     assert "eval_pairwise_accuracy" in summary["stages"]["reward"]
     assert not list(tmp_path.glob("*.partial-*"))
+    # every saved config names the final paths (none inside the run's temporary `.partial-PID` folder) ...
+    import yaml
+
+    def strings(v):
+        return [v] if isinstance(v, str) else [s for x in (v.values() if isinstance(v, dict) else v) for s in strings(x)] \
+            if isinstance(v, (dict, list)) else []
+
+    configs = sorted(out.rglob("config.yaml"))
+    assert {c.parent.name for c in configs} >= {"pipe", "pretrain", "sft", "labels", "reward", "ppo"}
+    for c in configs:
+        assert ".partial-" not in c.read_text(), c
+        inside = [v for v in strings(yaml.safe_load(c.read_text())) if v.startswith(str(out))]
+        assert all(__import__("pathlib").Path(v).exists() for v in inside), (c, inside)
+    # ... so a stage's config re-runs as written
+    again = cli.run("reward", "-c", out / "reward" / "config.yaml", "-o", tmp_path / "reward-again", "-q")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "reward-again" / "model" / "config.json").exists()
     # the averaged policy is 0.8 x PPO + 0.2 x pretrained, tensor by tensor
     from safetensors.torch import load_file
     ppo, pre, avg = (load_file(out / d / "model" / "model.safetensors") for d in ("ppo", "pretrain", "ppo-averaged"))

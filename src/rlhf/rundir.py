@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 from rlhf.config import dump_yaml
 
 
@@ -44,6 +46,7 @@ class RunDir:
             return
         if not self._plotted:
             self.plot_metrics()
+        self._point_configs_at_final_paths()
         old = None
         if self.final.exists():
             old = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
@@ -51,6 +54,28 @@ class RunDir:
         self.path.rename(self.final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+    def _point_configs_at_final_paths(self) -> None:
+        """Every config.yaml in the run (the stages' too) names paths inside `<out>.partial-<pid>` while the run
+        is written; before the rename they are made to name `<out>`, so each saved config re-runs as written."""
+        partial, final = str(self.path), str(self.final)
+
+        def fix(v):
+            if isinstance(v, str) and (v == partial or v.startswith(partial + os.sep)):
+                return final + v[len(partial):]
+            if isinstance(v, dict):
+                return {k: fix(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [fix(x) for x in v]
+            return v
+
+        for path in self.path.rglob("config.yaml"):
+            data = yaml.safe_load(path.read_text())
+            fixed = fix(data)
+            if fixed != data:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(yaml.safe_dump(fixed, sort_keys=False))
+                os.replace(tmp, path)
 
     def sub(self, name: str) -> Path:
         """A path inside the run (its final location is the same relative path under `out`)."""
