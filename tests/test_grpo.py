@@ -111,7 +111,13 @@ def test_bad_input_one_line(tmp_path, nano_checkpoint, nano_rm_checkpoint, cli, 
 
 def test_group_sampling_forwards_each_prompt_once_with_the_same_samples(nano_checkpoint):
     """sample(group=G) prefills each prompt once and repeats its cache: the same tokens and log-probs as
-    forwarding every copy, bit for bit; prompts that are not runs of G copies are refused."""
+    forwarding every copy; prompts that are not runs of G copies are refused.
+
+    Not bit for bit: prefilling one row and prefilling three are matrix products of other shapes, and a CPU's
+    BLAS may block (and so round) them differently (seen on an Intel Xeon: one log-prob off by 1e-4 in its
+    fourth decimal). The sampled tokens are equal: each is drawn with the same random number from
+    distributions that differ by float rounding, which moves a draw only if that number falls within ~1e-6 of
+    a boundary of the cumulative distribution."""
     from rlhf.data.chat import encode_prompt
     from rlhf.models.lm import load_causal_lm, load_tokenizer
     from rlhf.rollout.engine import SamplingConfig, sample
@@ -123,8 +129,9 @@ def test_group_sampling_forwards_each_prompt_once_with_the_same_samples(nano_che
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
     a = sample(model, flat, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(5))
     b = sample(model, flat, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(5), group=3)
-    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
-    assert torch.equal(a.response_mask, b.response_mask) and torch.equal(a.prompt_ids, b.prompt_ids)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
+    assert torch.equal(a.prompt_ids, b.prompt_ids)
+    torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=1e-4)  # fp32 rounding, with room
     with pytest.raises(ValueError, match="not runs of 3 identical copies"):
         sample(model, flat[1:] + flat[:1], cfg, tok.eos_token_id, tok.pad_token_id, group=3)
 

@@ -96,13 +96,26 @@ class World:
         q = self._fact_qa(rng, rng.choice(ents))[0]
         return T.ONE_WORD_Q.format(q=q) if constraint == "one_word" else T.MAX_WORDS_Q.format(m=rng.choice([3, 4, 5]), q=q)
 
-    def prompts(self, split: str) -> list[dict]:
-        """Held-out ('eval') or training ('train') prompts: [{"prompt", "kind"}], kinds mixed per KIND_MIX."""
-        n = self.config.n_train_prompts if split == "train" else self.config.n_eval_prompts
+    def prompts(self, split: str, n: int | None = None) -> list[dict]:
+        """Training ('train'), held-out test ('eval') or validation ('valid') prompts: [{"prompt", "kind"}],
+        kinds mixed per KIND_MIX. Validation prompts come from the held-out pools as the test prompts do (group B,
+        the held-out unknown entities and sums), never equal to a test prompt: a run may choose settings on them
+        without reading the test set."""
+        if split not in ("train", "eval", "valid"):
+            raise ValueError(f"split: expected train, eval or valid, got {split!r}")
+        n = n if n is not None else self.config.n_train_prompts if split == "train" else self.config.n_eval_prompts
         rng = random.Random(f"{self._seed}-prompts-{split}")
+        test = {p["prompt"] for p in self.prompts("eval")} if split == "valid" else set()
         rows = []
         for kind, share in KIND_MIX.items():
-            rows += [{"prompt": self._prompt(rng, kind, split), "kind": kind} for _ in range(round(n * share))]
+            want, got = round(n * share), 0
+            for _ in range(50 * want):  # the pools are finite: give up on a kind after 50 draws per prompt
+                if got == want:
+                    break
+                prompt = self._prompt(rng, kind, split)
+                if prompt not in test:
+                    rows.append({"prompt": prompt, "kind": kind})
+                    got += 1
         rng.shuffle(rows)
         return rows
 
