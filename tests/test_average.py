@@ -60,3 +60,44 @@ def test_cli_average_writes_the_average_and_rejects_bad_input(cli, nano_checkpoi
     res = cli.run("models", "average", other, tmp_path / "vocab300", tmp_path / "bad")
     assert res.returncode != 0 and "vocabulary differs" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------- the final policy's share, chosen per run
+
+
+def _rows(gains: dict[float, tuple[list[float], list[float]]]) -> list[dict]:
+    """Candidate rows as eval.averaging.candidate_scores returns them: per weight, greedy and sampled scores."""
+    return [{"weight": w, "greedy": {"scores": g}, "sampled": {"scores": s}} for w, (g, s) in gains.items()]
+
+
+BASE = [0.0, 1.0, -1.0, 0.5, -0.5, 0.2]
+
+
+def _shift(scores, by, noise=(0.1, -0.1, 0.05, -0.05, 0.0, 0.0)):
+    return [x + by + n for x, n in zip(scores, noise)]
+
+
+def test_choose_takes_the_largest_share_the_reward_models_find_no_worse_on_both_decodings():
+    from rlhf.eval.averaging import choose
+
+    # paired standard error of a constant shift plus this noise: sd(noise) / sqrt(6) = 0.0289
+    rows = _rows({0.0: (BASE, BASE), 0.1: (_shift(BASE, 0.02), _shift(BASE, -0.01)),
+                  0.2: (_shift(BASE, -0.02), _shift(BASE, 0.0)), 0.3: (_shift(BASE, 0.9), _shift(BASE, -0.4))})
+    weight, table = choose(rows, margin=1.0)
+    assert weight == 0.2  # 0.3 scores far higher greedy but far lower sampled: it does not qualify
+    assert [r["qualifies"] for r in table] == [False, True, True, False]
+    assert table[2]["gain_greedy"] == pytest.approx(-0.02) and table[3]["gain_sampled"] == pytest.approx(-0.4)
+    noise = [0.1, -0.1, 0.05, -0.05, 0.0, 0.0]
+    sd = (sum(n * n for n in noise) / 5) ** 0.5
+    assert table[2]["se_greedy"] == pytest.approx(sd / 6 ** 0.5, abs=1e-4)
+    assert choose(rows, margin=0.5)[0] == 0.1  # -0.02 is 0.69 standard errors down: outside a half-SE margin
+
+
+def test_choose_keeps_the_policy_when_every_share_scores_lower_beyond_the_noise():
+    from rlhf.eval.averaging import choose
+
+    rows = _rows({0.0: (BASE, BASE), 0.1: (_shift(BASE, -0.1), _shift(BASE, 0.0)),
+                  0.2: (_shift(BASE, 0.5), _shift(BASE, -0.3))})
+    weight, table = choose(rows, margin=1.0)
+    assert weight == 0.0 and not any(r["qualifies"] for r in table)
+    assert choose(rows, margin=4.0)[0] == 0.1  # a margin of 4 standard errors lets -0.1 (3.5 SE) through

@@ -64,11 +64,13 @@ def test_aggregate_on_hand_made_numbers():
     assert q["pooled_se"] == pytest.approx(math.sqrt(3 * (0.07 ** 2 + 0.06 ** 2)) / 3, abs=1e-4)
 
     met = [t["met"] for t in out["targets"]]
-    # beats in 2 of 3 (no); pooled z 2.89 (no); hallucination 0.3 -> 0.1 = 67% down (yes);
-    # fact accuracy 0.833 -> 0.567, gap -0.267 (no); slowest seed 650 s > 600 s (no)
-    assert met == [False, False, True, False, False], out["targets"]
+    # beats in 2 of 3 (no); pooled z 2.89 (no); hallucination 0.3 -> 0.1 = 67% down (yes); above SFT's on
+    # no seed (0.1 < 0.3, 0.0 < 0.4, 0.2 = 0.2: yes); fact accuracy 0.833 -> 0.567, gap -0.267 (no); slowest
+    # seed 650 s > 600 s (no)
+    assert met == [False, False, True, True, False, False], out["targets"]
     assert "67% down" in out["targets"][2]["value"] and "1: 100%" in out["targets"][2]["value"]
-    assert "gap -0.267" in out["targets"][3]["value"]
+    assert out["targets"][3]["value"] == "at or below on all 3 seeds"
+    assert "gap -0.267" in out["targets"][4]["value"]
     assert [r["total"] for r in out["seconds"]] == [300, 650, 300]
     # each seed's extra pipeline numbers, flattened, so a reader can see why seed 1 differs
     assert [r["ppo.kl"] for r in out["per_seed_stages"]] == [1.5, 5.2, 2.0]
@@ -88,7 +90,11 @@ def test_targets_are_reported_for_every_rl_row():
     assert [t["met"] for t in facts] == [False, True] and "gap -0.007" in facts[1]["value"]
     beats = [t for t in targets if t["target"].endswith("beats SFT on mean gold in every seed")]
     assert [(t["value"], t["met"]) for t in beats] == [("2 of 3", False), ("3 of 3", True)]
-    assert len(targets) == 2 * 4 + 1  # four per RL row, then the time per seed
+    assert len(targets) == 2 * 5 + 1  # five per RL row, then the time per seed
+    # one seed where the RL row makes up more answers than SFT fails "above SFT's on no seed"
+    summaries[1]["table"][3]["hallucination_rate"] = 0.5  # SFT 0.4 on seed 1
+    above = [t for t in aggregate(summaries)["targets"] if t["target"] == f"hallucination rate {avg} above SFT's on no seed"]
+    assert [(t["met"], t["value"]) for t in above] == [(False, "above on 1: 0.40 -> 0.50")]
 
 
 def test_aggregate_counts_the_seeds_a_stage_has_and_skips_missing_values():

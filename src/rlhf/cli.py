@@ -179,13 +179,18 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
            config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML pipeline config (as `rlhf pipeline`)"),
            set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a pipeline config key (repeatable)"),
            out: str = typer.Option("runs/seeds", "--out", "-o", help="study directory; seed N runs in <out>/seed-N"),
+           reuse: Optional[str] = typer.Option(None, "--reuse", help="a finished study: link in each seed's stages "
+                                               "whose configs match, run the rest"),
            quiet: bool = QuietOpt) -> None:
     """The whole pipeline once per seed (finished seeds are reused), then the result with seeds as the unit."""
     from rlhf.eval import seeds as study
     from rlhf.pipeline import PipelineConfig
 
     seed_list = study.parse_seeds(seeds)
-    _print_result(study.run(study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_)), not quiet))
+    if reuse is not None and not Path(reuse).is_dir():
+        raise RLHFError(f"--reuse {reuse}: not a directory")
+    cfg = study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_), reuse)
+    _print_result(study.run(cfg, not quiet))
 
 
 @app.command("compare")

@@ -1,14 +1,26 @@
 """`rlhf pipeline`: world -> tokenizer -> pretrain -> SFT -> simulated labels -> reward model -> PPO ->
-PPO averaged with the pretrained weights, then one table of gold metrics per stage (pretrained, SFT, RM
-best-of-N, PPO, averaged) on held-out prompts."""
+the final policy (PPO averaged with the pretrained weights, the share chosen per run without the gold reward),
+then one table of gold metrics per stage (pretrained, SFT, RM best-of-N, PPO, final) on held-out prompts.
+
+`reuse` points at a finished pipeline run: its leading stages whose configs equal this run's (paths inside
+either run compared relative to it) are linked in instead of run again, up to the first stage that differs;
+every stage after it runs anew. The code is assumed the same: reuse is for changing later stages' settings."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+import yaml
+
+from rlhf.config import to_dict
 from rlhf.errors import RLHFError
+from rlhf.eval.averaging import AveragingConfig, candidate_scores, choose
 from rlhf.eval.gold_eval import evaluate_policy, plot_gold_by_kind, score_responses, summarize
 from rlhf.eval.reward_eval import best_of_n, heldout_gold_accuracy, plot_reward_eval
 from rlhf.feedback import simulate
@@ -49,17 +61,18 @@ class PipelineConfig:
     # vs +0.27, +0.37, +0.27 from SFT; with the inverse-CDF draw +0.27, +0.51, +0.28 vs +0.15, +0.28, +0.11;
     # PPO-ptx fact accuracy 0.72 / 0.73 vs 0.68 / 0.52 (README).
     reward_init: str = "pretrain"
-    # after PPO, the policy's weights averaged with the pretrained model's (Lin et al. 2024, WiSE-FT):
-    # (1 - w) * PPO + w * pretrained, evaluated as its own row ("+ averaging"); 0 = off. PPO keeps what SFT
-    # overwrote of the held-out facts only partly (0.72 vs 0.90 pretrained over seeds 0-2); w = 0.2 was chosen
-    # on the curve over seeds 0-2 (w = 0.3 brings the made-up answers back) and checked on seed 3 (README).
-    average_pretrained: float = 0.2
+    # the final policy: PPO's weights averaged with the pretrained model's (WiSE-FT; Lin et al. 2024),
+    # (1 - w) * PPO + w * pretrained, evaluated as its own row; the share w chosen per run by the reward-model
+    # ensemble on validation prompts (eval/averaging.py), or fixed, or off
+    average: AveragingConfig = field(default_factory=AveragingConfig)
     best_of_n: int = 16
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.0))
     # a second table sampled at the policies' own temperature: greedy decoding picks a distribution's mode
     # ("I don't know" beats seven different made-up answers), so both views are shown (None: greedy only)
     eval_sampled_temperature: float | None = 0.7
     stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "labels", "reward", "ppo"])
+    # a finished pipeline run whose matching leading stages are linked in, not run again (module docstring)
+    reuse: str | None = None
 
     def validate(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -67,9 +80,12 @@ class PipelineConfig:
             raise RLHFError(f"stages: unknown stage '{unknown[0]}'; stages are {', '.join(STAGES)}")
         if self.reward_init not in ("sft", "pretrain"):
             raise RLHFError(f"reward_init: expected 'sft' or 'pretrain', got '{self.reward_init}'")
-        if not 0.0 <= self.average_pretrained < 1.0:
-            raise RLHFError(f"average_pretrained: expected a number in [0, 1) (the pretrained model's share), "
-                            f"got {self.average_pretrained}")
+        self.average.validate()
+        if self.average.select == "reward" and "ppo" in self.stages and "reward" not in self.stages:
+            raise RLHFError("average.select: 'reward' needs the reward stage (its models choose the share); "
+                            "use average.select=fixed or off")
+        if self.reuse is not None and not (Path(self.reuse) / "config.yaml").is_file():
+            raise RLHFError(f"reuse: {self.reuse} is not a finished pipeline run (no config.yaml)")
         if self.reward_ensemble < 1:
             raise RLHFError(f"reward_ensemble: at least 1 reward model, got {self.reward_ensemble}")
         if self.reward_ensemble == 1 and self.ppo.ensemble_reward != "first":
@@ -108,23 +124,27 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
         _wire(cfg, root)
         world = World(cfg.world)
         world.save(root / "world")
-        timings = {}
+        timings, reused, reusing = {}, [], cfg.reuse is not None
         for name, run_stage in STAGES.items():
             if name not in cfg.stages:
                 continue
             console.rule(f"[bold]{name}")
             t = time.time()
-            run_stage(getattr(cfg, name), show_progress)
-            if name == "reward":
-                for k in range(1, cfg.reward_ensemble):
-                    reward.run(replace(cfg.reward, seed=cfg.seed + 1000 * k, out=str(root / "reward" / f"member-{k}")),
-                               show_progress)
+            reusing = reusing and _link_finished_stage(cfg, name, root)
+            if reusing:
+                reused.append(name)
+            else:
+                run_stage(getattr(cfg, name), show_progress)
+                if name == "reward":
+                    for k in range(1, cfg.reward_ensemble):
+                        reward.run(replace(cfg.reward, seed=cfg.seed + 1000 * k, out=str(root / "reward" / f"member-{k}")),
+                                   show_progress)
             timings[name] = round(time.time() - t, 1)
-        averaged = cfg.average_pretrained > 0 and {"pretrain", "ppo"} <= set(cfg.stages)
+        averaged = cfg.average.select != "off" and {"pretrain", "ppo"} <= set(cfg.stages)
         if averaged:
+            console.rule("[bold]final policy")
             t = time.time()
-            average_models(root / "ppo" / "model", root / "pretrain" / "model", cfg.average_pretrained,
-                           root / AVERAGED / "model")
+            averaging = _final_policy(cfg, root, world)
             timings["average"] = round(time.time() - t, 1)
         console.rule("[bold]evaluation")
         t = time.time()
@@ -164,6 +184,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             f = root / name / "summary.json"
             if f.exists():
                 stage_summaries[name] = json.loads(f.read_text()).get("result", {})
+        if averaged:
+            stage_summaries["average"] = averaging
         if "reward" in cfg.stages and "sft" in cfg.stages:
             stage_summaries["reward"].update({k: round(v, 4) if isinstance(v, float) else v for k, v in rm_eval.items()})
         headline = _headline(table)
@@ -175,9 +197,10 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             "simulated labels": stage_summaries.get("labels", {}),
             "reward model": stage_summaries.get("reward", {}),
             "PPO": stage_summaries.get("ppo", {}),
-            "stage seconds": timings},
+            "final policy": stage_summaries.get("average", "not run"),
+            "stage seconds": timings | ({"reused": ", ".join(reused)} if reused else {})},
             {"table": table, "headline": headline, "sampled_table": sampled_table, "stages": stage_summaries,
-             "seconds": timings})
+             "seconds": timings, "reused": reused})
     return Path(cfg.out)
 
 
@@ -192,7 +215,81 @@ def _ppo_label(cfg: PipelineConfig) -> str:
 
 
 def _averaged_label(cfg: PipelineConfig) -> str:
-    return f"{_ppo_label(cfg)} + averaging ({cfg.average_pretrained:g} pretrained)"
+    if cfg.average.select == "fixed":
+        return f"{_ppo_label(cfg)} + averaging ({cfg.average.weights[0]:g} pretrained)"
+    return f"{_ppo_label(cfg)} + averaging (share chosen by the reward models)"
+
+
+def _final_policy(cfg: PipelineConfig, root: Path, world: World) -> dict:
+    """PPO's weights averaged with the pretrained model's into ppo-averaged/model: the share fixed, or chosen by
+    the reward-model ensemble on validation prompts (eval/averaging.py; 0 keeps the PPO policy as it is)."""
+    ppo_dir, pre_dir, out = root / "ppo" / "model", root / "pretrain" / "model", root / AVERAGED
+    if cfg.average.select == "fixed":
+        average_models(ppo_dir, pre_dir, cfg.average.weights[0], out / "model")
+        return {"select": "fixed", "weight": cfg.average.weights[0]}
+    rm_dirs = [root / "reward" / "model"] + [root / "reward" / f"member-{k}" / "model" for k in range(1, cfg.reward_ensemble)]
+    prompts = [p["prompt"] for p in world.prompts("valid", cfg.average.prompts)]
+    policy, pretrained, tok = load_causal_lm(ppo_dir), load_causal_lm(pre_dir), load_tokenizer(ppo_dir)
+    with torch.no_grad():
+        rows = candidate_scores(policy, pretrained, tok, [load_reward_model(d) for d in rm_dirs],
+                                load_tokenizer(rm_dirs[0]), prompts, cfg.average.weights, cfg.eval_sampling,
+                                cfg.average.temperature, cfg.seed)
+    weight, table = choose(rows, cfg.average.margin)
+    average_models(ppo_dir, pre_dir, weight, out / "model")
+    (out / "selection.json").write_text(json.dumps({"weight": weight, "margin": cfg.average.margin,
+                                                    "prompts": len(prompts), "candidates": table}, indent=1))
+    with open(out / "candidates.jsonl", "w") as f:
+        for row in rows:
+            for name in ("greedy", "sampled"):
+                for prompt, response, score in zip(prompts, row[name]["responses"], row[name]["scores"]):
+                    f.write(json.dumps({"weight": row["weight"], "decoding": name, "prompt": prompt,
+                                        "response": response, "rm_ensemble": round(score, 4)}) + "\n")
+    console.print(f"final policy: pretrained share {weight:g} (candidates {', '.join(f'{w:g}' for w in cfg.average.weights)})")
+    return {"select": "reward", "weight": weight,
+            "qualifying": [row["weight"] for row in table if row["qualifies"]]}
+
+
+def _rebase(value, root: str, to: str):
+    """A config value with every path inside the run `root` (or its `root.partial-PID` while it was written)
+    moved under `to`: "<root>/sft/model" -> "<to>/sft/model"."""
+    if isinstance(value, dict):
+        return {k: _rebase(v, root, to) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, root, to) for v in value]
+    if isinstance(value, str):
+        m = re.match(re.escape(root) + r"(?:\.partial-\d+)?(?=/|$)", value)
+        if m:
+            return to + value[m.end():]
+    return value
+
+
+def _link_finished_stage(cfg: PipelineConfig, name: str, root: Path) -> bool:
+    """Link `reuse`'s finished stage folder into this run if its config equals this run's; False otherwise.
+    A run written before configs named final paths names `<run>.partial-PID`: read as the run itself."""
+    src = Path(cfg.reuse) / name
+    try:
+        have = yaml.safe_load((src / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    want = yaml.safe_load(yaml.safe_dump(to_dict(getattr(cfg, name)), sort_keys=False))
+    if _rebase(have, cfg.reuse, "<run>") != _rebase(want, str(root), "<run>"):
+        return False
+    if name == "reward" and not all((src / f"member-{k}" / "model").is_dir() for k in range(1, cfg.reward_ensemble)):
+        return False
+    shutil.copytree(src, root / name, copy_function=_link_or_copy)
+    for path in (root / name).rglob("config.yaml"):  # the copies name this run's paths (a new file, not the link)
+        text = yaml.safe_dump(_rebase(yaml.safe_load(path.read_text()), cfg.reuse, str(root)), sort_keys=False)
+        path.unlink()
+        path.write_text(text)
+    console.print(f"{name}: linked in from {src} (same config)")
+    return True
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _headline(table: list[dict]) -> dict:

@@ -6,15 +6,14 @@ what SFT overwrote of pretraining's knowledge, but past some share it also bring
 where that edge lies moves with the seed, the random stream and the CPU. So every run measures it with what a
 user has, never the gold reward: each candidate share's responses to validation prompts (held out from RL
 training and disjoint from the test prompts), greedy and sampled, scored by the reward-model ensemble.
-`choose` keeps the RLHF policy unless a share scores higher on both decodings, by more than the noise of the
-paired difference, and takes the best such share.
+`choose` takes the largest share (the most of the pretrained model) whose ensemble score is not below the RLHF
+policy's by more than `margin` paired standard errors under either decoding, and keeps the RLHF policy
+(share 0) when no share is.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-
-import torch
 
 from rlhf.errors import RLHFError
 from rlhf.models.average import average_state
@@ -31,8 +30,8 @@ class AveragingConfig:
     weights: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3])
     # validation prompts the candidates answer (from the held-out pools, never a test prompt)
     prompts: int = 200
-    # a share replaces the RLHF policy only if it scores higher by more than this many paired standard errors,
-    # greedy and sampled alike
+    # a share may replace the RLHF policy only if its ensemble score is below the policy's by at most this many
+    # paired standard errors (the noise of the difference on these prompts), greedy and sampled alike
     margin: float = 1.0
     # the temperature of the sampled decoding (greedy is the other)
     temperature: float = 0.7
@@ -88,31 +87,21 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def choose(rows: list[dict], margin: float) -> tuple[float, list[dict]]:
-    """(the chosen share, a table row per candidate). A share qualifies when its ensemble score beats the RLHF
-    policy's (row 0) by more than `margin` paired standard errors under both decodings; the qualifying share
-    with the highest mean gain is chosen, else 0 (the RLHF policy)."""
-    base, table, best, best_gain = rows[0], [], 0.0, -math.inf
+    """(the chosen share, a table row per candidate). A share qualifies when, under both decodings, its ensemble
+    score minus the RLHF policy's (row 0) is above -`margin` paired standard errors: no worse than the policy
+    beyond the noise. The largest qualifying share is chosen (it keeps the most of what pretraining taught),
+    else 0 (the RLHF policy as it is)."""
+    base, table, best = rows[0], [], 0.0
     for row in rows:
-        entry = {"weight": row["weight"]}
-        qualifies = row["weight"] > 0
-        gains = []
+        entry, qualifies = {"weight": row["weight"]}, row["weight"] > 0
         for name in ("greedy", "sampled"):
             entry[f"rm_{name}"] = round(sum(row[name]["scores"]) / len(row[name]["scores"]), 4)
             if row["weight"] > 0:
                 gain, se = paired(base[name]["scores"], row[name]["scores"])
                 entry[f"gain_{name}"], entry[f"se_{name}"] = round(gain, 4), round(se, 4)
-                qualifies &= gain > margin * se
-                gains.append(gain)
+                qualifies &= gain > -margin * se
         entry["qualifies"] = bool(qualifies)
         table.append(entry)
-        if qualifies and sum(gains) / 2 > best_gain:
-            best, best_gain = row["weight"], sum(gains) / 2
+        if qualifies:
+            best = max(best, row["weight"])
     return best, table
-
-
-def as_tensor_free(rows: list[dict]) -> list[dict]:
-    """The candidates' responses and scores, for a samples file (no tensors)."""
-    return [{"weight": r["weight"], **{n: r[n] for n in ("greedy", "sampled")}} for r in rows]
-
-
-__all__ = ["AveragingConfig", "candidate_scores", "choose", "ensemble_scores", "paired", "torch"]

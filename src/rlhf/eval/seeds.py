@@ -44,6 +44,8 @@ class SeedsConfig:
     out: str = "runs/seeds"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    # a finished study: each seed's pipeline reuses the matching leading stages of its seed-N (pipeline.reuse)
+    reuse: str | None = None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -167,14 +169,19 @@ def _targets_for(ppo, stages, stage_rows, paired, by_seed, seeds) -> list[dict]:
 
     h_sft, h_ppo = mean_of("SFT", "hallucination_rate"), mean_of(ppo, "hallucination_rate")
     drop = None if h_sft is None or h_ppo is None or h_sft == 0 else 1 - h_ppo / h_sft
-    per_seed = []
+    per_seed, above = [], []
     for seed, table in zip(seeds, by_seed):
         hs, hp = (_num(table.get(s, {}).get("hallucination_rate")) for s in ("SFT", ppo))
         per_seed.append(f"{seed}: {1 - hp / hs:.0%}" if hs and hp is not None else f"{seed}: n/a")
+        if hs is not None and hp is not None and hp > hs:
+            above.append(f"{seed}: {hs:.2f} -> {hp:.2f}")
     out.append({"target": f"hallucination rate {ppo} vs SFT down >= 50% (of the mean over seeds)",
                 "value": (f"{h_sft:.3f} -> {h_ppo:.3f} ({drop:.0%} down; per seed {', '.join(per_seed)})"
                           if drop is not None else "n/a"),
                 "met": drop is not None and drop >= 0.5})
+    out.append({"target": f"hallucination rate {ppo} above SFT's on no seed",
+                "value": "above on " + ", ".join(above) if above else f"at or below on all {len(seeds)} seeds",
+                "met": h_sft is not None and h_ppo is not None and not above})
     if "pretrained" in stages:
         f_pre, f_ppo = mean_of("pretrained", "fact_accuracy"), mean_of(ppo, "fact_accuracy")
         gap = None if f_pre is None or f_ppo is None else f_ppo - f_pre
@@ -322,6 +329,8 @@ def plot_seeds(result: dict, path: Path) -> None:
 def seed_config(cfg: SeedsConfig, seed: int) -> PipelineConfig:
     p = copy.deepcopy(cfg.pipeline)
     p.seed, p.world.seed, p.out = seed, seed, str(Path(cfg.out) / f"seed-{seed}")
+    if cfg.reuse is not None and (Path(cfg.reuse) / f"seed-{seed}" / "config.yaml").is_file():
+        p.reuse = str(Path(cfg.reuse) / f"seed-{seed}")
     return p
 
 
@@ -343,7 +352,8 @@ def _short(v) -> str:
 
 
 def _check_finished(seed_dir: Path, expected: PipelineConfig) -> None:
-    """A finished seed is reused only if it ran the config asked for now (its `out` aside)."""
+    """A finished seed is reused only if it ran the config asked for now (its `out` and `reuse` aside: linking
+    finished stages in changes no result)."""
     try:
         have = yaml.safe_load((seed_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -351,7 +361,8 @@ def _check_finished(seed_dir: Path, expected: PipelineConfig) -> None:
     want = yaml.safe_load(yaml.safe_dump(to_dict(expected), sort_keys=False))
     if not isinstance(have, dict):
         raise RLHFError(f"{seed_dir / 'config.yaml'}: not a pipeline config")
-    have.pop("out", None), want.pop("out", None)
+    for key in ("out", "reuse"):
+        have.pop(key, None), want.pop(key, None)
     diff = _first_difference(want, have)
     if diff:
         key, w, h = diff
