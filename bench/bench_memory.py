@@ -94,7 +94,8 @@ def run_rm(args, opts) -> dict:
     from rlhf.models.lm import load_tokenizer
     from rlhf.models.reward import init_reward_model
     from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
-    from rlhf.train.reward import pack_ranking, packed_scores, ranking_loss
+    from rlhf.rollout.packed import packed_scores
+    from rlhf.train.reward import pack_ranking, ranking_loss
 
     tok = load_tokenizer(args.model)
     rankings, _ = load_rankings(args.data, limit=8)
