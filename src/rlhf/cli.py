@@ -420,7 +420,7 @@ def _jemalloc_loaded() -> bool:
 def _malloc(name: str, argv: list[str]) -> None:
     """`jemalloc`: re-run this command with libjemalloc preloaded (as PyTorch's CPU performance guide does with
     LD_PRELOAD). glibc's malloc keeps the freed blocks of varied batch shapes, and a long reward-model run on
-    SmolLM2 grows to 5-6 GB that way; with jemalloc it stayed under 4 GB (README, HH harmless)."""
+    SmolLM2 grows to 5-6 GB that way; with jemalloc it stayed under 4 GB (docs/real-models.md, HH harmless)."""
     if name == "system":
         return
     if not sys.platform.startswith("linux"):
