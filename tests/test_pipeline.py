@@ -88,7 +88,7 @@ def test_default_pipeline_gain_holds_over_three_seeds(tmp_path):
     mean gold in every seed, pooled over all seeds' prompts by more than 3 standard errors, and makes up
     answers about unknown entities at most half as often as SFT; averaged with the pretrained weights it
     still beats SFT by more than 3 pooled standard errors and answers more facts right than PPO-ptx alone
-    (README: the measured table)."""
+    (docs/results.md: the measured table)."""
     out = tmp_path / "seeds"
     # all cores, as a user would run it (the CLI fixture pins one thread per process)
     res = subprocess.run([sys.executable, "-m", "rlhf.cli", "study", "seeds", "--seeds", "0,1,2", "-q", "-o", str(out)],

@@ -182,8 +182,8 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
            out: str = typer.Option("runs/seeds", "--out", "-o", help="study directory; seed N runs in <out>/seed-N"),
            quiet: bool = QuietOpt) -> None:
     """The whole pipeline once per seed (finished seeds are reused), then the result with seeds as the unit."""
-    from rlhf.studies import seeds as study
     from rlhf.pipeline import PipelineConfig
+    from rlhf.studies import seeds as study
 
     seed_list = study.parse_seeds(seeds)
     _print_result(study.run(study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_)), not quiet))
