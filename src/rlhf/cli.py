@@ -441,7 +441,8 @@ def _malloc(name: str, argv: list[str]) -> None:
 
 
 # Commands that moved into a group: the old name still runs the command, after a one-line note on stderr.
-MOVED = {"control-highway": ["control", "highway"], "control-clips": ["control", "clips"], "compare": ["study", "compare"]}
+MOVED = {"control-highway": ["control", "highway"], "control-clips": ["control", "clips"],
+         "compare": ["study", "compare"]}
 
 
 def _moved(argv: list[str]) -> None:
