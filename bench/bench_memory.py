@@ -10,7 +10,7 @@ response tokens sampled in the step, whose time covers sampling, the reference/v
 update).
 
     python bench/bench_memory.py --model MODEL_DIR --data HH.jsonl [--steps 2] [--threads 2] [--only ppo]
-    python bench/bench_memory.py ... --write docs/lora-notes.md   # also replace the table in that file
+    python bench/bench_memory.py ... --write docs/real-models.md   # also replace the table in that file
 
 Cases (batch 8 everywhere): SFT on 8 HH dialogues (chosen side, max_len 256); RM on 8 HH pairs (max_len 256,
 responses packed beside their prompt); PPO on the last user turn of HH prompts, rollout batch 8, 64 new
@@ -94,7 +94,8 @@ def run_rm(args, opts) -> dict:
     from rlhf.models.lm import load_tokenizer
     from rlhf.models.reward import init_reward_model
     from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
-    from rlhf.train.reward import pack_ranking, packed_scores, ranking_loss
+    from rlhf.rollout.packed import packed_scores
+    from rlhf.train.reward import pack_ranking, ranking_loss
 
     tok = load_tokenizer(args.model)
     rankings, _ = load_rankings(args.data, limit=8)

@@ -238,3 +238,45 @@ def test_malloc_jemalloc_missing_is_one_clear_error(monkeypatch):
     monkeypatch.delenv("RLHF_MALLOC_PRELOADED", raising=False)
     with pytest.raises(RLHFError, match="libjemalloc is not installed"):
         cli_module._malloc("jemalloc", ["world"])
+
+
+# ---------------- the command tree ----------------
+def _tree(command, prefix=()) -> dict[tuple[str, ...], object]:
+    """Every command of the click tree by its path, groups included."""
+    out = {prefix: command}
+    for name, sub in getattr(command, "commands", {}).items():  # a group (typer ships its own click)
+        out.update(_tree(sub, prefix + (name,)))
+    return out
+
+
+def test_one_command_tree():
+    """Each area is one group: every control command under `rlhf control`, every study under `rlhf study`, the
+    labeling commands under `rlhf label`, the model tools under `rlhf models`; the top level holds the stages,
+    the trainers and the one-model tools, and no top-level name is a group's name with a suffix."""
+    import typer
+
+    from rlhf.cli import app
+
+    tree = _tree(typer.main.get_command(app))
+    top = {p[0] for p in tree if len(p) == 1}
+    assert top == {"world", "eval", "generate", "chat", "pretrain", "sft", "reward", "ppo", "dpo", "grpo", "rloo",
+                   "raft", "rrhf", "best-of-n", "pipeline", "study", "label", "control", "models"}
+    groups = {p[0] for p in tree if len(p) == 2}
+    assert not [name for name in top for g in groups if name != g and name.startswith(g)]
+    children = lambda *path: {p[-1] for p in tree if p[:-1] == path and len(p) == len(path) + 1}  # noqa: E731
+    assert children("control") == {"highway", "dagger", "tamer", "coach", "clips"}
+    assert children("control", "clips") == {"make", "fit"}
+    assert children("study") == {"seeds", "compare", "overopt", "signals"}
+    assert {"simulate", "generate", "serve", "import", "export"} <= children("label")
+    assert children("models") == {"import-gguf", "average", "info"}
+    assert children("reward") == {"eval"}
+
+
+@pytest.mark.parametrize("old,new", [("control-highway", "control highway"), ("control-clips", "control clips"),
+                                     ("compare", "study compare")])
+def test_a_moved_command_says_where_it_went_and_runs_there(cli, old, new):
+    """The old top-level names are hidden (not in --help) and run the command at its new place after one line."""
+    assert f" {old} " not in cli.run("--help").stdout
+    proc = cli.run(old, "--help")
+    assert proc.returncode == 0 and proc.stderr == f"note: `rlhf {old}` is now `rlhf {new}`\n"
+    assert f" {new} [OPTIONS]" in proc.stdout  # the usage line of the command at its new place

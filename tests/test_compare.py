@@ -1,4 +1,4 @@
-"""`rlhf compare`: the aggregation on hand-made numbers, the matched budget, and a smoke-size run end to end
+"""`rlhf study compare`: the aggregation on hand-made numbers, the matched budget, and a smoke-size run end to end
 (tiny world, 2 methods, 2 seeds) that is reused when rerun."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.errors import RLHFError
-from rlhf.eval.compare import CompareConfig, METHODS, aggregate, method_config, parse_methods, rm_calls, table_rows
+from rlhf.studies.compare import CompareConfig, METHODS, aggregate, method_config, parse_methods, rm_calls, table_rows
 from tests.conftest import TINY_WORLD
 
 
@@ -94,7 +94,7 @@ SMOKE = [x for k, v in TINY_WORLD.items() for x in ("--set", f"pipeline.world.{k
 @pytest.mark.slow  # about a minute on the shared 2-core machine
 def test_compare_smoke_runs_end_to_end_and_reuses_finished_runs(cli, tmp_path):
     out = tmp_path / "cmp"
-    res = cli.run("compare", "--seeds", "0,1", "--methods", "grpo,dpo", "--budget", "16", *SMOKE, "-o", out)
+    res = cli.run("study", "compare", "--seeds", "0,1", "--methods", "grpo,dpo", "--budget", "16", *SMOKE, "-o", out)
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     for name in ("greedy", "sampled"):
@@ -115,12 +115,12 @@ def test_compare_smoke_runs_end_to_end_and_reuses_finished_runs(cli, tmp_path):
     md = (out / "summary.md").read_text()
     assert "16 reward-model calls per method" in md and "gold - SFT (paired)" in md
 
-    again = cli.run("compare", "--seeds", "0,1", "--methods", "grpo,dpo", "--budget", "16", *SMOKE, "-o", out)
+    again = cli.run("study", "compare", "--seeds", "0,1", "--methods", "grpo,dpo", "--budget", "16", *SMOKE, "-o", out)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "GRPO finished in" in again.stdout + again.stderr
     assert json.loads((out / "summary.json").read_text())["greedy"] == summary["greedy"]
 
-    other = cli.run("compare", "--seeds", "0", "--methods", "grpo", "--budget", "32", *SMOKE, "-o", out)
+    other = cli.run("study", "compare", "--seeds", "0", "--methods", "grpo", "--budget", "32", *SMOKE, "-o", out)
     assert other.returncode == 2 and "finished with other settings (settings.steps" in other.stderr
     assert "Traceback" not in other.stderr
     assert (out / "seed-1" / "grpo" / "compare.json").exists()  # nothing was lost
@@ -128,11 +128,11 @@ def test_compare_smoke_runs_end_to_end_and_reuses_finished_runs(cli, tmp_path):
 
 def test_bad_input_is_one_line(cli, tmp_path):
     (tmp_path / "study" / "seed-0" / "sft" / "model").mkdir(parents=True)
-    res = cli.run("compare", "--seeds", "0", "--methods", "grpo", "--from", tmp_path / "study", "-q", "-o", tmp_path / "c")
+    res = cli.run("study", "compare", "--seeds", "0", "--methods", "grpo", "--from", tmp_path / "study", "-q", "-o", tmp_path / "c")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0 and "missing reward/model" in res.stderr, res.stderr
-    res = cli.run("compare", "--methods", "ppo,ppx", "-o", tmp_path / "c")
+    res = cli.run("study", "compare", "--methods", "ppo,ppx", "-o", tmp_path / "c")
     assert res.returncode == 2 and "unknown method 'ppx'" in res.stderr and "Traceback" not in res.stderr
-    res = cli.run("compare", "--seeds", "0,0", "-o", tmp_path / "c")
+    res = cli.run("study", "compare", "--seeds", "0,0", "-o", tmp_path / "c")
     assert res.returncode == 2 and "seed 0 is given twice" in res.stderr
     assert not (tmp_path / "c").exists()

@@ -59,23 +59,23 @@ def test_a_crash_does_not_end_the_episode_and_it_lasts_exactly_its_length():
 
 def test_bad_input_is_one_clear_line():
     cfg = HighwayConfig(env="CartPole")
-    with pytest.raises(RLHFError, match="control-highway drives the 'Highway' environment"):
+    with pytest.raises(RLHFError, match="`rlhf control highway` drives the 'Highway' environment"):
         cfg.check()
     with pytest.raises(RLHFError, match="safety_episodes: must be >= 1"):
         HighwayConfig(safety_episodes=0).check()
-    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "control-highway", "--set", "env=Highwy"],
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "control", "highway", "--set", "env=Highwy"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: env: unknown environment id 'Highwy' (did you mean 'Highway'?); "
                                    "known: CartPole, Pendulum, MountainCarContinuous, Acrobot, Highway, Hopper, HalfCheetah")
-    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "control-highway", "--set", "labels=0"],
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "control", "highway", "--set", "labels=0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: labels: the label budget must be >= 1, got 0"
 
 
 @pytest.mark.slow
 def test_control_highway_end_to_end(tmp_path):
-    """A tiny run of `rlhf control-highway`: both agents driven, the safety table written."""
+    """A tiny run of `rlhf control highway`: both agents driven, the safety table written."""
     from rlhf.control.highway import run
 
     cfg = HighwayConfig(seeds=[0], labels=20, rounds=2, clip_len=5, init_episodes=2, eval_episodes=1,

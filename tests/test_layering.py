@@ -1,5 +1,7 @@
-"""The package layering: no import cycles between modules, trainers independent of the world and of the
-evaluation code, and every package importable on its own in a fresh interpreter.
+"""The package layering: every package and top-level module of `rlhf` states what it may import from `rlhf`,
+the code imports nothing else, the table itself only points down the floors, there are no import cycles
+between modules, the PPO pretraining mix comes from `data/`, and every package imports on its own in a
+fresh interpreter.
 
 The graph counts every `import rlhf...` in the source, also those inside functions (a lazy import is still
 a dependency), read from the syntax tree without importing anything.
@@ -14,16 +16,45 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-PACKAGES = ["rlhf.data", "rlhf.models", "rlhf.rollout", "rlhf.train", "rlhf.world", "rlhf.eval", "rlhf.feedback"]
-# what each layer may import from rlhf (besides itself and the leaf modules errors, config, progress, plots, rundir)
-ALLOWED = {
-    "rlhf.data": set(),
-    "rlhf.world": {"rlhf.data"},
-    "rlhf.models": {"rlhf.data"},
-    "rlhf.rollout": {"rlhf.data", "rlhf.models"},
-    "rlhf.train": {"rlhf.data", "rlhf.models", "rlhf.rollout"},
+
+# The floors, bottom up: a unit may import only units on lower floors (and only those ALLOWED names), never
+# one on its own floor or above. docs/design.md draws the same picture.
+FLOORS = [
+    ["errors", "progress", "plots", "stats"],  # leaf modules: no rlhf imports
+    ["config"],                                # dataclass configs from YAML
+    ["rundir"],                                # the one run-directory writer
+    ["data"],                                  # files, chat encoding, packing, samplers
+    ["world", "models"],                       # the synthetic world; models, tokenizers, LoRA, reward heads
+    ["rollout"],                               # sampling, experience, packed forward passes
+    ["train", "eval", "feedback"],             # trainers; evaluation primitives; labels (people, simulated)
+    ["control", "stages"],                     # RLHF for control; `rlhf <stage>` = a trainer fed by the world
+    ["pipeline", "tasks"],                     # `rlhf pipeline` and its real-task presets
+    ["studies"],                               # seeds, compare, overopt, signals: they run the pipeline
+    ["cli"],                                   # `rlhf ...`
+]
+BASE = {"errors", "config", "progress", "plots", "stats", "rundir"}  # the small modules any package may use
+# What each package or top-level module may import from rlhf (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(), "progress": set(), "plots": set(), "stats": set(),
+    "config": {"errors"},
+    "rundir": {"config", "plots"},
+    "data": BASE,
+    "world": BASE | {"data"},
+    "models": BASE | {"data"},
+    "rollout": BASE | {"data", "models"},
+    "train": BASE | {"data", "models", "rollout"},
+    "eval": BASE | {"data", "world", "models", "rollout"},
+    "feedback": BASE | {"data", "world", "models", "rollout"},
+    "control": BASE | {"data", "feedback"},
+    "stages": BASE | {"data", "world", "models", "rollout", "train", "eval"},
+    "pipeline": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "stages"},
+    "tasks": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback"},
+    "studies": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "stages", "pipeline"},
+    "cli": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "control", "stages", "pipeline",
+                   "tasks", "studies"},
 }
-LEAVES = {"rlhf.errors", "rlhf.config", "rlhf.progress", "rlhf.plots", "rlhf.rundir"}
+PACKAGES = ["rlhf.data", "rlhf.models", "rlhf.rollout", "rlhf.train", "rlhf.world", "rlhf.eval", "rlhf.feedback",
+            "rlhf.control", "rlhf.tasks", "rlhf.studies"]
 
 
 def _module_name(path: Path) -> str:
@@ -79,27 +110,83 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def test_the_cycle_finder_finds_a_cycle():
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert cycles({"a": {"b"}, "b": set()}) == []
-
-
 def test_no_import_cycles_between_modules():
     graph = import_graph()
     assert len(graph) > 40  # the whole source tree was read
     assert cycles(graph) == []
 
 
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
-def test_layers_import_only_what_is_below_them(layer):
+def unit(module: str) -> str | None:
+    """The package or top-level module a module belongs to (`rlhf.train.ppo` -> `train`); None for `rlhf` itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def violations(graph: dict[str, set[str]], allowed: dict[str, set[str]]) -> dict[str, list[str]]:
+    """module -> the rlhf modules it imports that its unit may not; a unit missing from `allowed` is one too."""
     bad = {}
-    for mod, deps in import_graph().items():
-        if mod == layer or mod.startswith(layer + "."):
-            wrong = {d for d in deps if not d.startswith(layer) and d not in LEAVES
-                     and not any(d == a or d.startswith(a + ".") for a in ALLOWED[layer])}
-            if wrong:
-                bad[mod] = sorted(wrong)
-    assert bad == {}
+    for mod, deps in graph.items():
+        u = unit(mod)
+        if u is None:
+            continue
+        if u not in allowed:
+            bad[mod] = [f"{u} is not in the table"]
+            continue
+        wrong = sorted(d for d in deps if unit(d) not in (u, None) and unit(d) not in allowed[u])
+        if wrong:
+            bad[mod] = wrong
+    return bad
+
+
+def upward(allowed: dict[str, set[str]], floors: list[list[str]]) -> list[tuple[str, str]]:
+    """(a, b) for every allowed import that does not go down at least one floor (or names a unit of no floor)."""
+    floor = {u: i for i, names in enumerate(floors) for u in names}
+    return sorted((a, b) for a, deps in allowed.items() for b in deps
+                  if a not in floor or b not in floor or floor[b] >= floor[a])
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_checker_catches_an_injected_upward_import():
+    """The real graph with one import added that goes up (data -> train, eval -> pipeline, train -> eval), and
+    one new package missing from the table: each is reported, and nothing else is."""
+    graph = {m: set(d) for m, d in import_graph().items()}
+    assert violations(graph, ALLOWED) == {}
+    for mod, dep in [("rlhf.data.jsonl", "rlhf.train.ppo"), ("rlhf.eval.gold_eval", "rlhf.pipeline"),
+                     ("rlhf.train.ppo", "rlhf.eval.drift"), ("rlhf.models.lm", "rlhf.rollout.engine")]:
+        injected = {m: set(d) for m, d in graph.items()}
+        injected[mod].add(dep)
+        assert violations(injected, ALLOWED) == {mod: [dep]}
+    injected = dict(graph, **{"rlhf.newpkg.x": {"rlhf.data.jsonl"}})
+    assert violations(injected, ALLOWED) == {"rlhf.newpkg.x": ["newpkg is not in the table"]}
+    # and on a table that allowed an upward import, the floor check fails
+    assert upward(dict(ALLOWED, data=BASE | {"train"}), FLOORS) == [("data", "train")]
+    assert upward(dict(ALLOWED, train=ALLOWED["train"] | {"eval"}), FLOORS) == [("train", "eval")]
+
+
+def test_the_table_names_every_package_and_module_and_only_points_down():
+    units = {unit(m) for m in import_graph()} - {None}
+    assert units == set(ALLOWED) == {u for names in FLOORS for u in names}
+    assert upward(ALLOWED, FLOORS) == []
+
+
+def test_every_module_imports_only_what_its_table_row_allows():
+    assert violations(import_graph(), ALLOWED) == {}
+
+
+def test_ppo_takes_its_pretraining_mix_from_data():
+    """PPO-ptx's packed pretraining text is `data.packing`'s, not the SFT trainer's: nothing PPO imports,
+    directly or not, is train/sft.py."""
+    graph = import_graph()
+    seen, todo = set(), ["rlhf.train.ppo"]
+    while todo:
+        for d in graph[todo.pop()] - seen:
+            seen.add(d)
+            todo.append(d)
+    assert "rlhf.data.packing" in graph["rlhf.train.ppo"] and "rlhf.train.sft" not in seen
 
 
 @pytest.mark.parametrize("package", PACKAGES)

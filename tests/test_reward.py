@@ -15,8 +15,8 @@ from rlhf.models.options import LoraOptions, ModelOptions
 from rlhf.models.reward import init_reward_model, load_reward_model, raw_scores, score
 from rlhf.models.tokenizer import train_tokenizer
 from rlhf.rollout.engine import left_pad
-from rlhf.train.reward import (RewardConfig, batch_scores, encode_rankings, pack_ranking, packed_scores,
-                               ranking_loss, run)
+from rlhf.rollout.packed import packed_scores
+from rlhf.train.reward import RewardConfig, batch_scores, encode_rankings, pack_ranking, ranking_loss, run
 
 Q = ({"role": "user", "content": "q"},)
 

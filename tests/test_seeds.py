@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rlhf.errors import RLHFError
-from rlhf.eval.seeds import aggregate, parse_seeds
+from rlhf.studies.seeds import aggregate, parse_seeds
 from tests.test_pipeline import SMOKE
 
 PPO = "PPO-ptx (ptx_coef 2)"

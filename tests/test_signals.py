@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf.errors import RLHFError
-from rlhf.eval import signals
+from rlhf.studies import signals
 
 
 def _rows(kl, gold, dis=None, abstain=None):

@@ -144,17 +144,9 @@ def _mount_label_app() -> None:
     app.add_typer(label_app, name="label")
 
 
-study_app = typer.Typer(help="Studies built on the world's gold reward.", no_args_is_help=True)
+study_app = typer.Typer(help="Studies built on the world's gold reward: the pipeline over seeds, the methods "
+                        "compared, over-optimization, PPO's stop rules.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
-
-
-def _mount_clips_app() -> None:
-    from rlhf.control.clips_cli import clips_app  # typer only; the control stack is imported when a command runs
-
-    app.add_typer(clips_app, name="control-clips")
-
-
-_mount_clips_app()
 _mount_label_app()
 
 control_app = typer.Typer(help="RLHF for control tasks. Without a subcommand: deep RL from preferences over "
@@ -163,11 +155,20 @@ control_app = typer.Typer(help="RLHF for control tasks. Without a subcommand: de
 app.add_typer(control_app, name="control")
 
 
+def _mount_clips_app() -> None:
+    from rlhf.control.clips_cli import clips_app  # typer only; the control stack is imported when a command runs
+
+    control_app.add_typer(clips_app, name="clips")
+
+
+_mount_clips_app()
+
+
 @control_app.callback()
 def control_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
              out: Optional[str] = OutOpt, quiet: bool = QuietOpt) -> None:
     """Deep RL from preferences over trajectory clips (`rlhf control -c configs/control_cartpole.yaml`);
-    `rlhf control dagger|tamer|coach -c ...` for learning from corrections or scalar feedback."""
+    `rlhf control highway|dagger|tamer|coach -c ...` and `rlhf control clips make|fit` for the rest."""
     if ctx.invoked_subcommand is None:
         from rlhf.control import pbrl
 
@@ -183,8 +184,8 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
                                                "whose configs match, run the rest"),
            quiet: bool = QuietOpt) -> None:
     """The whole pipeline once per seed (finished seeds are reused), then the result with seeds as the unit."""
-    from rlhf.eval import seeds as study
     from rlhf.pipeline import PipelineConfig
+    from rlhf.studies import seeds as study
 
     seed_list = study.parse_seeds(seeds)
     if reuse is not None and not Path(reuse).is_dir():
@@ -193,7 +194,7 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
     _print_result(study.run(cfg, not quiet))
 
 
-@app.command("compare")
+@study_app.command("compare")
 def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default 0,1,2)"),
              methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated: ppo-ptx,ppo,dpo,bon,raft,rrhf,grpo,rloo"),
              budget: Optional[int] = typer.Option(None, "--budget", help="reward-model calls per method"),
@@ -203,8 +204,8 @@ def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-se
              quiet: bool = QuietOpt) -> None:
     """PPO-ptx, PPO, DPO, best-of-N, RAFT, RRHF, GRPO and RLOO from one SFT model, RM and label set per seed,
     under one reward-model-call budget; gold metrics per method over seeds (finished method runs are reused)."""
-    from rlhf.eval import compare
-    from rlhf.eval.seeds import parse_seeds
+    from rlhf.studies import compare
+    from rlhf.studies.seeds import parse_seeds
 
     cfg = load_config(compare.CompareConfig, config, set_)
     if seeds is not None:
@@ -227,7 +228,7 @@ def signals_(runs: list[Path] = typer.Argument(..., help="PPO run directories (m
     from rich.console import Console
     from rich.table import Table
 
-    from rlhf.eval import signals
+    from rlhf.studies import signals
 
     rows = signals.run(runs)
     table = Table(*rows[0].keys(), title="gold (5-step mean) @ step where each rule stops")
@@ -296,20 +297,20 @@ STAGE_COMMANDS = [
      "RRHF: ranking loss on length-normalized log-probs of K scored responses, plus SFT on the best."),
     (None, "best-of-n", "rlhf.eval.bon", "BestOfNConfig", "run",
      "Best-of-N: N samples per prompt, the reward model picks; gold/RM tables and the picks as SFT data."),
+    ("control", "highway", "rlhf.control.highway", "HighwayConfig", "run",
+     "Driving safety from preferences (highway-env): collisions, speed, progress vs the env-reward agent."),
     ("control", "dagger", "rlhf.control.dagger", "DAggerConfig", "run",
      "DAgger: an expert relabels the states the learner visits; behavioural cloning on the aggregate."),
     ("control", "tamer", "rlhf.control.scalar", "TamerConfig", "run",
      "Deep TAMER: a trainer's delayed, noisy +1/-1 on recent actions trains H(s, a); the agent acts greedily on it."),
     ("control", "coach", "rlhf.control.scalar", "CoachConfig", "run",
      "COACH: the trainer's delayed, noisy +1/-1 is the advantage of a softmax policy's recent actions."),
-    (None, "control-highway", "rlhf.control.highway", "HighwayConfig", "run",
-     "Driving safety from preferences (highway-env): collisions, speed, progress vs the env-reward agent."),
     (None, "pipeline", "rlhf.pipeline", "PipelineConfig", "run",
      "World -> tokenizer -> pretrain -> SFT -> reward model -> PPO, with a gold-metric table per stage; "
      "--preset NAME runs a real task instead (sentiment, instructions, hh-harmless)."),
     ("label", "simulate", "rlhf.feedback.simulate", "SimulateConfig", "run",
      "Sample K responses per world prompt and have a simulated labeler pool rank them."),
-    ("study", "overopt", "rlhf.eval.overopt", "OveroptConfig", "run",
+    ("study", "overopt", "rlhf.studies.overopt", "OveroptConfig", "run",
      "Proxy vs gold reward against sqrt(KL) for best-of-n and along a PPO run (Gao et al. 2022)."),
 ]
 
@@ -424,7 +425,7 @@ def _jemalloc_loaded() -> bool:
 def _malloc(name: str, argv: list[str]) -> None:
     """`jemalloc`: re-run this command with libjemalloc preloaded (as PyTorch's CPU performance guide does with
     LD_PRELOAD). glibc's malloc keeps the freed blocks of varied batch shapes, and a long reward-model run on
-    SmolLM2 grows to 5-6 GB that way; with jemalloc it stayed under 4 GB (README, HH harmless)."""
+    SmolLM2 grows to 5-6 GB that way; with jemalloc it stayed under 4 GB (docs/real-models.md, HH harmless)."""
     if name == "system":
         return
     if not sys.platform.startswith("linux"):
@@ -444,6 +445,19 @@ def _malloc(name: str, argv: list[str]) -> None:
               dict(os.environ, LD_PRELOAD=preload, RLHF_MALLOC_PRELOADED="1"))
 
 
+# Commands that moved into a group: the old name still runs the command, after a one-line note on stderr.
+MOVED = {"control-highway": ["control", "highway"], "control-clips": ["control", "clips"],
+         "compare": ["study", "compare"]}
+
+
+def _moved(argv: list[str]) -> None:
+    """Rewrite an old top-level command name in argv (in place) to its place in the tree."""
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is not None and argv[i] in MOVED:
+        typer.echo(f"note: `rlhf {argv[i]}` is now `rlhf {' '.join(MOVED[argv[i]])}`", err=True)
+        argv[i:i + 1] = MOVED[argv[i]]
+
+
 def main() -> None:
     # Hugging Face's own tqdm bars ("Loading weights", "Writing model shards") would clutter stderr, and
     # -q could not silence them; the stages show their own progress bars.
@@ -456,7 +470,9 @@ def main() -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         _malloc(_pop_malloc(sys.argv), argv)
-        app(standalone_mode=False)
+        args = sys.argv[1:]
+        _moved(args)
+        app(args=args, standalone_mode=False)
     except RLHFError as exc:
         if debug:
             raise

@@ -47,19 +47,15 @@ class PipelineConfig:
     # model's run bounds it (RewardConfig.normalize_sample)
     reward: reward.RewardConfig = field(default_factory=lambda: reward.RewardConfig(normalize_sample=0))
     # PPO-ptx (InstructGPT): the pretraining loss mixed in keeps what pretraining taught (set ppo.ptx_coef=0
-    # for plain PPO). PPO optimizes the mean of the reward_ensemble reward models (Coste et al. 2024): on the
-    # same SFT models and labels of seeds 0-2, PPO - SFT was +0.27, +0.37, +0.27 held-out gold against the
-    # mean; +0.18, +0.13, +0.35 against one RM, which PPO over-optimized on 2 of the 3 seeds (the KL budget
-    # stopped them); +0.30, +0.35, +0.23 against mean - std (uwo). ppo.ensemble_reward=first: one RM.
+    # for plain PPO). PPO optimizes the mean of the reward_ensemble reward models (Coste et al. 2024), which
+    # it over-optimizes less than one RM (docs/results.md); ppo.ensemble_reward=first: one RM.
     ppo: PPOStage = field(default_factory=lambda: PPOStage(ptx_coef=2.0, ensemble_reward="mean"))
     # reward models trained on the same comparisons with other seeds (and so other held-out splits): PPO
     # optimizes their mean and logs their disagreement on its samples
     reward_ensemble: int = 3
     # what the reward models start from: "pretrain" (as in lm-human-preferences: the pretrained LM, which still
     # knows the facts SFT partly overwrote, so it can better tell a right answer from a made-up one) or "sft"
-    # (InstructGPT). Same SFT models and labels, seeds 0-2, PPO-ptx - SFT gold: +0.30, +0.47, +0.28 from pretrain
-    # vs +0.27, +0.37, +0.27 from SFT; with the inverse-CDF draw +0.27, +0.51, +0.28 vs +0.15, +0.28, +0.11;
-    # PPO-ptx fact accuracy 0.72 / 0.73 vs 0.68 / 0.52 (README).
+    # (InstructGPT); "pretrain" gave PPO-ptx the larger gain in every run compared (docs/results.md).
     reward_init: str = "pretrain"
     # the final policy: PPO's weights averaged with the pretrained model's (WiSE-FT; Lin et al. 2024),
     # (1 - w) * PPO + w * pretrained, evaluated as its own row; the share w chosen per run by the reward-model

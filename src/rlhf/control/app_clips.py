@@ -3,12 +3,12 @@
 An import/export pair (people answer at their own pace), and `PeopleTeacher`, the live teacher inside
 `rlhf control` (`people.db`): each round's pairs go to the app and the loop waits for the answers.
 
-    rlhf control-clips make Pendulum clips/ --pairs 50 --gold 5   # episodes, clips as GIFs, tasks.jsonl, pairs.npz
+    rlhf control clips make Pendulum clips/ --pairs 50 --gold 5   # episodes, clips as GIFs, tasks.jsonl, pairs.npz
     rlhf label create-project pend --media-root clips/ && rlhf label import --project pend clips/tasks.jsonl \
         --gold clips/gold.jsonl                                   # (or --db/--project on `make` does both)
     ... people answer in the app: left / right / equal / can't tell ...
     rlhf label export --project pend --out answers.jsonl
-    rlhf control-clips fit clips/ answers.jsonl                   # the reward-model ensemble fit on their answers
+    rlhf control clips fit clips/ answers.jsonl                   # the reward-model ensemble fit on their answers
 
 `make` collects episodes of uniform random actions (the untrained agent's view of the task), cuts clip pairs as
 `rlhf control` does, writes each clip as its own GIF (classic control redrawn from the stored observations by
@@ -126,7 +126,7 @@ def read_answers(pairs_dir: str | Path, export: str | Path) -> dict:
 
     path = Path(pairs_dir) / "pairs.npz"
     if not path.is_file():
-        raise RLHFError(f"{path}: not found (write it with `rlhf control-clips make`)")
+        raise RLHFError(f"{path}: not found (write it with `rlhf control clips make`)")
     data = np.load(path)
     index = {str(pid): i for i, pid in enumerate(data["id"])}
     rankings, _ = load_rankings(export)
@@ -191,7 +191,7 @@ class PeopleConfig:
         name = resolve(env)[0]
         if name not in REDRAWN:
             raise RLHFError(f"people.db: live clips are redrawn from observations, which {name} cannot do "
-                            f"(it can for {', '.join(REDRAWN)})" + ("; use `rlhf control-clips make Highway` for "
+                            f"(it can for {', '.join(REDRAWN)})" + ("; use `rlhf control clips make Highway` for "
                                                                    "people on Highway" if name == "Highway" else ""))
         if self.overlap < 1 or self.timeout_s <= 0 or self.poll_s <= 0 or self.fps < 1:
             raise RLHFError("people.overlap and people.fps must be >= 1, people.timeout_s and people.poll_s > 0")

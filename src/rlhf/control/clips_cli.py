@@ -1,4 +1,4 @@
-"""`rlhf control-clips make|fit`: clip pairs to the labeling app and people's answers back (app_clips.py)."""
+"""`rlhf control clips make|fit`: clip pairs to the labeling app and people's answers back (app_clips.py)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,7 +8,7 @@ teacher never sees that reward: every step carries `info["teacher_reward"]`, a s
 in which a collision outweighs everything, then keeping right and a safe time gap to the car ahead, and speed
 counts least. The B-Pref teacher of teachers.py compares clips by the sum of this score.
 
-`rlhf control-highway -c configs/control_highway.yaml` runs the preference loop (pbrl.run) and the agent trained
+`rlhf control highway -c configs/control_highway.yaml` runs the preference loop (pbrl.run) and the agent trained
 on the environment's reward, then drives both for `safety_episodes` episodes and reports collisions per 100
 episodes, mean speed and progress (metres driven), per seed and over seeds.
 """
@@ -79,7 +79,7 @@ class HighwayConfig(ControlConfig):
         from rlhf.control.envs import resolve
 
         if resolve(self.env)[0] != "Highway":
-            raise RLHFError(f"env: control-highway drives the 'Highway' environment, got '{self.env}'")
+            raise RLHFError(f"env: `rlhf control highway` drives the 'Highway' environment, got '{self.env}'")
         if self.safety_episodes < 1:
             raise RLHFError(f"safety_episodes: must be >= 1, got {self.safety_episodes}")
         super().check()

@@ -1,4 +1,5 @@
-"""Random order over a dataset: one shuffled index stream and one train/eval split for every trainer."""
+"""Random order over a dataset: one shuffled index stream, one train/eval split and one length-bucketed batch
+order for every trainer."""
 from __future__ import annotations
 
 from typing import Sequence, TypeVar
@@ -62,3 +63,24 @@ class PromptSampler:
         """(indices into prompts, their token ids)."""
         idx = self.stream.take(n)
         return idx, [self.encoded[i] for i in idx]
+
+
+def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buckets: int = 32) -> list[list[int]]:
+    """`steps` batches of `batch_size` indices: epochs of random permutations, cut into windows of
+    `buckets` batches; within a window the indices are sorted by length before being cut into batches
+    and the batches are shuffled, so each batch holds similar lengths (less padding) while every
+    index is still seen once per epoch and batch order stays random."""
+    rng = torch.Generator().manual_seed(seed)
+    need = steps * batch_size
+    stream = IndexStream(len(lengths), rng).take(need)
+    out: list[list[int]] = []
+    window = batch_size * max(1, buckets)
+    for w in range(0, need, window):
+        chunk = stream[w:w + window]
+        if buckets > 1:
+            chunk = sorted(chunk, key=lambda i: lengths[i])
+        group = [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        if buckets > 1:
+            group = [group[i] for i in torch.randperm(len(group), generator=rng).tolist()]
+        out += group
+    return out

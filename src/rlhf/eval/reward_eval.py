@@ -11,8 +11,8 @@ import torch
 
 from rlhf.models.reward import score_texts
 from rlhf.plots import calibration_rows, plot_calibration, pyplot
-from rlhf.train.reward import pairwise_accuracy, standard_error
 from rlhf.rollout import SamplingConfig, generate_texts
+from rlhf.stats import pairwise_accuracy, standard_error
 from rlhf.world import World
 
 

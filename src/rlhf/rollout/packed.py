@@ -1,19 +1,21 @@
-"""Log-probs of several responses to one prompt from a single forward pass ("packed" rows).
+"""Several responses to one prompt in a single forward pass ("packed" rows): their log-probs (DPO, RRHF,
+GRPO/RLOO) or their reward-model scores (the reward trainer, GRPO/RLOO's group scoring).
 
 A row holds a prompt once and its responses laid out after it; a block attention mask lets each response
-see the prompt and itself only, at the positions it would have alone, so every response's log-probs equal
-those of the separate sequence prompt + response (up to float rounding), while the prompt is computed once
-instead of K times. The LM head runs only on the positions that predict response tokens. DPO, RRHF and
-GRPO/RLOO (K responses or a group per prompt) all score responses this way.
+see the prompt and itself only, at the positions it would have alone, so every response's log-probs (or
+score) equal those of the separate sequence prompt + response (up to float rounding), while the prompt is
+computed once instead of K times. The LM head runs only on the positions that predict response tokens; the
+score head only on each response's last token.
 
-A row is `(prompt tokens, [response tokens, ...], [index of each response in the output])`, the layout
-`rlhf.train.reward.pack_ranking` makes for the reward model; `pack` makes it for log-probs.
+A row is `(prompt tokens, [response tokens, ...], [index of each response in the output])`: `pack` makes
+it for log-probs, `rlhf.train.reward.pack_ranking` for the reward model.
 """
 from __future__ import annotations
 
 import torch
 
-from rlhf.models.lm import logprobs_from_logits
+from rlhf.models.lm import backbone, logprobs_from_logits
+from rlhf.models.reward import score_head
 
 PackedRow = tuple[list[int], list[list[int]], list[int]]
 
@@ -33,6 +35,31 @@ def pack(prompt: list[int], responses: list[list[int]], max_len: int, start: int
         row[1].append(toks)
         row[2].append(start + k)
     return list(groups.values())
+
+
+def layout(rows: list[PackedRow], pad_id: int, align: str = "left"):
+    """(ids, seg, pos, spans) of `rows` as one (B, W) batch: token ids, segment ids (0 prompt, j + 1
+    response j, -1 padding), positions (each response continues its prompt's), and per response
+    (row, first column, its tokens, its output index). align "right" puts the padding first (the reward scores
+    have always been computed that way; the result is the same up to float rounding)."""
+    width = max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    spans = []
+    for b, (p, rs, where) in enumerate(rows):
+        col = width - len(p) - sum(len(x) for x in rs) if align == "right" else 0
+        ids[b, col:col + len(p)] = torch.tensor(p, dtype=torch.long)
+        seg[b, col:col + len(p)] = 0
+        pos[b, col:col + len(p)] = torch.arange(len(p))
+        col += len(p)
+        for j, (x, w) in enumerate(zip(rs, where)):
+            ids[b, col:col + len(x)] = torch.tensor(x, dtype=torch.long)
+            seg[b, col:col + len(x)] = j + 1
+            pos[b, col:col + len(x)] = torch.arange(len(p), len(p) + len(x))
+            spans.append((b, col, x, w))
+            col += len(x)
+    return ids, seg, pos, spans
 
 
 def block_mask(seg: torch.Tensor, attn_implementation: str | None) -> torch.Tensor:
@@ -56,29 +83,18 @@ def packed_logprobs(model, rows: list[PackedRow], pad_id: int, temperature: floa
     first token); an empty response gets an all-zero mask."""
     model_ = getattr(model, "module", model)
     device = next(model_.parameters()).device
-    width = max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    seg = torch.full((len(rows), width), -1, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    if not all(p for p, _, _ in rows):
+        raise ValueError("a packed row needs a non-empty prompt")
+    ids, seg, pos, spans = layout(rows, pad_id)
+    width = ids.shape[1]
     src, tgt, owner = [], [], []  # flat position that predicts each response token, the token, its response
     lengths: dict[int, int] = {}
-    for b, (p, rs, where) in enumerate(rows):
-        if not p:
-            raise ValueError("a packed row needs a non-empty prompt")
-        ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
-        seg[b, :len(p)] = 0
-        pos[b, :len(p)] = torch.arange(len(p))
-        col = len(p)
-        for j, (x, w) in enumerate(zip(rs, where)):
-            ids[b, col:col + len(x)] = torch.tensor(x, dtype=torch.long)
-            seg[b, col:col + len(x)] = j + 1
-            pos[b, col:col + len(x)] = torch.arange(len(p), len(p) + len(x))
-            preds = [len(p) - 1] + list(range(col, col + len(x) - 1))
-            src += [b * width + c for c in preds][:len(x)]
-            tgt += x
-            owner += [w] * len(x)
-            lengths[w] = len(x)
-            col += len(x)
+    for b, col, x, w in spans:  # the prompt's last token predicts a response's first
+        preds = [len(rows[b][0]) - 1] + list(range(col, col + len(x) - 1))
+        src += [b * width + c for c in preds][:len(x)]
+        tgt += x
+        owner += [w] * len(x)
+        lengths[w] = len(x)
     ids, seg, pos = ids.to(device), seg.to(device), pos.to(device)
     mask = block_mask(seg, getattr(model_.config, "_attn_implementation", "sdpa"))
     hidden = model_.base_model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
@@ -97,3 +113,18 @@ def packed_logprobs(model, rows: list[PackedRow], pad_id: int, temperature: floa
     out = torch.zeros(n, T, dtype=flat.dtype, device=device)
     out = out.masked_scatter(out_mask, flat[torch.tensor(order, dtype=torch.long, device=device)])
     return out, out_mask.float()
+
+
+def packed_scores(model, rows: list[PackedRow], pad_id: int, device) -> torch.Tensor:
+    """Reward-model scores (`models.reward.raw_scores`, no offset) of every prompt + response of `rows`, in
+    the order of their indices: one forward per row, each response pooled at its last token."""
+    ids, seg, pos, spans = layout(rows, pad_id, align="right")
+    ids, seg, pos = ids.to(device), seg.to(device), pos.to(device)
+    hidden = backbone(model, ids, block_mask(seg, getattr(model.config, "_attn_implementation", "sdpa")), positions=pos)
+    last_row = torch.tensor([b for b, _, _, _ in spans], device=device)
+    last_col = torch.tensor([col + len(x) - 1 for _, col, x, _ in spans], device=device)
+    values = score_head(model)(hidden[last_row, last_col]).squeeze(-1).float()
+    where = [w for _, _, _, w in spans]
+    order = torch.empty(len(spans), dtype=torch.long, device=device)
+    order[torch.tensor(where, device=device) - min(where)] = torch.arange(len(spans), device=device)
+    return values[order]

@@ -31,7 +31,7 @@ from rlhf.train.common import OptimConfig
 def _reward_defaults() -> reward.RewardConfig:
     # TRL RewardTrainer's settings for this data (lr 3e-5, one epoch, 256 tokens, bf16 autocast, gradient
     # checkpointing) at batch 8, with the embeddings frozen, AdamW one tensor at a time and parts of at most
-    # 2,048 tokens per forward: SmolLM2-135M within 4 GB (see the README's HH section)
+    # 2,048 tokens per forward: SmolLM2-135M within 4 GB (docs/real-models.md, HH harmless)
     cfg = reward.RewardConfig(epochs=1.0, batch_size=8, max_len=256, eval_fraction=0.1, on_bad="skip",
                               train_embeddings=False, micro_batch_tokens=2048,
                               optim=OptimConfig(lr=3e-5, warmup_steps=5, weight_decay=0.0, schedule="linear",

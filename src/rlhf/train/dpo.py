@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from rlhf.data.chat import encode_prompt, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
-from rlhf.data.sampler import train_eval_split
+from rlhf.data.sampler import batch_order, train_eval_split
 from rlhf.errors import RLHFError
 from rlhf.models import lora
 from rlhf.models.options import ModelOptions
@@ -35,7 +35,6 @@ from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
 from rlhf.rundir import RunDir
 from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 from rlhf.train.heldout import GoldFn, sample_kl
-from rlhf.train.reward import batch_order
 
 LOSSES = ("sigmoid", "ipo", "cdpo")
 

@@ -12,7 +12,6 @@ parts of bounded size (the same summed gradient); `model.mixed_precision: bf16` 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +22,18 @@ import torch.nn.functional as F
 from rlhf.data.batching import left_pad
 from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
-from rlhf.data.sampler import IndexStream, train_eval_split
+from rlhf.data.sampler import batch_order, train_eval_split
 from rlhf.errors import RLHFError
 from rlhf.models import lora
+from rlhf.models.freeze import freeze_below
+from rlhf.models.lm import load_tokenizer
 from rlhf.models.options import ModelOptions
-from rlhf.models.lm import backbone, load_tokenizer
-from rlhf.models.reward import (encode_for, init_reward_model, is_encoder, max_len, raw_scores, score_head,
-                               score_sequences)
+from rlhf.models.reward import encode_for, init_reward_model, is_encoder, max_len, raw_scores, score_sequences
 from rlhf.plots import plot_calibration
 from rlhf.progress import progress_bar
+from rlhf.rollout.packed import PackedRow, packed_scores
 from rlhf.rundir import RunDir
+from rlhf.stats import pairwise_accuracy, standard_error
 from rlhf.train.checkpoint import TrainerState, resume
 from rlhf.train.common import OptimConfig, apply_update, check_finite, make_accelerator, make_optimizer
 
@@ -134,41 +135,6 @@ def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int, model=None
     return [[encode_for(model, tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
 
 
-def transformer_blocks(model) -> torch.nn.ModuleList:
-    """The list of transformer blocks of a backbone (Llama/Qwen `layers`, GPT-2 `h`, BERT `encoder.layer`)."""
-    base = getattr(model, "module", model).base_model
-    for path in ("layers", "h", "encoder.layer", "transformer.layer", "decoder.layers"):
-        obj = base
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise RLHFError(f"train_layers: cannot find the transformer blocks of {type(base).__name__}")
-
-
-def freeze_below(model, k: int, train_embeddings: bool = True) -> int:
-    """Train only the top k blocks (k = 0: all of them) and everything after them (final norm, pooler,
-    head); the embeddings train only when every block does and `train_embeddings` holds. Returns the
-    number of trainable parameters."""
-    if k or not train_embeddings:
-        blocks = transformer_blocks(model)
-        if k > len(blocks):
-            raise RLHFError(f"train_layers: {k} > the model's {len(blocks)} blocks")
-        k = k or len(blocks)
-        keep = {id(p) for b in list(blocks)[len(blocks) - k:] for p in b.parameters()}
-        below = {id(p) for b in list(blocks)[:len(blocks) - k] for p in b.parameters()}
-        base = getattr(model, "module", model).base_model
-        embeddings = {id(p) for n, p in base.named_parameters() if id(p) not in keep and id(p) not in below
-                      and ("emb" in n or n.startswith("wte") or n.startswith("wpe"))}
-        for p in model.parameters():
-            p.requires_grad_(id(p) not in below and id(p) not in embeddings)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# A packed row: (prompt tokens, [response tokens, ...], [index of each response in the flat score vector]).
-PackedRow = tuple[list[int], list[list[int]], list[int]]
-
-
 def pack_ranking(tokenizer, r: Ranking, max_len: int, start: int = 0) -> list[PackedRow]:
     """The K sequences `encode_prompt_response` makes for one ranking, as rows that share their prompt:
     responses whose prompt is cut at the same place (all of them unless max_len bites) go in one row."""
@@ -181,46 +147,6 @@ def pack_ranking(tokenizer, r: Ranking, max_len: int, start: int = 0) -> list[Pa
         row[1].append(toks)
         row[2].append(start + k)
     return list(groups.values())
-
-
-def packed_scores(model, rows: list[PackedRow], pad_id: int, device) -> torch.Tensor:
-    """raw_scores of every (prompt + response) of `rows`, computed with one forward per row: each response
-    attends to the prompt and to itself only, at the positions it would have alone, so the scores equal
-    raw_scores of the separate sequences; the prompt is computed once instead of K times."""
-    width = max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows)
-    n_out = sum(len(rs) for _, rs, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    seg = torch.full((len(rows), width), -1, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    last_row, last_col, out_idx = [], [], []
-    for b, (p, rs, where) in enumerate(rows):
-        col = width - len(p) - sum(len(x) for x in rs)
-        ids[b, col:col + len(p)] = torch.tensor(p, dtype=torch.long)
-        seg[b, col:col + len(p)] = 0
-        pos[b, col:col + len(p)] = torch.arange(len(p))
-        col += len(p)
-        for j, (x, w) in enumerate(zip(rs, where)):
-            ids[b, col:col + len(x)] = torch.tensor(x, dtype=torch.long)
-            seg[b, col:col + len(x)] = j + 1
-            pos[b, col:col + len(x)] = torch.arange(len(p), len(p) + len(x))
-            col += len(x)
-            last_row.append(b)
-            last_col.append(col - 1)
-            out_idx.append(w)
-    ids, seg, pos = ids.to(device), seg.to(device), pos.to(device)
-    q, k = seg[:, :, None], seg[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    allowed = causal & (k >= 0) & ((k == 0) | (k == q))
-    allowed |= torch.eye(width, dtype=torch.bool, device=device) & (q < 0)  # pad queries see themselves: no NaN
-    mask = allowed[:, None]
-    if getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
-        mask = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, torch.finfo(torch.float32).min)
-    hidden = backbone(model, ids, mask, positions=pos)
-    pooled = hidden[torch.tensor(last_row, device=device), torch.tensor(last_col, device=device)]
-    values = score_head(model)(pooled).squeeze(-1).float()
-    order = torch.empty(n_out, dtype=torch.long, device=device)
-    order[torch.tensor(out_idx, device=device) - min(out_idx)] = torch.arange(n_out, device=device)
-    return values[order]
 
 
 def micro_batches(idx: list[int], sizes: list[tuple[int, int]], max_tokens: int) -> list[list[int]]:
@@ -255,45 +181,6 @@ def score_all(model, encoded: list[list[list[int]]], pad_id: int) -> list[list[f
     for group in encoded:
         out.append(flat[k:k + len(group)])
         k += len(group)
-    return out
-
-
-def standard_error(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy p measured on n pairs (pairs taken as independent)."""
-    return math.sqrt(p * (1 - p) / n) if n else float("nan")
-
-
-def pairwise_accuracy(rankings, scores: list[list[float]]) -> tuple[float, list[tuple[float, int]]]:
-    """Share of untied pairs ordered as labeled (a tie in score counts as wrong), and (predicted
-    P(first better) = sigmoid(margin), first labeled better) for both orders of every pair."""
-    hits, calib = 0, []
-    for r, s in zip(rankings, scores):
-        for i, j in r.pairs():
-            hits += s[i] > s[j]
-            p = float(torch.sigmoid(torch.tensor(s[i] - s[j], dtype=torch.float64)))
-            calib += [(p, 1), (1 - p, 0)]
-    n = sum(len(r.pairs()) for r in rankings)
-    return (hits / n if n else float("nan")), calib
-
-
-def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, buckets: int = 32) -> list[list[int]]:
-    """`steps` batches of `batch_size` indices: epochs of random permutations, cut into windows of
-    `buckets` batches; within a window the indices are sorted by length before being cut into batches
-    and the batches are shuffled, so each batch holds similar lengths (less padding) while every
-    index is still seen once per epoch and batch order stays random."""
-    rng = torch.Generator().manual_seed(seed)
-    need = steps * batch_size
-    stream = IndexStream(len(lengths), rng).take(need)
-    out: list[list[int]] = []
-    window = batch_size * max(1, buckets)
-    for w in range(0, need, window):
-        chunk = stream[w:w + window]
-        if buckets > 1:
-            chunk = sorted(chunk, key=lambda i: lengths[i])
-        group = [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
-        if buckets > 1:
-            group = [group[i] for i in torch.randperm(len(group), generator=rng).tolist()]
-        out += group
     return out
 
 
@@ -367,7 +254,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
             acc, calib = pairwise_accuracy(eval_set, eval_scores)
             n = sum(len(r.pairs()) for r in eval_set)
             result.update(eval_pairwise_accuracy=acc, eval_pairs=n, eval_seconds=time.time() - t,
-                          eval_pairwise_accuracy_se=(acc * (1 - acc) / n) ** 0.5 if n else float("nan"))
+                          eval_pairwise_accuracy_se=standard_error(acc, n))
             sections["calibration"] = plot_calibration(calib, run_dir.sub("plots/calibration.png"))
         if cfg.normalize:
             t = time.time()

@@ -16,10 +16,9 @@ from rlhf.models import lora
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.options import ModelOptions
 from rlhf.models.reward import load_reward_model
-from rlhf.rollout.packed import PackedRow, pack
+from rlhf.rollout.packed import PackedRow, pack, packed_scores
 from rlhf.train.common import make_accelerator, make_optimizer
 from rlhf.train.heldout import sample_kl
-from rlhf.train.reward import packed_scores
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`rlhf compare`: the policy-optimization methods side by side on the default world, under one budget, over seeds.
+"""`rlhf study compare`: the policy-optimization methods side by side on the default world, under one budget, over seeds.
 
 Per seed N (seed=N, world.seed=N, as `rlhf study seeds`), one SFT checkpoint, one reward model and one set of
 simulated preference labels are shared by every method. They come from `source` (a `rlhf study seeds` or
@@ -17,7 +17,7 @@ prompts, greedy and sampled: gold reward, hallucination rate, fact accuracy, ...
 greedy responses and the KL to SFT on sampled responses (best-of-N: the analytic log N - (N - 1) / N).
 A finished method run of a seed (`<out>/seed-N/<method>/compare.json`) is reused when rerun with the same
 settings; one finished with other settings is an error, never mixed in. The aggregation across seeds is
-`rlhf.eval.seeds.aggregate` (mean, SE and min-max over seeds; paired differences against SFT with their SE).
+`rlhf.studies.seeds.aggregate` (mean, SE and min-max over seeds; paired differences against SFT with their SE).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import yaml
 
 from rlhf.config import build_config, to_dict
 from rlhf.errors import RLHFError
-from rlhf.eval import seeds as study
+from rlhf.studies import seeds as study
 from rlhf.pipeline import PipelineConfig
 from rlhf.progress import console
 from rlhf.rollout import SamplingConfig
@@ -416,5 +416,5 @@ def run(cfg: CompareConfig, show_progress: bool = True) -> Path:
             sections[f"{name}: per seed"] = result[name]["per_seed"]
         sections["seconds per seed (training + evaluation)"] = result["seconds"]
         sections["this run"] = {"wall_seconds": result["wall_seconds"], "cpu_seconds": result["cpu_seconds"]}
-        run_dir.write_summary(f"rlhf compare: {len(cfg.methods)} methods over {len(seeds)} seeds", sections, result)
+        run_dir.write_summary(f"rlhf study compare: {len(cfg.methods)} methods over {len(seeds)} seeds", sections, result)
     return root
