@@ -228,9 +228,8 @@ def set_disabled(db: Session, user: User, disabled: bool) -> None:
         others = db.scalar(select(func.count()).select_from(User).where(
             User.role == "admin", User.disabled.is_(False), User.id != user.id))
         if not others:
-            message = f"{user.username} is the last active admin; enable or create another admin first"
-            db.rollback()
-            raise RLHFError(message)
+            db.commit()  # nothing changed: only the lock ends (a rollback would expire the caller's objects)
+            raise RLHFError(f"{user.username} is the last active admin; enable or create another admin first")
     user.disabled = disabled
     db.commit()
     if disabled:
