@@ -185,7 +185,8 @@ def check_task_id_lengths(sessions, tmp_path) -> None:
         create_project(db, "ids", 1, 0.0, 10)
         with pytest.raises(RLHFError) as refused:
             import_tasks(db, "ids", write_jsonl(tmp_path / "long.jsonl", long_id_rows(201)))
-        assert f"{tmp_path / 'long.jsonl'}:1: 'id' is 201 characters long; at most 200 are allowed" in str(refused.value)
+        where = f"{tmp_path / 'long.jsonl'}:1"
+        assert f"{where}: 'id' is 201 characters long; at most 200 are allowed" in str(refused.value)
         nul = write_jsonl(tmp_path / "nul.jsonl", [{"id": "a\u0000b", "prompt": "p", "responses": ["a", "b"]}])
         with pytest.raises(RLHFError, match="'id' contains a NUL character"):
             import_tasks(db, "ids", nul)

@@ -6,7 +6,7 @@ Policy (docs/labeling-app.md, "Security"):
 * Password hashing costs argon2's 64 MiB per hash, so at most HASH_SLOTS hashes run at once; a
   login that waits longer than HASH_WAIT seconds for a slot is answered 503 (try again).
 * Usernames are at most MAX_USERNAME characters and passwords at most MAX_PASSWORD; longer input is
-  refused before any hashing or bookkeeping.
+  refused before any hashing (a login counts it against the client's IP only).
 * Usernames are unique and matched ignoring ASCII case (`Alice` logs in as `alice`); they are
   shown as they were created.
 * There is always an active admin: an admin may disable another admin, but never themselves nor
