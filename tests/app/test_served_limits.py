@@ -4,7 +4,10 @@ Secure cookie flag, and anonymous uploads refused before their body is read.
 
 The server hashes with argon2's production cost (its DUMMY_HASH for unknown users) and the users
 below are created with it too, so a password check takes as long as in a real deployment: the
-window in which a check-then-count limiter let a burst through."""
+window in which a check-then-count limiter let a burst through. A login that waits more than
+HASH_WAIT (10 s) for one of the 2 hashing slots is answered 503 and not counted (no password was
+checked); on a loaded machine a burst can see some, so the bursts below check the invariant, at
+most `limit` password checks (401s), rather than exact counts."""
 from __future__ import annotations
 
 import socket
@@ -60,16 +63,35 @@ def burst(requests: list) -> list[int]:
     return codes
 
 
+def check_burst(codes: list[int], limit: int) -> None:
+    """No more password checks (401/400) than the limit, every other request refused (429) or, having
+    waited too long for a hashing slot, turned away uncounted (503)."""
+    checked = codes.count(401) + codes.count(400)
+    busy = codes.count(503)
+    assert checked + codes.count(429) + busy == len(codes), codes
+    assert checked <= limit and checked + busy >= limit, codes
+
+
+def until_refused(send) -> None:
+    """send(i) for i = 0, 1, ... until the limiter refuses (tops up what 503s left uncounted)."""
+    for i in range(25):
+        if send(i).status_code == 429:
+            return
+    raise AssertionError("never refused")
+
+
 def test_a_concurrent_burst_gets_no_more_guesses_than_the_limits(real_cost_db, start_server):
     server = start_server(real_cost_db)
     clients = [login_client(server.url) for _ in range(50)]
     # 30 guesses for one user from one address at once: the (user, IP) limit is 5
     codes = burst([lambda c=c: post_login(c, "ann1", WRONG) for c in clients[:30]])
-    assert (codes.count(401), codes.count(429)) == (5, 25), codes
+    check_burst(codes, 5)
+    until_refused(lambda i: post_login(clients[0], "ann1", WRONG))
     assert post_login(clients[0], "ann1", PASSWORD).status_code == 429  # locked, right password or not
     # 50 different usernames from the same address at once: the IP has 15 of its 20 failures left
     codes = burst([lambda c=c, i=i: post_login(c, f"user{i}", WRONG) for i, c in enumerate(clients)])
-    assert (codes.count(401), codes.count(429)) == (15, 35), codes
+    check_burst(codes, 15)
+    until_refused(lambda i: post_login(clients[1], f"someone{i}", WRONG))
     assert post_login(clients[1], "admin", PASSWORD).status_code == 429  # the address is locked
     for client in clients:
         client.close()
@@ -84,7 +106,8 @@ def test_a_burst_of_wrong_current_passwords_is_limited(real_cost_db, start_serve
     clients = [httpx.Client(base_url=server.url, cookies=cookies, timeout=60) for _ in range(12)]
     form = {"current": WRONG, "new": "a new passphrase", "confirm": "a new passphrase", "csrf_token": csrf}
     codes = burst([lambda c=c: c.post("/account/password", data=form) for c in clients])
-    assert (codes.count(400), codes.count(429)) == (5, 7), codes
+    check_burst(codes, 5)
+    until_refused(lambda i: first.post("/account/password", data=form))
     assert first.post("/account/password", data={**form, "current": PASSWORD}).status_code == 429
     for client in (first, *clients):
         client.close()
@@ -122,8 +145,9 @@ def test_a_named_proxy_is_trusted_and_cannot_be_spoofed_through(real_cost_db, st
     clients = [login_client(server.url) for _ in range(40)]
     codes = burst([lambda c=c, i=i: post_login(c, "admin", WRONG, {"X-Forwarded-For": f"192.0.2.{i}"})
                    for i, c in enumerate(clients)])
-    assert (codes.count(401), codes.count(429)) == (20, 20), codes
-    assert post_login(client, "admin", PASSWORD, {"X-Forwarded-For": "192.0.2.200"}).status_code == 429
+    check_burst(codes, 20)
+    until_refused(lambda i: post_login(client, "admin", WRONG, {"X-Forwarded-For": f"192.0.2.{100 + i}"}))
+    assert post_login(client, "admin", PASSWORD, {"X-Forwarded-For": "192.0.2.201"}).status_code == 429
     # behind a TLS proxy (X-Forwarded-Proto: https from it) the cookies are Secure
     page = client.get("/login", headers={"X-Forwarded-Proto": "https"})
     assert "secure" in page.headers["set-cookie"].lower()
@@ -134,7 +158,7 @@ def test_a_named_proxy_is_trusted_and_cannot_be_spoofed_through(real_cost_db, st
 def raw_post(port: int, head: str, first_bytes: bytes) -> bytes:
     """Send a request's headers and the first bytes of its body, then read what comes back (the
     rest of the body is never sent: only a server answering before reading it can reply)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(head.encode() + first_bytes)
         try:
             return sock.recv(4096)
