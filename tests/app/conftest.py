@@ -43,12 +43,12 @@ def cheap_password_hashing(monkeypatch):
 class Server:
     """`rlhf label serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, db: str):
+    def __init__(self, db: str, *options: str):
         self.db = db
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.feedback.label_cli", "serve", "--db", db,
-                                      "--host", "127.0.0.1", "--port", str(self.port)])
+                                      "--host", "127.0.0.1", "--port", str(self.port), *options])
         deadline = time.monotonic() + 120  # a loaded 2-core machine can take this long to start python
         while True:
             try:
@@ -79,8 +79,8 @@ class Server:
 def start_server():
     servers = []
 
-    def start(db: str) -> Server:
-        servers.append(Server(db))
+    def start(db: str, *options: str) -> Server:
+        servers.append(Server(db, *options))
         return servers[-1]
     yield start
     for server in servers:

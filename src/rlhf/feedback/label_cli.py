@@ -21,16 +21,45 @@ def _sessions(db: str):
     return open_database(db)
 
 
+FORWARDED_HELP = ("comma-separated addresses or networks of the reverse proxies whose X-Forwarded-For and "
+                  "X-Forwarded-Proto headers are trusted, e.g. 127.0.0.1 when nginx or Caddy on this machine "
+                  "forwards to the app; default: none, every request's client is the TCP peer")
+SECURE_HELP = ("mark cookies Secure on every response (default: only on requests that came over https, "
+               "as a trusted proxy's X-Forwarded-Proto says)")
+
+
 @label_app.command()
 def serve(db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
           host: str = typer.Option("127.0.0.1", help="Interface to listen on (loopback by default)"),
-          port: int = typer.Option(8000, help="TCP port")) -> None:
+          port: int = typer.Option(8000, help="TCP port"),
+          forwarded_allow_ips: str = typer.Option("", help=FORWARDED_HELP),
+          secure_cookies: bool = typer.Option(False, "--secure-cookies", help=SECURE_HELP)) -> None:
     """Start the labeling web server (migrates the database first)."""
     import uvicorn
 
     from rlhf.feedback.app import create_app
 
-    uvicorn.run(create_app(db), host=host, port=port, log_level="warning")
+    proxies = check_proxies(forwarded_allow_ips)
+    # uvicorn's own default trusts forwarding headers from 127.0.0.1, which is every client when the
+    # app runs behind a proxy on this machine; here nothing is trusted unless named.
+    uvicorn.run(create_app(db, secure_cookies=secure_cookies), host=host, port=port, log_level="warning",
+                proxy_headers=bool(proxies), forwarded_allow_ips=",".join(proxies) or None)
+
+
+def check_proxies(value: str) -> list[str]:
+    """The trusted proxies of --forwarded-allow-ips, each an IP address or network ('*': any)."""
+    import ipaddress
+
+    proxies = [part.strip() for part in value.split(",") if part.strip()]
+    for proxy in proxies:
+        if proxy == "*":
+            continue
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise typer.BadParameter(f"{proxy!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)",
+                                     param_hint="--forwarded-allow-ips") from None
+    return proxies
 
 
 @label_app.command()

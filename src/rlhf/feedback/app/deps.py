@@ -52,14 +52,29 @@ def tokens_match(given: str | None, expected: str | None) -> bool:
     return bool(given and expected) and secrets.compare_digest(given.encode(), expected.encode())
 
 
-async def csrf_session(request: Request, session: LoginSession = Depends(current_session)) -> LoginSession:
-    """Dependency for every state-changing route: a logged-in session whose CSRF token came along."""
+async def _check_csrf(request: Request, session: LoginSession) -> LoginSession:
     if not tokens_match(await submitted_csrf_token(request), session.csrf_token):
         raise HTTPException(403, "CSRF token missing or wrong; reload the page and try again")
     return session
 
 
-async def csrf_admin(session: LoginSession = Depends(csrf_session)) -> LoginSession:
-    if not session.user.is_admin:
-        raise HTTPException(403, "admins only")
-    return session
+async def csrf_session(request: Request, session: LoginSession = Depends(current_session)) -> LoginSession:
+    """Dependency for every state-changing route: a logged-in session whose CSRF token came along.
+    The session (a cookie) is checked before any form body is read for the token."""
+    return await _check_csrf(request, session)
+
+
+async def csrf_admin(request: Request, session: LoginSession = Depends(require_admin)) -> LoginSession:
+    """An admin's session (role checked first, from the cookie) whose CSRF token came along."""
+    return await _check_csrf(request, session)
+
+
+async def admin_form(request: Request, session: LoginSession = Depends(csrf_admin)):
+    """The multipart form of an admin upload, read only once the request is known to be an
+    admin's (routes that declare File/Form parameters have their body parsed before any dependency
+    runs, so an anonymous client could make the server read and spool a large upload)."""
+    form = await request.form()  # already parsed (and cached on the request) by the CSRF check
+    try:
+        yield form
+    finally:
+        await form.close()

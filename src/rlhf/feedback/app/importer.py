@@ -33,6 +33,7 @@ from rlhf.feedback.app.models import Project, Task
 KINDS = ("text", "image", "video", "clip")
 CLIP_SUFFIXES = (".gif", ".webp", ".png", ".mp4", ".m4v", ".webm", ".ogv")  # what a clip pair may show
 MAX_PROBLEMS = 50  # problems listed in a failed import's report (all are counted)
+MAX_TASK_ID = Task.external_id.type.length  # characters of a task id (the column's size: PostgreSQL enforces it)
 
 
 class Problems:
@@ -121,6 +122,10 @@ def parse_task(obj: dict, gold: bool) -> tuple[str | None, str, list[dict], list
     rid = obj.get("id")
     if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool) or not str(rid).strip()):
         raise ValueError("'id' must be a non-empty string or integer")
+    if rid is not None and len(str(rid)) > MAX_TASK_ID:
+        raise ValueError(f"'id' is {len(str(rid))} characters long; at most {MAX_TASK_ID} are allowed")
+    if rid is not None and "\0" in str(rid):
+        raise ValueError("'id' contains a NUL character")
     return (None if rid is None else str(rid)), kind, prompt, responses, ranks
 
 

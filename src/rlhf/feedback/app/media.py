@@ -58,12 +58,21 @@ def resolve_media(root: str | None, ref: str, guard: DatabaseFileGuard) -> Path:
     if not ref or "\0" in ref:
         raise MediaError("empty or invalid media path")
     base = Path(root).resolve()
+    # Containment first, existence second: a path outside the root gets the same answer whether or
+    # not it exists, so import errors cannot be used to probe the server's files.
+    outside = MediaError(f"media path {ref!r} leads outside the media root")
+    if not Path(os.path.normpath(base / ref)).is_relative_to(base):
+        raise outside
     try:
-        path = (base / ref).resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise MediaError(f"media file {ref!r} not found under the media root") from None
+        path = (base / ref).resolve()  # symlinks followed as far as they exist
+    except (OSError, RuntimeError):  # a symlink loop
+        raise outside from None
     if not path.is_relative_to(base):
-        raise MediaError(f"media path {ref!r} leads outside the media root")
+        raise outside
+    try:
+        path.stat()
+    except OSError:
+        raise MediaError(f"media file {ref!r} not found under the media root") from None
     if not path.is_file():
         raise MediaError(f"media path {ref!r} is not a regular file")
     if path.suffix.lower() not in MEDIA_TYPES:

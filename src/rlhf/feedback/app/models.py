@@ -19,7 +19,7 @@ class Base(DeclarativeBase):
 class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(String(100), unique=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)  # also unique ignoring case (migration 0003)
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))  # "admin" | "annotator"
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)  # a disabled user cannot log in

@@ -7,14 +7,15 @@ from pathlib import Path as FilePath
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
+from starlette.datastructures import FormData, UploadFile
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rlhf.errors import RLHFError
 from rlhf.feedback.app.accounts import count_sessions, create_user, end_user_sessions, set_disabled
-from rlhf.feedback.app.deps import MAX_ID, csrf_admin, get_db, require_admin
+from rlhf.feedback.app.deps import MAX_ID, admin_form, csrf_admin, get_db, require_admin
 from rlhf.feedback.app.export import FORMATS, export_project
 from rlhf.feedback.app.importer import MAX_UPLOAD_BYTES, import_tasks
 from rlhf.feedback.app.models import Assignment, Label, LoginSession, Project, Task, User
@@ -72,7 +73,10 @@ def disable_user(user_id: UserId, request: Request, session: LoginSession = Depe
     user = _user(db, user_id)
     if user.id == session.user_id:
         return _admin_page(request, db, session, error="you cannot disable yourself", status_code=400)
-    set_disabled(db, user, True)
+    try:
+        set_disabled(db, user, True)  # another admin too, but never the last active one
+    except RLHFError as exc:
+        return _admin_page(request, db, session, error=str(exc), status_code=400)
     return _admin_page(request, db, session, notice=f"{user.username} is disabled and logged out everywhere.")
 
 
@@ -140,9 +144,9 @@ def _display_name(filename: str) -> str:
     return name if len(name) <= 80 else name[:60] + "..." + name[-17:]
 
 
-def _save_upload(upload: UploadFile | None, path: FilePath) -> FilePath | None:
+def _save_upload(upload, path: FilePath) -> FilePath | None:
     """Copy an upload to `path` (a fixed name: the client's file name only labels reports)."""
-    if upload is None or not upload.filename:
+    if not isinstance(upload, UploadFile) or not upload.filename:
         return None
     size = 0
     with open(path, "wb") as out:
@@ -157,9 +161,12 @@ def _save_upload(upload: UploadFile | None, path: FilePath) -> FilePath | None:
 
 
 @router.post("/projects/{name}/import")
-def import_upload(name: str, request: Request, tasks: UploadFile | None = None, gold: UploadFile | None = None,
+def import_upload(name: str, request: Request, form: FormData = Depends(admin_form),
                   session: LoginSession = Depends(csrf_admin), db: Session = Depends(get_db)) -> Response:
+    """Upload `tasks` and/or `gold` files. No File parameters: the body is read only after the
+    session is known to be an admin's (see deps.admin_form)."""
     project = _project(db, name)
+    tasks, gold = form.get("tasks"), form.get("gold")
     with tempfile.TemporaryDirectory() as folder:
         try:
             task_path = _save_upload(tasks, FilePath(folder) / "tasks.jsonl")

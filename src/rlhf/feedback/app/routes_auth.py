@@ -9,9 +9,9 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from rlhf.errors import RLHFError
-from rlhf.feedback.app.accounts import (MAX_PASSWORD, MAX_USERNAME, MIN_PASSWORD, SESSION_LIFETIME, authenticate,
-                                        change_password, end_session, end_user_sessions, find_session,
-                                        start_session)
+from rlhf.feedback.app.accounts import (MAX_PASSWORD, MAX_USERNAME, MIN_PASSWORD, SESSION_LIFETIME, ServerBusy,
+                                        WrongPassword, authenticate, change_password, end_session,
+                                        end_user_sessions, find_session, start_session)
 from rlhf.feedback.app.deps import (LOGIN_CSRF_COOKIE, SESSION_COOKIE, csrf_session, current_session, get_db,
                                     tokens_match)
 from rlhf.feedback.app.models import LoginSession
@@ -20,9 +20,21 @@ from rlhf.feedback.app.templating import templates
 router = APIRouter()
 
 
+WRONG_LOGIN = "Wrong username or password."
+TOO_MANY_LOGINS = "Too many failed logins; wait a minute and try again."
+
+
+def client_ip(request: Request) -> str:
+    """The peer's address; a forwarding header has replaced it only if it came from a proxy the
+    operator trusts (`rlhf label serve --forwarded-allow-ips`)."""
+    return request.client.host if request.client else "?"
+
+
 def _cookie(response: Response, request: Request, name: str, value: str, max_age: int | None = None) -> None:
-    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https")
+    """Secure when the server was told so (--secure-cookies) or the request came over https (the
+    scheme of a trusted proxy's X-Forwarded-Proto; never a header from anyone else)."""
+    secure = request.app.state.secure_cookies or request.url.scheme == "https"
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax", secure=secure)
 
 
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
@@ -44,19 +56,22 @@ def login(request: Request, username: str = Form(...), password: str = Form(...)
     if not tokens_match(csrf_token, request.cookies.get(LOGIN_CSRF_COOKIE)):
         raise HTTPException(403, "CSRF token missing or wrong; reload the login page")
     limiter = request.app.state.login_limiter
-    ip = request.client.host if request.client else "?"
-    if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
-        limiter.failed(None, ip)  # counts against the IP only; nothing of the input is kept
-        return _login_page(request, "Wrong username or password.", 401)
-    if limiter.blocked(username, ip):
-        return _login_page(request, "Too many failed logins; wait a minute and try again.", 429)
-    user = authenticate(db, username, password)
-    if user is None:
-        limiter.failed(username, ip)
-        return _login_page(request, "Wrong username or password.", 401)
-    limiter.succeeded(username, ip)
-    if user.disabled:
-        return _login_page(request, "This account is disabled; ask an admin.", 403)
+    ip = client_ip(request)
+    too_long = len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD
+    # Counted before the slow hash, so a burst of concurrent guesses gets no further than the limits.
+    attempt = limiter.reserve(None if too_long else username, ip)  # too long: counts against the IP only
+    if attempt is None:
+        return _login_page(request, TOO_MANY_LOGINS, 429)
+    if too_long:
+        return _login_page(request, WRONG_LOGIN, 401)
+    try:
+        user = authenticate(db, username, password)
+    except ServerBusy:
+        limiter.release(attempt, succeeded=False)  # no password was checked
+        raise
+    if user is None or user.disabled:  # a disabled account answers exactly like a wrong password
+        return _login_page(request, WRONG_LOGIN, 401)
+    limiter.release(attempt)
     old = find_session(db, request.cookies.get(SESSION_COOKIE))
     if old is not None:  # logging in again replaces the session this browser had
         end_session(db, old)
@@ -90,16 +105,21 @@ def password(request: Request, current: str = Form(...), new: str = Form(...), c
              session: LoginSession = Depends(csrf_session), db: Session = Depends(get_db)) -> Response:
     """Change one's own password; every other session of the user ends."""
     limiter = request.app.state.login_limiter
-    ip = request.client.host if request.client else "?"
-    if limiter.blocked(session.user.username, ip):
+    attempt = limiter.reserve(session.user.username, client_ip(request))
+    if attempt is None:
         return _account_page(request, session, "Too many wrong passwords; wait a minute and try again.",
                              status_code=429)
     try:
         ended = change_password(db, session, current, new, confirm)
-    except RLHFError as exc:
-        if "current password" in str(exc):
-            limiter.failed(session.user.username, ip)
+    except WrongPassword as exc:  # stays counted
         return _account_page(request, session, str(exc), status_code=400)
+    except RLHFError as exc:  # the current password was right
+        limiter.release(attempt)
+        return _account_page(request, session, str(exc), status_code=400)
+    except ServerBusy:
+        limiter.release(attempt, succeeded=False)
+        raise
+    limiter.release(attempt)
     return _account_page(request, session, notice=f"Password changed; {ended} other session(s) logged out.")
 
 

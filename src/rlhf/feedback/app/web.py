@@ -7,6 +7,7 @@ import re
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rlhf.feedback.app.accounts import LoginRateLimiter, ServerBusy
 from rlhf.feedback.app.db import DatabaseFileGuard, open_database, sqlite_path
@@ -70,14 +71,16 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-def create_app(db: str) -> FastAPI:
-    """`db` is a SQLite file path or a database URL; the schema is migrated before serving."""
+def create_app(db: str, secure_cookies: bool = False) -> FastAPI:
+    """`db` is a SQLite file path or a database URL; the schema is migrated before serving.
+    `secure_cookies` marks every cookie Secure (otherwise only those set over https)."""
     from rlhf.feedback.app import routes_admin, routes_auth, routes_label
 
     app = FastAPI(title="rlhf labeling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sessions = open_database(db)
     app.state.database_files = DatabaseFileGuard(sqlite_path(db))
     app.state.login_limiter = LoginRateLimiter()
+    app.state.secure_cookies = secure_cookies
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for module in (routes_auth, routes_label, routes_admin):
         app.include_router(module.router)
@@ -88,8 +91,8 @@ def create_app(db: str) -> FastAPI:
             return JSONResponse({"detail": "log in first"}, status_code=401)
         return RedirectResponse("/login", status_code=303)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and the router's 404/405
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if wants_json(request) or request.method != "GET":
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
         return templates.TemplateResponse(request, "message.html", {"title": f"Error {exc.status_code}",
