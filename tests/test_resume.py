@@ -124,8 +124,8 @@ def start_and_kill(args: list, out: Path, log: Path, timeout: float = 240) -> Pa
     """Run `rlhf *args -o out` in a subprocess and SIGKILL it as soon as a checkpoint is complete on disk
     (state.json is written last); returns the latest complete checkpoint of the killed run."""
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", "from rlhf.cli import main; main()", *map(str, args), "-o", str(out)],
-                                env=_cli_env(), stdout=subprocess.DEVNULL, stderr=err)
+        cmd = [sys.executable, "-c", "from rlhf.cli import main; main()", *map(str, args), "-o", str(out)]
+        proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.DEVNULL, stderr=err)
     partial = out.with_name(f"{out.name}.partial-{proc.pid}")  # the run directory until the run succeeds
     deadline = time.time() + timeout
     while not list(partial.glob("checkpoints/step-*/state.json")):

@@ -208,7 +208,8 @@ class DPO(loop.Trainer):
     def __init__(self, cfg: DPOConfig, gold: GoldFn | None = None):
         self.cfg, self.gold, self.title = cfg, gold, f"DPO ({cfg.loss})"
         rankings, self.data_report = load_pairs(cfg)
-        self.train_set, self.eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(cfg.seed))
+        split = torch.Generator().manual_seed(cfg.seed)
+        self.train_set, self.eval_set = train_eval_split(rankings, cfg.eval_fraction, split)
         if not self.train_set:
             raise RLHFError(f"{cfg.data}: nothing left to train on after holding out eval_fraction={cfg.eval_fraction}")
         self.tokenizer = load_tokenizer(cfg.policy)
@@ -284,7 +285,8 @@ class DPO(loop.Trainer):
                   "rankings_eval": len(self.eval_set), "pairs_trained": self.pairs_seen, "steps": progress.done,
                   "first_loss": self.first_loss, "final_loss": progress.row.get("loss"),
                   "reference_cache_seconds": self.cache_seconds, "train_seconds": seconds,
-                  "reference_cache_cpu_seconds": self.cache_cpu_seconds, "train_cpu_seconds": progress.train_cpu_seconds,
+                  "reference_cache_cpu_seconds": self.cache_cpu_seconds,
+                  "train_cpu_seconds": progress.train_cpu_seconds,
                   "pairs_per_s": progress.items / max(1e-9, seconds),
                   "pairs_per_s_with_cache": progress.items / max(1e-9, seconds + self.cache_seconds)}
         if cfg.loss in ("sigmoid", "cdpo"):

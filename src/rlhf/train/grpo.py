@@ -175,10 +175,11 @@ class GRPO(GroupTrainer):
         responses, or over tokens)."""
         cfg, responses = self.cfg, self.cfg.micro_batch_prompts * self.cfg.group_size
         stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "kl_k3": [], "kl": []}
+        pad, temperature = self.tokenizer.pad_token_id, cfg.sampling.temperature
         for epoch in range(cfg.epochs):
             for mb, rows in enumerate(ref.rows):
                 with self.accelerator.autocast():
-                    logp, mask = packed_logprobs(self.policy, rows, self.tokenizer.pad_token_id, cfg.sampling.temperature)
+                    logp, mask = packed_logprobs(self.policy, rows, pad, temperature)
                 old = ref.old_logp[mb] if ref.old_logp else logp.detach()
                 loss, s = policy_loss(logp, old, ref.ref_logp[mb], adv[mb * responses:(mb + 1) * responses], mask, cfg)
                 check_finite(loss, step, updates_applied=epoch)
@@ -205,8 +206,8 @@ class GRPO(GroupTrainer):
     def result(self, progress: loop.Progress) -> dict:
         row = progress.row
         return {"estimator": self.cfg.estimator, "kl_mode": self.cfg.kl_mode, "steps": progress.done,
-                "episodes": progress.items, "seconds": progress.train_seconds, "cpu_seconds": progress.train_cpu_seconds,
-                "episodes_per_s": progress.items / max(1e-9, progress.train_seconds),
+                "episodes": progress.items, "seconds": progress.train_seconds,
+                "cpu_seconds": progress.train_cpu_seconds, "episodes_per_s": progress.items / max(1e-9, progress.train_seconds),
                 **{k: row[k] for k in ("rm_score", "kl", "response_length", "eos_rate") if k in row}}
 
 

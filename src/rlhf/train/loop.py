@@ -165,7 +165,9 @@ class _Loop:
         sample rows; returns a stop reason, if any."""
         trainer, hooks, p, done = self.trainer, self.hooks, self.progress, self.progress.done
         stopped = out.metrics.pop("stop", None)  # the trainer's own gold-free stop (e.g. PPO's KL budget)
-        golds = [hooks.gold(q, r) for q, r in zip(out.batch.prompts, out.batch.texts)] if hooks.gold and out.batch else None
+        golds = None
+        if hooks.gold and out.batch is not None:
+            golds = [hooks.gold(q, r) for q, r in zip(out.batch.prompts, out.batch.texts)]
         row = p.row = {**out.metrics, **({trainer.gold_key: float(np.mean(golds))} if golds else {})}
         if trainer.unit:
             row[f"{trainer.unit}_per_s"] = p.items / max(1e-9, p.train_seconds)

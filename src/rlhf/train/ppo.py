@@ -258,7 +258,8 @@ def ppo_update(trainer: Trainer, step: int, exp: Experience, advantages, returns
     return stats
 
 
-def micro_batch_loss(trainer: Trainer, exp: Experience, micro: torch.Tensor, advantages, returns) -> tuple[torch.Tensor, dict]:
+def micro_batch_loss(trainer: Trainer, exp: Experience, micro: torch.Tensor, advantages,
+                     returns) -> tuple[torch.Tensor, dict]:
     """The PPO loss (plus the pretraining LM loss under PPO-ptx) of the episodes `micro`, and its statistics."""
     cfg, models, roll = trainer.cfg, trainer.models, exp.roll
     prompt_len, mask = roll.prompt_ids.shape[1], exp.mask[micro]
@@ -321,9 +322,10 @@ class Trainer(loop.Trainer):
 
     def state(self) -> TrainerState:
         gens = {"sample": self.gen_sample, "shuffle": self.gen_shuffle, **({"ptx": self.ptx.generator} if self.ptx else {})}
-        return TrainerState({"policy": self.models.policy, "value": self.models.value},
-                            {"opt_policy": self.opt_policy, "opt_value": self.opt_value, "sched_policy": self.sched_policy,
-                             "sched_value": self.sched_value, "prompts": self.sampler.stream}, gens, self.models.tokenizer)
+        stateful = {"opt_policy": self.opt_policy, "opt_value": self.opt_value, "sched_policy": self.sched_policy,
+                    "sched_value": self.sched_value, "prompts": self.sampler.stream}
+        return TrainerState({"policy": self.models.policy, "value": self.models.value}, stateful, gens,
+                            self.models.tokenizer)
 
     def scalars(self) -> dict:
         return {"beta": self.kl_ctl.beta, "epoch": self.sampler.stream.epoch, "position": self.sampler.stream.position,
@@ -346,8 +348,8 @@ class Trainer(loop.Trainer):
         return sample_rows(step, out.batch, golds)
 
     def result(self, progress: loop.Progress) -> dict:
-        episodes, seconds = (progress.done - progress.start) * self.cfg.rollout_batch_size, time.time() - progress.started
-        row = progress.row
+        episodes = (progress.done - progress.start) * self.cfg.rollout_batch_size
+        seconds, row = time.time() - progress.started, progress.row
         return {"steps": progress.done, "episodes": episodes, "seconds": seconds,
                 "episodes_per_s": episodes / max(1e-9, seconds), "final_beta": self.kl_ctl.beta,
                 "kl_budget": self.cfg.kl_budget, **self.watch.summary(),

@@ -80,7 +80,8 @@ class RAFT(GroupTrainer):
     """One step is one iteration: sample k per prompt, keep the top fraction, fine-tune on them."""
     name, title = "raft", "RAFT"
     bar_fields = {"loss": "sft_loss", "rm_kept": "rm_kept"}
-    plots = {"reward": ["rm_all", "rm_kept", "gold_kept"], "sft loss": ["sft_loss"], "held-out": ["eval_kl", "eval_gold"]}
+    plots = {"reward": ["rm_all", "rm_kept", "gold_kept"], "sft loss": ["sft_loss"],
+             "held-out": ["eval_kl", "eval_gold"]}
 
     def __init__(self, cfg: RAFTConfig, prompts: list | None, eval_prompts: list | None, gold: GoldFn | None):
         super().__init__(cfg, prompts, eval_prompts, cfg.iterations * cfg.steps_per_iteration, gold)
@@ -117,7 +118,8 @@ class RAFT(GroupTrainer):
                     kept.golds += [self.gold(self.prompts[i], groups.texts[f]) for f in flat]
                 if n < 2:
                     p = self.prompts[i]
-                    kept.samples.append({"iteration": iteration, "prompt": p if isinstance(p, str) else p[-1]["content"],
+                    kept.samples.append({"iteration": iteration,
+                                         "prompt": p if isinstance(p, str) else p[-1]["content"],
                                          "kept": groups.texts[flat[0]], "rm": round(scores[flat[0]].item(), 3)})
         return kept
 
@@ -150,9 +152,10 @@ class RAFT(GroupTrainer):
         self.table = list(scalars.get("iterations", []))
 
     def result(self, progress: loop.Progress) -> dict:
-        return {"iterations": progress.done, "k": self.cfg.k, "kept_per_prompt": self.keep,
-                "sft_steps": progress.done * self.cfg.steps_per_iteration,
-                "episodes": progress.done * self.cfg.prompts_per_iteration * self.cfg.k, "seconds": progress.train_seconds}
+        cfg = self.cfg
+        return {"iterations": progress.done, "k": cfg.k, "kept_per_prompt": self.keep,
+                "sft_steps": progress.done * cfg.steps_per_iteration,
+                "episodes": progress.done * cfg.prompts_per_iteration * cfg.k, "seconds": progress.train_seconds}
 
     def sections(self) -> dict:
         return {"iterations": self.table}

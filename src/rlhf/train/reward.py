@@ -39,8 +39,8 @@ from rlhf.train.common import OptimConfig, apply_update, check_finite, make_acce
 
 @dataclass
 class RewardConfig:
-    out: str = "runs/reward"
-    seed: int = 0
+    out: str = "runs/reward"  # run directory
+    seed: int = 0  # seeds the split (unless split_seed), the batch order, the score head and the offset's sample
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     init: str = "runs/sft/model"  # any local HF causal LM (the SFT model by default) or encoder (BERT-like)
     pooling: str = "auto"  # auto (decoders: last token; encoders: their sentence-transformers pooling, else [CLS]) | last | mean | cls
@@ -49,17 +49,17 @@ class RewardConfig:
                                    # optimizer state for them (SmolLM2: 28M of 135M weights, 0.34 GB less)
     data: str = "runs/labels/comparisons.jsonl"  # rankings or pairs (TRL, conversational, HH, K-wise)
     on_bad: str = "skip"  # skip (counted in the summary) | error
-    limit: int | None = None
-    eval_fraction: float = 0.1
+    limit: int | None = None  # read at most this many rankings (None: all)
+    eval_fraction: float = 0.1  # rankings held out for pairwise accuracy
     split_seed: int | None = None  # seed of the train/held-out split (default: seed), to compare seeds on one split
     epochs: float = 1.0  # one epoch: more overfits quickly
     batch_size: int = 8  # rankings (prompts) per step
     micro_batch_tokens: int = 0  # > 0: forward/backward a step's rankings in parts of at most this many padded
                                  # tokens (the same gradient, summed; bounds memory on long batches); 0: one pass
-    max_len: int = 256
+    max_len: int = 256  # prompt + response tokens (never more than the model's position table)
     ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
-    margin: float = 0.0
-    normalize: bool = True
+    margin: float = 0.0  # the loss asks r_chosen - r_rejected to exceed this
+    normalize: bool = True  # shift scores so the reference policy's responses have mean 0 (the offset is saved)
     normalize_sample: int = 512  # training responses scored for the offset (seeded random sample; 0 = all)
     pack_responses: bool = True  # forward a ranking's shared prompt once, its K responses beside it (same scores)
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
@@ -80,6 +80,7 @@ class RewardConfig:
         if (self.train_layers or not self.train_embeddings) and self.model.lora.r:
             raise RLHFError("train_layers / train_embeddings and model.lora.r are two ways to train part of the model: "
                             "set one of them")
+        self.optim.validate()
 
 
 def count_groups(rankings: list[Ranking], ties: str = "skip") -> int:

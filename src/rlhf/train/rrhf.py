@@ -34,7 +34,7 @@ class RRHFConfig(GroupRunConfig):
     k: int = 4  # responses per prompt
     rank_coef: float = 1.0  # weight of the ranking loss beside the SFT loss on the best response
     length_penalty: float = 1.0  # p_i = sum log-prob / length ** length_penalty
-    samples_every: int = 10  # every N steps, the RM's best response to the batch's first prompt goes to the sample table
+    samples_every: int = 10  # every N steps, the RM's best response to the batch's first prompt goes to the samples
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="constant", betas=(0.9, 0.95)))
 
@@ -75,8 +75,9 @@ class RRHF(GroupTrainer):
         idx = self.order.take(cfg.prompts_per_step)
         groups = self.sample(idx, k)
         scores = no_eos_penalty(groups.scores, groups.roll.finished, cfg.no_eos_score)
+        rows = groups.rows([self.encoded[i] for i in idx])
         with self.accelerator.autocast():
-            logp, mask = packed_logprobs(self.policy, groups.rows([self.encoded[i] for i in idx]), self.tokenizer.pad_token_id)
+            logp, mask = packed_logprobs(self.policy, rows, self.tokenizer.pad_token_id)
         parts = [rrhf_loss(logp[n * k:(n + 1) * k], mask[n * k:(n + 1) * k], scores[n * k:(n + 1) * k],
                            cfg.rank_coef, cfg.length_penalty) for n in range(len(idx))]
         loss = torch.stack([part[0] for part in parts]).mean()

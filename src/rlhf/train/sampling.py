@@ -29,14 +29,15 @@ from rlhf.train.reward import packed_scores
 @dataclass
 class GroupRunConfig:
     """The keys GRPO/RLOO, RAFT and RRHF share: what `GroupTrainer` reads and `sample_groups` samples with."""
-    out: str = "runs/group"
-    seed: int = 0
+    out: str = "runs/group"  # run directory
+    seed: int = 0  # seeds LoRA's adapters, sampling (seed + 1), prompt order (seed + 3) and held-out samples
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     policy: str = "runs/sft/model"  # the starting point, also the frozen reference (held-out KL, KL penalties)
-    reward_model: str = "runs/reward/model"
+    reward_model: str = "runs/reward/model"  # a reward-model folder sharing the policy's tokenizer
     prompts: str = "runs/world/prompts_train.jsonl"  # JSONL of {"prompt": str | messages} (or {"messages"})
     eval_prompts: str | None = "runs/world/prompts_eval.jsonl"  # held-out KL (and gold, when given a scorer)
     n_eval_prompts: int = 64  # held-out prompts sampled for KL (and gold) before, every eval_every steps, after
+    # how responses are sampled; log-probs (ratios, KL) use the same temperature
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
     no_eos_score: float | None = -1.0  # RM score for responses that never produce EOS (None: keep the RM score)
     save_every: int = 0  # a checkpoint every N steps to resume from (0: none)
