@@ -249,7 +249,7 @@ def test_ppo_with_lora_holds_one_policy_and_resumes_exactly(tmp_path, nano_check
     calls = counting(monkeypatch, ppo)
     t = ppo.setup(cfg, ppo.load_prompts(str(prompts)), None)
     assert calls["n"] == 1
-    m = t.m
+    m = t.models
     assert isinstance(m.ref, lora.AdapterDisabled)
     # parameters in memory: policy + reward model + value model; the reference adds nothing
     assert unique_numel(m.policy, m.ref, m.reward, m.value) == numel(m.policy) + numel(m.reward) + numel(m.value)

@@ -1,4 +1,5 @@
-"""Plumbing every trainer shares: seeding, the Accelerator, the optimizer and its schedule, NaN guard."""
+"""Plumbing every trainer shares: seeding, the Accelerator, the optimizer and its schedule, NaN guard, and the
+two small tensor helpers every loss uses (the masked mean, the score of a response without EOS)."""
 from __future__ import annotations
 
 import math
@@ -15,19 +16,30 @@ from rlhf.errors import RLHFError
 from rlhf.models.options import check_mixed_precision
 
 
+KERNELS = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 @dataclass
 class OptimConfig:
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup_steps: int = 50
+    """AdamW with warmup and a decaying learning rate, as every trainer uses it."""
+    lr: float = 3e-3  # peak learning rate (after warmup)
+    weight_decay: float = 0.1  # decoupled weight decay on matrices (biases and norms get none)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's moment decay rates
+    eps: float = 1e-8  # AdamW's denominator epsilon
+    warmup_steps: int = 50  # linear warmup from lr / warmup_steps to lr
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1  # cosine: the final learning rate as a fraction of lr
+    grad_clip: float = 1.0  # the gradient's global norm is clipped to this
     # AdamW's kernels (PyTorch's choice): foreach (the default: fast, but temporaries the size of the trained
     # weights at every step) | for-loop (one tensor at a time: the least memory) | fused (one kernel per tensor)
     implementation: str = "foreach"
+
+    def validate(self) -> None:
+        if self.implementation not in KERNELS:
+            raise RLHFError(f"optim.implementation: expected foreach, for-loop or fused, got '{self.implementation}'")
+        if self.schedule not in SCHEDULES:
+            raise RLHFError(f"optim.schedule: unknown schedule '{self.schedule}' (cosine, linear or constant)")
 
 
 def seed_everything(seed: int) -> None:
@@ -52,14 +64,12 @@ def make_accelerator(seed: int, grad_accum: int = 1, mixed_precision: str = "no"
 
 
 def make_optimizer(model, cfg: OptimConfig, total_steps: int):
+    cfg.validate()
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    kernels = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}
-    if cfg.implementation not in kernels:
-        raise RLHFError(f"optim.implementation: expected foreach, for-loop or fused, got '{cfg.implementation}'")
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                            **kernels[cfg.implementation])
+                            **KERNELS[cfg.implementation])
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -71,8 +81,6 @@ def make_optimizer(model, cfg: OptimConfig, total_steps: int):
             return 1.0 - progress
         return 1.0
 
-    if cfg.schedule not in ("cosine", "linear", "constant"):
-        raise RLHFError(f"optim.schedule: unknown schedule '{cfg.schedule}' (cosine, linear or constant)")
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -85,15 +93,19 @@ class NonFiniteLoss(RLHFError):
         self.updates_applied = updates_applied
 
 
-def check_finite(loss: torch.Tensor, step: int) -> None:
+def check_finite(loss: torch.Tensor, step: int, updates_applied: int = 0) -> None:
+    """Raise NonFiniteLoss when `loss` is NaN or infinite; `updates_applied`: optimizer steps the current
+    step has already taken."""
     if not torch.isfinite(loss).all():
-        raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)")
+        raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)",
+                            updates_applied)
 
 
-def optimizer_step(accelerator: Accelerator, model, opt, sched, loss: torch.Tensor, step: int, grad_clip: float) -> float:
+def optimizer_step(accelerator: Accelerator, model, opt, sched, loss: torch.Tensor, step: int, grad_clip: float,
+                   updates_applied: int = 0) -> float:
     """The supervised trainers' update: stop on a non-finite loss, backward, clip, step, schedule.
     Returns the gradient norm before clipping."""
-    check_finite(loss, step)
+    check_finite(loss, step, updates_applied)
     accelerator.backward(loss)
     return apply_update(accelerator, model, opt, sched, grad_clip)
 
@@ -105,3 +117,18 @@ def apply_update(accelerator: Accelerator, model, opt, sched, grad_clip: float) 
     sched.step()
     opt.zero_grad(set_to_none=True)
     return float(grad_norm)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """The mean of x where mask is 1 (over `dim`, or over everything); 0 where the mask is empty."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def no_eos_penalty(scores: torch.Tensor, finished: torch.Tensor, no_eos_score: float | None) -> torch.Tensor:
+    """The reward-model scores with `no_eos_score` in place of the score of every response that never
+    produced EOS (`finished` false); unchanged when no_eos_score is None."""
+    if no_eos_score is None:
+        return scores
+    return torch.where(finished, scores, torch.full_like(scores, no_eos_score))

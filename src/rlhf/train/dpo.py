@@ -29,32 +29,33 @@ from rlhf.errors import RLHFError
 from rlhf.models import lora
 from rlhf.models.options import ModelOptions
 from rlhf.models.lm import load_causal_lm, load_tokenizer
-from rlhf.progress import progress_bar
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
-from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
+from rlhf.train import loop
+from rlhf.train.checkpoint import TrainerState
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, masked_mean, optimizer_step
 from rlhf.train.heldout import GoldFn, sample_kl
+from rlhf.train.loop import StepOutput
 
 LOSSES = ("sigmoid", "ipo", "cdpo")
 
 
 @dataclass
 class DPOConfig:
-    out: str = "runs/dpo"
-    seed: int = 0
+    out: str = "runs/dpo"  # run directory
+    seed: int = 0  # seeds the train/held-out split, the batch order and the held-out samples
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
-    policy: str = "runs/sft/model"
+    policy: str = "runs/sft/model"  # the starting checkpoint (a Hugging Face causal LM folder)
     reference: str | None = None  # frozen reference; None: the policy's starting checkpoint
     data: str = "runs/labels/comparisons.jsonl"  # every format `rlhf reward` reads (pairs, HH, K-wise rankings)
     on_bad: str = "error"  # error | skip (counted in the summary)
-    limit: int | None = None
+    limit: int | None = None  # read at most this many rankings (None: all)
     eval_fraction: float = 0.1  # held out with the same split (and seed) as `rlhf reward`
-    epochs: float = 1.0
+    epochs: float = 1.0  # passes over the training rankings
     batch_size: int = 8  # rankings per step
-    max_len: int = 256
+    max_len: int = 256  # prompt + response tokens (the prompt is cut from the left)
     loss: str = "sigmoid"  # sigmoid (DPO) | ipo | cdpo
-    beta: float = 0.1
+    beta: float = 0.1  # the implicit reward's scale: beta * (log pi - log pi_ref)
     label_smoothing: float = 0.1  # cdpo only: the assumed probability that a label is flipped
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
     ref_batch_size: int = 32  # rankings per reference forward when filling the cache
@@ -63,6 +64,17 @@ class DPOConfig:
     kl_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=32, temperature=0.7))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=5, weight_decay=0.0,
                                                                    schedule="linear", betas=(0.9, 0.999)))
+    save_every: int = 0  # a checkpoint every N steps to resume from (0: none)
+    resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise RLHFError(f"loss: expected one of {', '.join(LOSSES)}, got '{self.loss}'")
+        if self.beta <= 0:
+            raise RLHFError(f"beta must be > 0, got {self.beta}")
+        if self.loss == "cdpo" and not 0 < self.label_smoothing < 0.5:
+            raise RLHFError(f"label_smoothing: cdpo needs 0 < label_smoothing < 0.5, got {self.label_smoothing}")
+        self.optim.validate()
 
 
 # ---------------------------------------------------------------- the loss
@@ -79,8 +91,8 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 def sequence_logps(logp: torch.Tensor, mask: torch.Tensor, average: bool) -> torch.Tensor:
-    total = (logp * mask).sum(-1)
-    return total / mask.sum(-1).clamp(min=1) if average else total
+    """Each response's summed log-prob, or its per-token mean (`average`, as IPO uses)."""
+    return masked_mean(logp, mask, dim=-1) if average else (logp * mask).sum(-1)
 
 
 def pair_index(rankings: list[Ranking]) -> tuple[list[int], list[int], list[float]]:
@@ -117,12 +129,7 @@ def check_reference(policy_tok, ref_tok, policy, ref, ref_path: str) -> None:
 
 
 def load_pairs(cfg: DPOConfig) -> tuple[list[Ranking], dict]:
-    if cfg.loss not in LOSSES:
-        raise RLHFError(f"loss: expected one of {', '.join(LOSSES)}, got '{cfg.loss}'")
-    if cfg.beta <= 0:
-        raise RLHFError(f"beta must be > 0, got {cfg.beta}")
-    if cfg.loss == "cdpo" and not 0 < cfg.label_smoothing < 0.5:
-        raise RLHFError(f"label_smoothing: cdpo needs 0 < label_smoothing < 0.5, got {cfg.label_smoothing}")
+    """The rankings with at least one untied pair, and the data report (bad rows, all-tied rankings)."""
     rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
     usable = [r for r in rankings if r.pairs()]
     info = {**report.as_dict(), "rankings_all_tied": len(rankings) - len(usable)}
@@ -184,89 +191,113 @@ def evaluate_pairs(policy, packed, ref_cache, rankings, cfg: DPOConfig, pad_id: 
             "loss": sum(losses) / len(rankings), "pairs": len(m)}
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the trainer
+
+
+class DPO(loop.Trainer):
+    """The policy, its optimizer, the cached reference log-probs and the batch order; one step is one batch."""
+    name = "dpo"
+    unit = "pairs"
+    bar_fields = {"loss": "loss", "acc": "accuracy"}
+    heldout_note = "no held-out data"
+    plots = {"loss": ["loss", "eval_loss"], "implicit-reward accuracy": ["accuracy", "eval_accuracy"],
+             "implicit-reward margin": ["margin", "eval_margin"], "held-out KL": ["eval_kl"],
+             "held-out gold": ["eval_gold"], "throughput": ["pairs_per_s"]}
+
+    def __init__(self, cfg: DPOConfig, gold: GoldFn | None = None):
+        self.cfg, self.gold, self.title = cfg, gold, f"DPO ({cfg.loss})"
+        rankings, self.data_report = load_pairs(cfg)
+        split = torch.Generator().manual_seed(cfg.seed)
+        self.train_set, self.eval_set = train_eval_split(rankings, cfg.eval_fraction, split)
+        if not self.train_set:
+            raise RLHFError(f"{cfg.data}: nothing left to train on after holding out eval_fraction={cfg.eval_fraction}")
+        self.tokenizer = load_tokenizer(cfg.policy)
+        ref_path = cfg.reference or cfg.policy
+        ref_tokenizer = load_tokenizer(ref_path)
+        self.accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
+        policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
+        ref = lora.reference(policy, cfg.policy, ref_path, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
+        check_reference(self.tokenizer, ref_tokenizer, policy, ref, ref_path)
+        self.train_packed = pack_all(self.tokenizer, self.train_set, cfg.max_len)
+        self.eval_packed = pack_all(self.tokenizer, self.eval_set, cfg.max_len)
+        self.steps = max(1, int(cfg.epochs * len(self.train_set) / cfg.batch_size))
+        opt, self.sched = make_optimizer(policy, cfg.optim, self.steps)
+        self.policy, self.opt = self.accelerator.prepare(policy, opt)
+        self.ref = ref.to(self.accelerator.device)
+        self.policy.eval()  # no dropout: at the start policy = reference exactly, and the loss is log 2
+        self.cache_reference()
+        lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in self.train_packed]
+        self.schedule = batch_order(lengths, cfg.batch_size, self.steps, cfg.seed, cfg.length_buckets)
+        self.kl_prompts = list({str(r.prompt): list(r.prompt) for r in self.eval_set}.values())[: cfg.kl_prompts]
+        self.first_loss, self.pairs_seen = None, 0
+
+    def cache_reference(self) -> None:
+        """The reference's log-probs of every train and held-out response, computed once."""
+        cfg, pad, average = self.cfg, self.tokenizer.pad_token_id, self.cfg.loss == "ipo"
+        t, cpu = time.time(), time.process_time()
+        with self.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+            self.ref_train = reference_logps(self.ref, self.train_packed, pad, average, cfg.ref_batch_size)
+            self.ref_eval = reference_logps(self.ref, self.eval_packed, pad, average, cfg.ref_batch_size)
+        self.cache_seconds, self.cache_cpu_seconds = time.time() - t, time.process_time() - cpu
+
+    def step(self, step: int) -> StepOutput:
+        idx, cfg = self.schedule[step], self.cfg
+        with self.accelerator.autocast():
+            logps = forward_rankings(self.policy, [self.train_packed[i] for i in idx], self.tokenizer.pad_token_id,
+                                     cfg.loss == "ipo")
+        ref_logps = torch.cat([self.ref_train[i] for i in idx]).to(logps.device)
+        loss, margins = ranking_losses(logps, ref_logps, [self.train_set[i] for i in idx], cfg)
+        self.first_loss = loss.item() if self.first_loss is None else self.first_loss
+        grad_norm = optimizer_step(self.accelerator, self.policy, self.opt, self.sched, loss, step, cfg.optim.grad_clip)
+        self.pairs_seen += len(margins)
+        row = {"loss": loss.item(), "accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(),
+               "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}
+        return StepOutput(row, items=len(margins))
+
+    def evaluate(self) -> dict:
+        """Implicit-reward accuracy, margin and loss on the held-out rankings; KL (and gold) on their prompts."""
+        row = {}
+        if self.eval_set:
+            with self.accelerator.autocast():
+                row.update(evaluate_pairs(self.policy, self.eval_packed, self.ref_eval, self.eval_set, self.cfg,
+                                          self.tokenizer.pad_token_id))
+        if self.kl_prompts:
+            row.update(sample_kl(self.accelerator.unwrap_model(self.policy), self.ref, self.tokenizer, self.kl_prompts,
+                                 self.cfg.kl_sampling, self.cfg.seed, self.gold))
+        return row
+
+    def state(self) -> TrainerState:
+        return TrainerState({"policy": self.policy}, {"opt": self.opt, "sched": self.sched}, tokenizer=self.tokenizer)
+
+    def scalars(self) -> dict:
+        return {"first_loss": self.first_loss, "pairs_seen": self.pairs_seen}
+
+    def restore(self, scalars: dict) -> None:
+        self.first_loss, self.pairs_seen = scalars.get("first_loss"), scalars.get("pairs_seen", 0)
+
+    def save_model(self, path: Path) -> None:
+        lora.save_final(self.accelerator.unwrap_model(self.policy), self.tokenizer, path)
+
+    def result(self, progress: loop.Progress) -> dict:
+        cfg, seconds = self.cfg, progress.train_seconds
+        result = {"loss": cfg.loss, "beta": cfg.beta, "rankings_train": len(self.train_set),
+                  "rankings_eval": len(self.eval_set), "pairs_trained": self.pairs_seen, "steps": progress.done,
+                  "first_loss": self.first_loss, "final_loss": progress.row.get("loss"),
+                  "reference_cache_seconds": self.cache_seconds, "train_seconds": seconds,
+                  "reference_cache_cpu_seconds": self.cache_cpu_seconds,
+                  "train_cpu_seconds": progress.train_cpu_seconds,
+                  "pairs_per_s": progress.items / max(1e-9, seconds),
+                  "pairs_per_s_with_cache": progress.items / max(1e-9, seconds + self.cache_seconds)}
+        if cfg.loss in ("sigmoid", "cdpo"):
+            result["log2"] = math.log(2)
+        return result
+
+    def sections(self) -> dict:
+        return {"data": self.data_report, "checkpoint": "model/"}
 
 
 def run(cfg: DPOConfig, show_progress: bool = True, gold: GoldFn | None = None) -> Path:
     """`gold`: an optional (prompt, response) -> gold reward scorer for the held-out samples (the pipeline
     passes the world's); without it the held-out checks are implicit-reward accuracy, margins and KL."""
-    rankings, data_report = load_pairs(cfg)
-    train_set, eval_set = train_eval_split(rankings, cfg.eval_fraction, torch.Generator().manual_seed(cfg.seed))
-    if not train_set:
-        raise RLHFError(f"{cfg.data}: nothing left to train on after holding out eval_fraction={cfg.eval_fraction}")
-    tokenizer = load_tokenizer(cfg.policy)
-    ref_path = cfg.reference or cfg.policy
-    ref_tokenizer = load_tokenizer(ref_path)
-    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
-    policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
-    ref = lora.reference(policy, cfg.policy, ref_path, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
-    check_reference(tokenizer, ref_tokenizer, policy, ref, ref_path)
-    average = cfg.loss == "ipo"
-    pad = tokenizer.pad_token_id
-    train_packed, eval_packed = pack_all(tokenizer, train_set, cfg.max_len), pack_all(tokenizer, eval_set, cfg.max_len)
-    steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
-    opt, sched = make_optimizer(policy, cfg.optim, steps)
-    policy, opt = accelerator.prepare(policy, opt)
-    ref = ref.to(accelerator.device)
-    policy.eval()  # no dropout: at the start policy = reference exactly, and the loss is log 2
-    t_cache, c_cache = time.time(), time.process_time()
-    with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
-        ref_train = reference_logps(ref, train_packed, pad, average, cfg.ref_batch_size)
-        ref_eval = reference_logps(ref, eval_packed, pad, average, cfg.ref_batch_size)
-    cache_seconds, cache_cpu = time.time() - t_cache, time.process_time() - c_cache
-    lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_packed]
-    schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
-    kl_prompts = list({str(r.prompt): list(r.prompt) for r in eval_set}.values())[: cfg.kl_prompts]
-    with RunDir(cfg.out, cfg) as run_dir:
-
-        def held_out(step: int) -> dict:
-            row = {}
-            if eval_set:
-                with accelerator.autocast():
-                    pairs = evaluate_pairs(policy, eval_packed, ref_eval, eval_set, cfg, pad)
-                row.update({f"eval_{k}": v for k, v in pairs.items()})
-            if kl_prompts:
-                row.update({f"eval_{k}": v for k, v in sample_kl(accelerator.unwrap_model(policy), ref, tokenizer, kl_prompts,
-                                                                  cfg.kl_sampling, cfg.seed, gold).items()})
-            if row:
-                run_dir.log(step, **row)
-            return row
-
-        before = held_out(0)
-        t0, c0, pairs_seen, first_loss = time.time(), time.process_time(), 0, None
-        with progress_bar("dpo", steps, show_progress and accelerator.is_main_process) as bar:
-            for step, idx in enumerate(schedule):
-                with accelerator.autocast():
-                    logps = forward_rankings(policy, [train_packed[i] for i in idx], pad, average)
-                ref_logps = torch.cat([ref_train[i] for i in idx]).to(logps.device)
-                loss, margins = ranking_losses(logps, ref_logps, [train_set[i] for i in idx], cfg)
-                first_loss = loss.item() if first_loss is None else first_loss
-                grad_norm = optimizer_step(accelerator, policy, opt, sched, loss, step, cfg.optim.grad_clip)
-                pairs_seen += len(margins)
-                acc = (margins > 0).float().mean().item()
-                run_dir.log(step + 1, loss=loss.item(), accuracy=acc, margin=margins.mean().item(), grad_norm=grad_norm,
-                            lr=sched.get_last_lr()[0], pairs_per_s=pairs_seen / (time.time() - t0))
-                bar.advance(loss=loss.item(), acc=acc)
-                if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-                    held_out(step + 1)
-        train_seconds, train_cpu = time.time() - t0, time.process_time() - c0
-        after = held_out(steps)
-        policy = accelerator.unwrap_model(policy)
-        result = {"loss": cfg.loss, "beta": cfg.beta, "rankings_train": len(train_set), "rankings_eval": len(eval_set),
-                  "pairs_trained": pairs_seen, "steps": steps, "first_loss": first_loss, "final_loss": loss.item(),
-                  "reference_cache_seconds": cache_seconds, "train_seconds": train_seconds,
-                  "reference_cache_cpu_seconds": cache_cpu, "train_cpu_seconds": train_cpu,
-                  "pairs_per_s": pairs_seen / train_seconds,
-                  "pairs_per_s_with_cache": pairs_seen / (train_seconds + cache_seconds)}
-        if cfg.loss in ("sigmoid", "cdpo"):
-            result["log2"] = math.log(2)
-        heldout = [{"when": name, **{k[5:]: v for k, v in row.items()}} for name, row in (("start", before), ("end", after)) if row]
-        if accelerator.is_main_process:
-            lora.save_final(policy, tokenizer, run_dir.sub("model"))
-            run_dir.plot_metrics({"loss": ["loss", "eval_loss"], "implicit-reward accuracy": ["accuracy", "eval_accuracy"],
-                                  "implicit-reward margin": ["margin", "eval_margin"], "held-out KL": ["eval_kl"],
-                                  "held-out gold": ["eval_gold"], "throughput": ["pairs_per_s"]})
-            run_dir.write_summary(f"DPO ({cfg.loss})", {"result": result, "held-out": heldout or "no held-out data",
-                                                        "data": data_report, "checkpoint": "model/"},
-                                  {"result": result, "heldout": heldout, "data": data_report})
-    return Path(cfg.out)
+    cfg.validate()
+    return loop.run(DPO(cfg, gold), loop.Hooks(), show_progress)

@@ -10,6 +10,7 @@ world is not imported: callers pass prompts, pretraining text, a gold scorer and
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,28 +30,28 @@ from rlhf.models.reward import load_reward_model
 from rlhf.models.value import VALUE_INITS, ValueHead, load_value_model
 from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.experience import Experience, Models, policy_forward, rollout
-from rlhf.rundir import RunDir
-from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import NonFiniteLoss, OptimConfig, make_accelerator, make_optimizer
-from rlhf.train.loop import Hooks, rl_loop
+from rlhf.train import loop
+from rlhf.train.checkpoint import TrainerState
+from rlhf.train.common import NonFiniteLoss, OptimConfig, make_accelerator, make_optimizer, masked_mean, no_eos_penalty
+from rlhf.train.loop import Hooks, StepOutput, sample_rows
 from rlhf.train.watch import ENSEMBLE_MODES, Watch, ensemble_score
 
 
 @dataclass
 class KLConfig:
     beta: float = 0.1  # initial (or fixed) KL coefficient
-    adaptive: bool = False
+    adaptive: bool = False  # true: the Ziegler et al. controller moves beta toward `target`
     target: float = 2.0  # nats per response, for the adaptive controller
-    horizon: int = 10_000
+    horizon: int = 10_000  # episodes over which the controller closes the gap to target
 
 
 @dataclass
 class PPOConfig:
-    out: str = "runs/ppo"
-    seed: int = 0
+    out: str = "runs/ppo"  # run directory
+    seed: int = 0  # seeds the value head, sampling, minibatch order, prompt order and the ptx stream
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     policy: str = "runs/sft/model"  # also the frozen reference
-    reward_model: str = "runs/reward/model"
+    reward_model: str = "runs/reward/model"  # a reward-model folder (`rlhf reward`)
     # reward: a value model initialized from the RM; sft: a value model initialized from the SFT backbone;
     # policy: a value head on the policy itself (one backbone pass gives log-probs and values)
     value_init: str = "reward"
@@ -59,44 +60,44 @@ class PPOConfig:
     # optimizes `ensemble_reward` of them: first (reward_model alone; the others are only watched for their
     # disagreement), mean, min (worst case) or uwo (mean - uwo_coef * std across members)
     ensemble: list[str] = field(default_factory=list)
-    ensemble_reward: str = "first"
-    uwo_coef: float = 1.0
+    ensemble_reward: str = "first"  # first | mean | min | uwo (see above)
+    uwo_coef: float = 1.0  # uwo: the multiple of the members' std taken off their mean
     # gold-free stops, checked on each new batch before training on it: a KL budget (nats per response, the
     # mean of the last 3 batches; pushed hard on 3 seeds, the gold reward peaked near 1 nat and fell past
     # 3-4 while the RM's score kept rising) and the ensemble's disagreement on the policy's samples rising
     # above disagreement_stop x its value in the first 3 iterations (0: off)
-    kl_budget: float = 3.0
-    disagreement_stop: float = 0.0
+    kl_budget: float = 3.0  # nats per response (0: off)
+    disagreement_stop: float = 0.0  # a multiple of the first 3 iterations' disagreement (0: off)
     prompts: str | None = None  # JSONL of {"prompt": str | messages}; `rlhf ppo`: the world's training prompts
     steps: int = 40  # PPO iterations (rollout batches)
     rollout_batch_size: int = 64  # episodes sampled per iteration
     minibatch_size: int = 16  # episodes per optimizer step
     micro_batch_size: int = 16  # episodes per forward/backward (gradient accumulation inside a minibatch)
-    ppo_epochs: int = 4
+    ppo_epochs: int = 4  # passes over each rollout batch
     # T = 0.7: a 1M-parameter policy at T = 1 samples garbled text; log-probs use the same temperature
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
-    kl: KLConfig = field(default_factory=KLConfig)
+    kl: KLConfig = field(default_factory=KLConfig)  # the KL penalty's coefficient and its controller
     no_eos_score: float | None = -1.0  # RM score given to responses that never produce EOS (None: keep RM score)
-    whiten_rewards: bool = False
-    reward_clip: float = 10.0
-    gamma: float = 1.0
-    lam: float = 0.95
+    whiten_rewards: bool = False  # whiten the shaped per-token rewards over the batch (mean kept)
+    reward_clip: float = 10.0  # RM scores are clipped to [-reward_clip, reward_clip]
+    gamma: float = 1.0  # discount over response tokens
+    lam: float = 0.95  # GAE's lambda
     whiten_advantages: str = "minibatch"  # minibatch | batch | none
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
+    cliprange: float = 0.2  # the policy ratio is clipped to [1 - cliprange, 1 + cliprange]
+    cliprange_value: float = 0.2  # new values stay within this of the rollout's values (clipped value loss)
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
     approx_kl_stop: float = 0.5  # stop an iteration's remaining updates when a minibatch's approx-KL exceeds this
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss
     ptx_data: str | None = None  # JSONL of {"text"} for PPO-ptx; `rlhf ppo`: the world's corpus
-    ptx_batch_size: int = 16
-    ptx_seq_len: int = 64
+    ptx_batch_size: int = 16  # pretraining blocks per micro-batch
+    ptx_seq_len: int = 64  # tokens per pretraining block
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="linear", betas=(0.9, 0.95)))
-    value_lr: float = 3e-4
-    save_every: int = 0  # 0: only at the end
-    samples_every: int = 10
+    value_lr: float = 3e-4  # the value model's learning rate (its schedule follows optim's)
+    save_every: int = 0  # a checkpoint every N steps to resume from (0: only at the end)
+    samples_every: int = 10  # the first episodes of every N-th batch go to the sample table
     eval_every: int = 0  # the evaluation hook every N steps and before the first (0: off)
-    eval_prompts: int = 128
+    eval_prompts: int = 128  # held-out prompts the pipeline's evaluation hook uses
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
 
     def validate(self) -> None:
@@ -112,13 +113,10 @@ class PPOConfig:
             raise RLHFError(f"ensemble_reward: expected first, mean, min or uwo, got '{self.ensemble_reward}'")
         if self.value_init not in VALUE_INITS:
             raise RLHFError(f"value_init: expected 'reward', 'sft' or 'policy', got '{self.value_init}'")
+        self.optim.validate()
 
 
 # ---------------------------------------------------------------- masked ops, shaping, GAE, KL, losses
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1) if dim is not None else (x * mask).sum() / mask.sum().clamp(min=1)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -182,23 +180,21 @@ def ppo_losses(new_logp, old_logp, advantages, vpred, old_values, returns, mask,
 # ---------------------------------------------------------------- one iteration
 
 
-def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
-    cfg, m, B = t.cfg, t.m, t.cfg.rollout_batch_size
+def ppo_step(trainer: Trainer, step: int) -> StepOutput:
+    cfg, models, batch_size = trainer.cfg, trainer.models, trainer.cfg.rollout_batch_size
     # 1. generate and score
-    idx, encoded = t.sampler.batch(B)
-    with t.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
-        exp = rollout(m, [t.sampler.prompts[i] for i in idx], encoded, cfg.sampling, t.gen_sample)
+    idx, encoded = trainer.sampler.batch(batch_size)
+    with trainer.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+        exp = rollout(models, [trainer.sampler.prompts[i] for i in idx], encoded, cfg.sampling, trainer.gen_sample)
     kl_now = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
-    watch = t.watch.update(kl_now, exp.member_scores)
+    watch = trainer.watch.update(kl_now, exp.member_scores)
     if "stop" in watch:  # a gold-free stop: this batch is not trained on, the policy stays as it is
-        return {"rm_score": exp.scores.mean().item(), "kl": kl_now, "response_length": exp.mask.sum(1).mean().item(),
-                **watch}, exp
+        return StepOutput({"rm_score": exp.scores.mean().item(), "kl": kl_now,
+                           "response_length": exp.mask.sum(1).mean().item(), **watch}, exp, batch_size)
     # 2. shape: the RM score (a fixed score without EOS, clipped) on the last token, -beta * KL on every token
     scores = exp.scores if exp.member_scores is None else ensemble_score(exp.member_scores, cfg.ensemble_reward, cfg.uwo_coef)
-    if cfg.no_eos_score is not None:
-        scores = torch.where(exp.roll.finished, scores, torch.full_like(scores, cfg.no_eos_score))
-    scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-    rewards, kl = shaped_rewards(exp.logp, exp.ref_logp, scores, exp.mask, t.kl_ctl.beta)
+    scores = no_eos_penalty(scores, exp.roll.finished, cfg.no_eos_score).clamp(-cfg.reward_clip, cfg.reward_clip)
+    rewards, kl = shaped_rewards(exp.logp, exp.ref_logp, scores, exp.mask, trainer.kl_ctl.beta)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, exp.mask, shift_mean=False)
     # 3. GAE
@@ -206,12 +202,12 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
     if cfg.whiten_advantages == "batch":
         advantages = masked_whiten(advantages, exp.mask)
     # 4. update: PPO epochs over minibatches
-    stats = ppo_update(t, step, exp, advantages, returns)
-    for name in ("sched_policy", "sched_value"):
-        t.opt[name].step()
+    stats = ppo_update(trainer, step, exp, advantages, returns)
+    trainer.sched_policy.step()
+    trainer.sched_value.step()
     # 5. KL controller
     seq_kl = kl.sum(1)
-    t.kl_ctl.update(seq_kl.mean().item(), B)
+    trainer.kl_ctl.update(seq_kl.mean().item(), batch_size)
     # 6. metrics (the shared loop logs them)
     mask, values = exp.mask, exp.values
     var_ret = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
@@ -219,74 +215,97 @@ def ppo_step(t: Trainer, step: int) -> tuple[dict, Experience]:
     log_ratio = exp.ref_logp - exp.logp
     row = {"rm_score": exp.scores.mean().item(), "kl": seq_kl.mean().item(),
            "kl_k3": (torch.exp(log_ratio) - 1 - log_ratio).mul(mask).sum(1).mean().item(),
-           "beta": t.kl_ctl.beta, "response_length": mask.sum(1).mean().item(),
+           "beta": trainer.kl_ctl.beta, "response_length": mask.sum(1).mean().item(),
            "eos_rate": exp.roll.finished.float().mean().item(), "explained_variance": explained.item(),
-           "lr": t.opt["sched_policy"].get_last_lr()[0], "tokens_per_s": mask.sum().item() / max(1e-9, exp.gen_seconds),
+           "lr": trainer.sched_policy.get_last_lr()[0], "tokens_per_s": mask.sum().item() / max(1e-9, exp.gen_seconds),
            **{k: float(np.mean(v)) for k, v in stats.items() if v}, **watch}
-    return row, exp
+    return StepOutput(row, exp, batch_size)
 
 
-def ppo_update(t: Trainer, step: int, exp: Experience, advantages, returns) -> dict[str, list[float]]:
+def ppo_update(trainer: Trainer, step: int, exp: Experience, advantages, returns) -> dict[str, list[float]]:
     """ppo_epochs passes over the batch in shuffled minibatches; an epoch stops early (and the iteration
     with it) when a minibatch's approx-KL exceeds approx_kl_stop. A non-finite loss raises NonFiniteLoss."""
-    cfg, m, B, mb_size = t.cfg, t.m, t.cfg.rollout_batch_size, t.cfg.minibatch_size
-    ids, attn, P, mask = exp.roll.input_ids, exp.roll.attention_mask, exp.roll.prompt_ids.shape[1], exp.mask
+    cfg, batch_size, minibatch_size = trainer.cfg, trainer.cfg.rollout_batch_size, trainer.cfg.minibatch_size
+    mask = exp.mask
     stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac",
                                                      "entropy", "ptx_loss")}
     updates = 0
     for epoch in range(cfg.ppo_epochs):
-        perm = torch.randperm(B, generator=t.gen_shuffle)
-        for mb in perm.split(mb_size):
-            mb_adv = masked_whiten(advantages[mb], mask[mb]) if cfg.whiten_advantages == "minibatch" else advantages[mb]
+        order = torch.randperm(batch_size, generator=trainer.gen_shuffle)
+        for minibatch in order.split(minibatch_size):
+            mb_adv = masked_whiten(advantages[minibatch], mask[minibatch]) if cfg.whiten_advantages == "minibatch" \
+                else advantages[minibatch]
             mb_kl = []
-            for local, mc in zip(torch.arange(mb_size).split(cfg.micro_batch_size), mb.split(cfg.micro_batch_size)):
-                with t.accelerator.autocast():
-                    new_logp, entropy, vpred = policy_forward(m, ids[mc], attn[mc], P, cfg.sampling.temperature, True)
-                    pg_loss, vf_loss, s = ppo_losses(new_logp, exp.logp[mc], mb_adv[local], vpred.float(), exp.values[mc],
-                                                     returns[mc], mask[mc], cfg.cliprange, cfg.cliprange_value)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
-                    if t.ptx is not None:
-                        blk = t.ptx.batch(cfg.ptx_batch_size).to(t.accelerator.device)
-                        ptx_loss = F.cross_entropy(m.policy(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
-                        loss = loss + cfg.ptx_coef * ptx_loss
-                        stats["ptx_loss"].append(ptx_loss.item())
+            for local, micro in zip(torch.arange(minibatch_size).split(cfg.micro_batch_size),
+                                    minibatch.split(cfg.micro_batch_size)):
+                loss, micro_stats = micro_batch_loss(trainer, exp, micro, mb_adv[local], returns)
                 if not torch.isfinite(loss):
                     raise NonFiniteLoss(f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped, "
                                         "earlier checkpoints kept", updates)
-                t.accelerator.backward(loss * len(mc) / mb_size)
-                for key, v in (("pg_loss", pg_loss.item()), ("vf_loss", vf_loss.item()),
-                               ("entropy", masked_mean(entropy, mask[mc]).item()), *s.items()):
-                    stats[key].append(v)
-                mb_kl.append(s["approx_kl"])
-            for model in (m.policy, m.value):
-                t.accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            for name in ("opt_policy", "opt_value"):
-                t.opt[name].step()
+                trainer.accelerator.backward(loss * len(micro) / minibatch_size)
+                for key, value in micro_stats.items():
+                    stats[key].append(value)
+                mb_kl.append(micro_stats["approx_kl"])
+            for model in (trainer.models.policy, trainer.models.value):
+                trainer.accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            trainer.opt_policy.step()
+            trainer.opt_value.step()
             updates += 1
-            for name in ("opt_policy", "opt_value"):
-                t.opt[name].zero_grad(set_to_none=True)
+            trainer.opt_policy.zero_grad(set_to_none=True)
+            trainer.opt_value.zero_grad(set_to_none=True)
             if np.mean(mb_kl) > cfg.approx_kl_stop:
                 return stats
     return stats
+
+
+def micro_batch_loss(trainer: Trainer, exp: Experience, micro: torch.Tensor, advantages,
+                     returns) -> tuple[torch.Tensor, dict]:
+    """The PPO loss (plus the pretraining LM loss under PPO-ptx) of the episodes `micro`, and its statistics."""
+    cfg, models, roll = trainer.cfg, trainer.models, exp.roll
+    prompt_len, mask = roll.prompt_ids.shape[1], exp.mask[micro]
+    with trainer.accelerator.autocast():
+        new_logp, entropy, vpred = policy_forward(models, roll.input_ids[micro], roll.attention_mask[micro], prompt_len,
+                                                  cfg.sampling.temperature, True)
+        pg_loss, vf_loss, stats = ppo_losses(new_logp, exp.logp[micro], advantages, vpred.float(), exp.values[micro],
+                                             returns[micro], mask, cfg.cliprange, cfg.cliprange_value)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        if trainer.ptx is not None:
+            block = trainer.ptx.batch(cfg.ptx_batch_size).to(trainer.accelerator.device)
+            logits = models.policy(input_ids=block[:, :-1]).logits.float()
+            ptx_loss = F.cross_entropy(logits.flatten(0, 1), block[:, 1:].flatten())
+            loss = loss + cfg.ptx_coef * ptx_loss
+            stats["ptx_loss"] = ptx_loss.item()
+    stats.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item(), entropy=masked_mean(entropy, mask).item())
+    return loss, stats
 
 
 # ---------------------------------------------------------------- setup and the loop
 
 
 @dataclass
-class Trainer:
-    """PPO's state, and what the shared RL loop (train/loop.py) asks of it."""
+class Trainer(loop.Trainer):
+    """PPO's state, and what the shared loop (train/loop.py) asks of it."""
     cfg: PPOConfig
-    m: Models
+    models: Models
     accelerator: object
-    opt: dict  # policy/value optimizers and schedulers
+    opt_policy: torch.optim.Optimizer
+    opt_value: torch.optim.Optimizer
+    sched_policy: torch.optim.lr_scheduler.LRScheduler
+    sched_value: torch.optim.lr_scheduler.LRScheduler
     sampler: PromptSampler
     ptx: PtxStream | None
     kl_ctl: AdaptiveKL
     gen_sample: torch.Generator
     gen_shuffle: torch.Generator
     watch: Watch
+    hooks: Hooks = field(default_factory=Hooks)
     name = "ppo"
+    title = "PPO"
+    unit = "episodes"
+    bar_fields = {"rm": "rm_score", "gold": "gold", "kl": "kl"}
+    summary_samples = 6
+    checkpoint_at_end = True
+    resume_hint = "value_init differs?"
     plots = {"reward": ["rm_score", "gold"], "kl": ["kl", "kl_k3"], "beta": ["beta"], "losses": ["pg_loss", "vf_loss"],
              "ppo": ["clipfrac", "approx_kl"], "entropy": ["entropy"], "explained_variance": ["explained_variance"],
              "response_length": ["response_length"], "throughput": ["episodes_per_s"],
@@ -294,31 +313,51 @@ class Trainer:
              "reward ensemble": ["ens_mean", "ens_min"], "ensemble disagreement": ["ens_disagreement"],
              "watched rates": ["rate_abstain", "rate_refuse"]}
 
-    def step(self, step: int) -> tuple[dict, Experience]:
+    @property
+    def steps(self) -> int:
+        return self.cfg.steps
+
+    def step(self, step: int) -> StepOutput:
         return ppo_step(self, step)
 
     def state(self) -> TrainerState:
         gens = {"sample": self.gen_sample, "shuffle": self.gen_shuffle, **({"ptx": self.ptx.generator} if self.ptx else {})}
-        return TrainerState({"policy": self.m.policy, "value": self.m.value}, {**self.opt, "prompts": self.sampler.stream},
-                            gens, self.m.tokenizer)
+        stateful = {"opt_policy": self.opt_policy, "opt_value": self.opt_value, "sched_policy": self.sched_policy,
+                    "sched_value": self.sched_value, "prompts": self.sampler.stream}
+        return TrainerState({"policy": self.models.policy, "value": self.models.value}, stateful, gens,
+                            self.models.tokenizer)
 
-    def save_checkpoint(self, path: Path, step: int) -> None:
-        self.state().save(path, step, beta=self.kl_ctl.beta, epoch=self.sampler.stream.epoch,
-                          position=self.sampler.stream.position, watch_kl=self.watch.kl,
-                          watch_disagreement=self.watch.disagreement)
+    def scalars(self) -> dict:
+        return {"beta": self.kl_ctl.beta, "epoch": self.sampler.stream.epoch, "position": self.sampler.stream.position,
+                "watch_kl": self.watch.kl, "watch_disagreement": self.watch.disagreement}
+
+    def restore(self, scalars: dict) -> None:
+        self.kl_ctl.beta = scalars.get("beta", self.kl_ctl.beta)
+        self.watch.kl, self.watch.disagreement = scalars.get("watch_kl", []), scalars.get("watch_disagreement", [])
 
     def save_model(self, path: Path) -> None:
-        lora.save_final(self.accelerator.unwrap_model(self.m.policy), self.m.tokenizer, path)
+        lora.save_final(self.accelerator.unwrap_model(self.models.policy), self.models.tokenizer, path)
 
-    def models(self) -> Models:
-        return replace(self.m, value=None)
+    def evaluate(self) -> dict:
+        """The caller's evaluate hook on the policy and reference, when eval_every is set."""
+        if self.hooks.evaluate is None or not self.cfg.eval_every:
+            return {}
+        return self.hooks.evaluate(replace(self.models, value=None))
 
-    def result(self) -> dict:
-        return {"final_beta": self.kl_ctl.beta, "kl_budget": self.cfg.kl_budget, **self.watch.summary()}
+    def sample_rows(self, step: int, out: StepOutput, golds: list[float] | None) -> list[dict]:
+        return sample_rows(step, out.batch, golds)
+
+    def result(self, progress: loop.Progress) -> dict:
+        episodes = (progress.done - progress.start) * self.cfg.rollout_batch_size
+        seconds, row = time.time() - progress.started, progress.row
+        return {"steps": progress.done, "episodes": episodes, "seconds": seconds,
+                "episodes_per_s": episodes / max(1e-9, seconds), "final_beta": self.kl_ctl.beta,
+                "kl_budget": self.cfg.kl_budget, **self.watch.summary(),
+                **{k: row[k] for k in ("rm_score", "gold", "kl", "entropy", "response_length") if k in row}}
 
 
-def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
-    tokenizer, rm_tokenizer = load_tokenizer(cfg.policy), load_tokenizer(cfg.reward_model)
+def check_reward_models(cfg: PPOConfig, tokenizer, rm_tokenizer):
+    """The RM's tokenizer when it must re-encode text (None when it shares the policy's vocabulary)."""
     if tokenizer.get_vocab() == rm_tokenizer.get_vocab():
         rm_tokenizer = None
     elif not cfg.retokenize:
@@ -327,31 +366,37 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None) -> Trainer:
     elif cfg.value_init == "reward":
         raise RLHFError("value_init=reward copies the reward model, whose vocabulary differs from the policy's; "
                         "use value_init=sft with retokenize=true")
+    if cfg.ensemble_reward != "first" and not cfg.ensemble:  # checked here: the pipeline fills ensemble in late
+        raise RLHFError(f"ensemble_reward={cfg.ensemble_reward} needs ensemble: a list of reward-model folders")
+    for path in cfg.ensemble:
+        if load_tokenizer(path).get_vocab() != (rm_tokenizer or tokenizer).get_vocab():
+            raise RLHFError(f"ensemble: {path} reads another vocabulary than reward_model {cfg.reward_model}")
+    return rm_tokenizer
+
+
+def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None, hooks: Hooks | None = None) -> Trainer:
+    tokenizer = load_tokenizer(cfg.policy)
+    rm_tokenizer = check_reward_models(cfg, tokenizer, load_tokenizer(cfg.reward_model))
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
     policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
     ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
     reward = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)
-    if cfg.ensemble_reward != "first" and not cfg.ensemble:  # checked here: the pipeline fills ensemble in late
-        raise RLHFError(f"ensemble_reward={cfg.ensemble_reward} needs ensemble: a list of reward-model folders")
     ensemble = [lora.frozen(load_reward_model(path), cfg.model).to(accelerator.device) for path in cfg.ensemble]
-    for path in cfg.ensemble:
-        if load_tokenizer(path).get_vocab() != (rm_tokenizer or tokenizer).get_vocab():
-            raise RLHFError(f"ensemble: {path} reads another vocabulary than reward_model {cfg.reward_model}")
     value = load_value_model(cfg.value_init, cfg.reward_model, cfg.policy, policy, cfg.seed)
     if not isinstance(value, ValueHead):  # a separate value model: LoRA'd too when the policy is (its own adapter)
         value = lora.trainable(value, cfg.model, cfg.seed + 4, task="SEQ_CLS")
-    opt_p, sched_p = make_optimizer(policy, cfg.optim, cfg.steps)
-    opt_v, sched_v = make_optimizer(value, replace(cfg.optim, lr=cfg.value_lr), cfg.steps)
-    policy, value, opt_p, opt_v = accelerator.prepare(policy, value, opt_p, opt_v)
-    m = Models(policy, ref.to(accelerator.device), reward.to(accelerator.device), value, tokenizer, rm_tokenizer, ensemble)
-    for model in (m.policy, m.ref, m.reward, m.value):
+    opt_policy, sched_policy = make_optimizer(policy, cfg.optim, cfg.steps)
+    opt_value, sched_value = make_optimizer(value, replace(cfg.optim, lr=cfg.value_lr), cfg.steps)
+    policy, value, opt_policy, opt_value = accelerator.prepare(policy, value, opt_policy, opt_value)
+    models = Models(policy, ref.to(accelerator.device), reward.to(accelerator.device), value, tokenizer, rm_tokenizer,
+                    ensemble)
+    for model in (models.policy, models.ref, models.reward, models.value):
         model.eval()  # no dropout anywhere during RL
     ptx = PtxStream(tokenizer, ptx_docs, cfg.ptx_seq_len, cfg.seed) if cfg.ptx_coef > 0 else None
     gens = [torch.Generator().manual_seed(cfg.seed + k) for k in (1, 2, 3)]  # sampling, minibatch order, prompts
     sampler = PromptSampler(prompts, lambda p: encode_prompt(tokenizer, p), gens[2])
-    return Trainer(cfg, m, accelerator, {"opt_policy": opt_p, "opt_value": opt_v, "sched_policy": sched_p,
-                                         "sched_value": sched_v}, sampler, ptx, AdaptiveKL(cfg.kl), gens[0], gens[1],
-                   Watch(cfg.kl_budget, cfg.disagreement_stop))
+    return Trainer(cfg, models, accelerator, opt_policy, opt_value, sched_policy, sched_value, sampler, ptx,
+                   AdaptiveKL(cfg.kl), gens[0], gens[1], Watch(cfg.kl_budget, cfg.disagreement_stop), hooks or Hooks())
 
 
 def run(cfg: PPOConfig, show_progress: bool = True, *, prompts: list | None = None, ptx_docs: list[str] | None = None,
@@ -364,12 +409,5 @@ def run(cfg: PPOConfig, show_progress: bool = True, *, prompts: list | None = No
     ptx_docs = load_texts(cfg.ptx_data) if cfg.ptx_data else ptx_docs
     if cfg.ptx_coef > 0 and not ptx_docs:
         raise RLHFError("ptx_coef > 0 needs pretraining text: set ptx_data to a JSONL file of {\"text\": ...}")
-    t = setup(cfg, prompts, ptx_docs)
-    start, scalars = resume(t.state(), cfg.resume, "PPO", cfg.steps, mismatch_hint="value_init differs?")
-    t.kl_ctl.beta = scalars.get("beta", t.kl_ctl.beta)
-    t.watch.kl, t.watch.disagreement = scalars.get("watch_kl", []), scalars.get("watch_disagreement", [])  # stop windows
-    with RunDir(cfg.out, cfg) as run_dir:
-        failed = rl_loop(t, cfg, run_dir, start, Hooks(**hooks), show_progress and t.accelerator.is_main_process, "PPO")
-    if failed:
-        raise RLHFError(f"{failed} (run directory: {cfg.out})")
-    return Path(cfg.out)
+    hooks = Hooks(**hooks)
+    return loop.run(setup(cfg, prompts, ptx_docs, hooks), hooks, show_progress)

@@ -21,27 +21,30 @@ from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, opt
 
 @dataclass
 class ModelConfig:
-    size: str = "nano"
-    arch: str = "llama"
-    max_len: int = 256
+    size: str = "nano"  # a size of models/lm.py's table (nano, micro, ...)
+    arch: str = "llama"  # llama | gpt2
+    max_len: int = 256  # the position table: the longest sequence the model reads
 
 
 @dataclass
 class PretrainConfig:
-    out: str = "runs/pretrain"
-    seed: int = 0
+    out: str = "runs/pretrain"  # run directory
+    seed: int = 0  # seeds the split, the stream of blocks and the initial weights
     corpus: str | None = None  # JSONL of {"text": ...}; `rlhf pretrain` defaults to the world's corpus
     tokenizer: str | None = None  # an existing tokenizer folder; default: train one on the corpus
-    vocab_size: int = 2048
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    steps: int = 500
-    batch_size: int = 32
-    seq_len: int = 128
-    eval_fraction: float = 0.05
-    eval_every: int = 100
+    vocab_size: int = 2048  # a new tokenizer's vocabulary
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model created from scratch
+    optim: OptimConfig = field(default_factory=OptimConfig)  # AdamW and its schedule
+    steps: int = 500  # optimizer steps
+    batch_size: int = 32  # blocks per step
+    seq_len: int = 128  # tokens per training block
+    eval_fraction: float = 0.05  # documents held out for the evaluation loss
+    eval_every: int = 100  # the held-out loss every N steps (and at the end)
     save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
+
+    def validate(self) -> None:
+        self.optim.validate()
 
 
 @torch.no_grad()
@@ -59,6 +62,7 @@ def eval_loss(model, blocks: torch.Tensor, batch_size: int) -> float:
 def run(cfg: PretrainConfig, show_progress: bool = True, *, docs: list[str] | None = None,
         tokenizer_texts: list[str] = ()) -> Path:
     """Pretrain on `docs` (or the `corpus` file); a new tokenizer also learns from `tokenizer_texts`."""
+    cfg.validate()
     if cfg.corpus is not None:
         docs = load_texts(cfg.corpus)
     if not docs:

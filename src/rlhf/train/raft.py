@@ -9,35 +9,42 @@ to the starting policy is measured on held-out prompts.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
-from rlhf.models import lora
-from rlhf.progress import progress_bar
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
-from rlhf.rundir import RunDir
-from rlhf.train.common import OptimConfig, optimizer_step
+from rlhf.train import loop
+from rlhf.train.common import OptimConfig, masked_mean, no_eos_penalty, optimizer_step
 from rlhf.train.heldout import GoldFn
-from rlhf.train.sampling import GroupRunConfig, sample_groups, setup_group_trainer
+from rlhf.train.loop import StepOutput
+from rlhf.train.sampling import GroupRunConfig, GroupTrainer
 
 
 @dataclass
 class RAFTConfig(GroupRunConfig):
-    out: str = "runs/raft"
-    iterations: int = 4
-    prompts_per_iteration: int = 128
+    out: str = "runs/raft"  # run directory
+    iterations: int = 4  # sample -> rank -> fine-tune rounds (the loop's steps: save_every counts them)
+    prompts_per_iteration: int = 128  # prompts sampled per iteration
     k: int = 8  # samples per prompt
     keep_fraction: float = 0.125  # top fraction of each prompt's k kept for fine-tuning (k * keep_fraction whole)
     sample_batch_prompts: int = 32  # prompts per sampling call (times k sequences)
     sft_epochs: float = 1.0  # passes over each iteration's kept set
     batch_size: int = 16  # prompts (with their kept responses) per fine-tuning step
+    samples_every: int = 1  # every N iterations, the best kept response of the first two prompts of each sampling call
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="constant", betas=(0.9, 0.95)))
+
+    def validate(self) -> None:
+        super().validate()
+        keep_count(self.k, self.keep_fraction)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Fine-tuning steps per iteration."""
+        return max(1, math.ceil(self.sft_epochs * self.prompts_per_iteration / self.batch_size))
 
 
 def keep_count(k: int, fraction: float) -> int:
@@ -56,89 +63,106 @@ def select_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
 def sft_loss(policy, rows: list[PackedRow], pad_id: int) -> torch.Tensor:
     """Mean negative log-likelihood over the response tokens of `rows` (at temperature 1)."""
     logp, mask = packed_logprobs(policy, rows, pad_id)
-    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+    return -masked_mean(logp, mask)
+
+
+@dataclass
+class Kept:
+    """One iteration's kept set: a packed row list per prompt, and what the metrics and samples need."""
+    rows: list = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # kept responses' RM scores
+    all_scores: list[torch.Tensor] = field(default_factory=list)  # every sampled response's RM score
+    golds: list[float] = field(default_factory=list)  # kept responses' gold scores (with a gold scorer)
+    samples: list[dict] = field(default_factory=list)
+
+
+class RAFT(GroupTrainer):
+    """One step is one iteration: sample k per prompt, keep the top fraction, fine-tune on them."""
+    name, title = "raft", "RAFT"
+    bar_fields = {"loss": "sft_loss", "rm_kept": "rm_kept"}
+    plots = {"reward": ["rm_all", "rm_kept", "gold_kept"], "sft loss": ["sft_loss"],
+             "held-out": ["eval_kl", "eval_gold"]}
+
+    def __init__(self, cfg: RAFTConfig, prompts: list | None, eval_prompts: list | None, gold: GoldFn | None):
+        super().__init__(cfg, prompts, eval_prompts, cfg.iterations * cfg.steps_per_iteration, gold)
+        self.steps, self.keep = cfg.iterations, keep_count(cfg.k, cfg.keep_fraction)
+        self.table: list[dict] = []  # one row per iteration, for the summary
+
+    def step(self, step: int) -> StepOutput:
+        kept = self.sample_and_keep(self.order.take(self.cfg.prompts_per_iteration), step + 1)
+        all_scores = torch.cat(kept.all_scores)
+        stat = {"rm_all": all_scores.mean().item(), "rm_kept": sum(kept.scores) / len(kept.scores),
+                "kept": len(kept.scores), "sampled": len(all_scores)}
+        if kept.golds:
+            stat["gold_kept"] = sum(kept.golds) / len(kept.golds)
+        stat["sft_loss"] = self.fine_tune(kept.rows, step * self.cfg.steps_per_iteration)
+        self.table.append({"iteration": step + 1, **stat})
+        return StepOutput(stat, kept.samples)
+
+    def sample_and_keep(self, idx: list[int], iteration: int) -> Kept:
+        """k responses per prompt, sampled sample_batch_prompts prompts at a time; each prompt's best kept."""
+        cfg, kept = self.cfg, Kept()
+        for c in range(0, len(idx), cfg.sample_batch_prompts):
+            chunk = idx[c:c + cfg.sample_batch_prompts]
+            groups = self.sample(chunk, cfg.k)
+            scores = no_eos_penalty(groups.scores, groups.roll.finished, cfg.no_eos_score)
+            top = select_top(scores.view(-1, cfg.k).cpu(), self.keep)
+            kept.all_scores.append(scores.cpu())
+            ids, mask = groups.roll.response_ids, groups.roll.response_mask
+            for n, i in enumerate(chunk):
+                flat = [n * cfg.k + int(j) for j in top[n]]
+                kept.rows.append(pack(self.encoded[i], [ids[f][mask[f].bool()].tolist() for f in flat],
+                                      len(self.encoded[i]) + ids.shape[1] + 1))
+                kept.scores += [scores[f].item() for f in flat]
+                if self.gold is not None:
+                    kept.golds += [self.gold(self.prompts[i], groups.texts[f]) for f in flat]
+                if n < 2:
+                    p = self.prompts[i]
+                    kept.samples.append({"iteration": iteration,
+                                         "prompt": p if isinstance(p, str) else p[-1]["content"],
+                                         "kept": groups.texts[flat[0]], "rm": round(scores[flat[0]].item(), 3)})
+        return kept
+
+    def fine_tune(self, kept_rows: list, first_step: int) -> float:
+        """steps_per_iteration supervised steps on the kept set (batches of batch_size prompts in random
+        order, drawn from the prompt order's generator); returns the mean loss."""
+        cfg, losses, order = self.cfg, [], []
+        for j in range(cfg.steps_per_iteration):
+            if len(order) < cfg.batch_size:
+                order += torch.randperm(len(kept_rows), generator=self.order.generator).tolist()
+            batch, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            rows, start = [], 0
+            for i in batch:
+                rows += [(p, rs, [start + w for w in where]) for p, rs, where in kept_rows[i]]
+                start += self.keep
+            with self.accelerator.autocast():
+                loss = sft_loss(self.policy, rows, self.tokenizer.pad_token_id)
+            optimizer_step(self.accelerator, self.policy, self.opt, self.sched, loss, first_step + j,
+                           cfg.optim.grad_clip, updates_applied=j)
+            losses.append(loss.item())
+        return sum(losses) / len(losses)
+
+    def sample_rows(self, step: int, out: StepOutput, golds: list[float] | None) -> list[dict]:
+        return out.batch
+
+    def scalars(self) -> dict:
+        return {"iterations": self.table}
+
+    def restore(self, scalars: dict) -> None:
+        self.table = list(scalars.get("iterations", []))
+
+    def result(self, progress: loop.Progress) -> dict:
+        cfg = self.cfg
+        return {"iterations": progress.done, "k": cfg.k, "kept_per_prompt": self.keep,
+                "sft_steps": progress.done * cfg.steps_per_iteration,
+                "episodes": progress.done * cfg.prompts_per_iteration * cfg.k, "seconds": progress.train_seconds}
+
+    def sections(self) -> dict:
+        return {"iterations": self.table}
 
 
 def run(cfg: RAFTConfig, show_progress: bool = True, gold: GoldFn | None = None, prompts: list | None = None,
         eval_prompts: list | None = None) -> Path:
-    keep = keep_count(cfg.k, cfg.keep_fraction)
-    steps_per_iter = max(1, math.ceil(cfg.sft_epochs * cfg.prompts_per_iteration / cfg.batch_size))
-    setup = setup_group_trainer(cfg, prompts, eval_prompts, cfg.iterations * steps_per_iter)
-    prompts, tokenizer, accelerator = setup.prompts, setup.tokenizer, setup.accelerator
-    policy, reward_model = setup.policy, setup.reward_model
-    opt, sched, encoded, gen_sample, gen_order = setup.opt, setup.sched, setup.encoded, setup.gen_sample, setup.gen_order
-    order: list[int] = []
-    pad = tokenizer.pad_token_id
-    with RunDir(cfg.out, cfg) as run_dir:
-        def held_out(step: int) -> dict:
-            return setup.held_out(cfg, run_dir, step, gold)
-
-        before = held_out(0)
-        t0, step, samples, table = time.time(), 0, [], []
-        with progress_bar("raft", cfg.iterations * steps_per_iter, show_progress and accelerator.is_main_process) as bar:
-            for it in range(cfg.iterations):
-                while len(order) < cfg.prompts_per_iteration:
-                    order += torch.randperm(len(prompts), generator=gen_order).tolist()
-                idx, order = order[: cfg.prompts_per_iteration], order[cfg.prompts_per_iteration:]
-                # ---- sample k per prompt, keep the top fraction by RM score
-                kept_rows, all_scores, kept_scores, kept_gold = [], [], [], []
-                for c in range(0, len(idx), cfg.sample_batch_prompts):
-                    chunk = idx[c:c + cfg.sample_batch_prompts]
-                    with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
-                        g = sample_groups(policy, reward_model, tokenizer, [encoded[i] for i in chunk], cfg.k,
-                                          cfg.sampling, gen_sample)
-                    scores = g.scores
-                    if cfg.no_eos_score is not None:
-                        scores = torch.where(g.roll.finished, scores, torch.full_like(scores, cfg.no_eos_score))
-                    top = select_top(scores.view(-1, cfg.k).cpu(), keep)
-                    all_scores.append(scores.cpu())
-                    ids, mask = g.roll.response_ids, g.roll.response_mask
-                    for n, i in enumerate(chunk):
-                        flat = [n * cfg.k + int(j) for j in top[n]]
-                        kept_rows.append(pack(encoded[i], [ids[f][mask[f].bool()].tolist() for f in flat],
-                                              len(encoded[i]) + ids.shape[1] + 1))
-                        kept_scores += [scores[f].item() for f in flat]
-                        if gold is not None:
-                            kept_gold += [gold(prompts[i], g.texts[f]) for f in flat]
-                        if n < 2:
-                            p = prompts[i]
-                            samples.append({"iteration": it + 1, "prompt": p if isinstance(p, str) else p[-1]["content"],
-                                            "kept": g.texts[flat[0]], "rm": round(scores[flat[0]].item(), 3)})
-                all_scores = torch.cat(all_scores)
-                stat = {"rm_all": all_scores.mean().item(), "rm_kept": sum(kept_scores) / len(kept_scores),
-                        "kept": len(kept_scores), "sampled": len(all_scores)}
-                if kept_gold:
-                    stat["gold_kept"] = sum(kept_gold) / len(kept_gold)
-                # ---- fine-tune on the kept set
-                losses, sft_order = [], []
-                for _ in range(steps_per_iter):
-                    if len(sft_order) < cfg.batch_size:
-                        sft_order += torch.randperm(len(kept_rows), generator=gen_order).tolist()
-                    b, sft_order = sft_order[: cfg.batch_size], sft_order[cfg.batch_size:]
-                    rows, start = [], 0
-                    for j in b:
-                        for p, rs, where in kept_rows[j]:
-                            rows.append((p, rs, [start + w for w in where]))
-                        start += keep
-                    with accelerator.autocast():
-                        loss = sft_loss(policy, rows, pad)
-                    optimizer_step(accelerator, policy, opt, sched, loss, step, cfg.optim.grad_clip)
-                    step += 1
-                    losses.append(loss.item())
-                    bar.advance(loss=loss.item(), rm_kept=stat["rm_kept"])
-                stat["sft_loss"] = sum(losses) / len(losses)
-                run_dir.log(step, iteration=it + 1, **stat)
-                table.append({"iteration": it + 1, **stat})
-        seconds = time.time() - t0
-        after = held_out(step)
-        result = {"iterations": cfg.iterations, "k": cfg.k, "kept_per_prompt": keep, "sft_steps": step,
-                  "episodes": cfg.iterations * cfg.prompts_per_iteration * cfg.k, "seconds": seconds}
-        heldout = [{"when": w, **r} for w, r in (("start", before), ("end", after)) if r]
-        if accelerator.is_main_process:
-            lora.save_final(accelerator.unwrap_model(policy), tokenizer, run_dir.sub("model"))
-            write_jsonl(run_dir.sub("samples.jsonl"), samples)
-            run_dir.plot_metrics({"reward": ["rm_all", "rm_kept", "gold_kept"], "sft loss": ["sft_loss"],
-                                  "held-out": ["eval_kl", "eval_gold"]})
-            run_dir.write_summary("RAFT", {"result": result, "iterations": table, "held-out": heldout or "no held-out prompts"},
-                                  {"result": result, "iterations": table, "heldout": heldout})
-    return Path(cfg.out)
+    """`gold`: optional (prompt, response) -> gold reward of the kept responses and held-out samples."""
+    cfg.validate()
+    return loop.run(RAFT(cfg, prompts, eval_prompts, gold), loop.Hooks(), show_progress)

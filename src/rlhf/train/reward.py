@@ -40,8 +40,8 @@ from rlhf.train.common import OptimConfig, apply_update, check_finite, make_acce
 
 @dataclass
 class RewardConfig:
-    out: str = "runs/reward"
-    seed: int = 0
+    out: str = "runs/reward"  # run directory
+    seed: int = 0  # seeds the split (unless split_seed), the batch order, the score head and the offset's sample
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     init: str = "runs/sft/model"  # any local HF causal LM (the SFT model by default) or encoder (BERT-like)
     pooling: str = "auto"  # auto (decoders: last token; encoders: their sentence-transformers pooling, else [CLS]) | last | mean | cls
@@ -50,17 +50,17 @@ class RewardConfig:
                                    # optimizer state for them (SmolLM2: 28M of 135M weights, 0.34 GB less)
     data: str = "runs/labels/comparisons.jsonl"  # rankings or pairs (TRL, conversational, HH, K-wise)
     on_bad: str = "skip"  # skip (counted in the summary) | error
-    limit: int | None = None
-    eval_fraction: float = 0.1
+    limit: int | None = None  # read at most this many rankings (None: all)
+    eval_fraction: float = 0.1  # rankings held out for pairwise accuracy
     split_seed: int | None = None  # seed of the train/held-out split (default: seed), to compare seeds on one split
     epochs: float = 1.0  # one epoch: more overfits quickly
     batch_size: int = 8  # rankings (prompts) per step
     micro_batch_tokens: int = 0  # > 0: forward/backward a step's rankings in parts of at most this many padded
                                  # tokens (the same gradient, summed; bounds memory on long batches); 0: one pass
-    max_len: int = 256
+    max_len: int = 256  # prompt + response tokens (never more than the model's position table)
     ties: str = "skip"  # skip | half (train tied pairs toward P = 0.5)
-    margin: float = 0.0
-    normalize: bool = True
+    margin: float = 0.0  # the loss asks r_chosen - r_rejected to exceed this
+    normalize: bool = True  # shift scores so the reference policy's responses have mean 0 (the offset is saved)
     normalize_sample: int = 512  # training responses scored for the offset (seeded random sample; 0 = all)
     pack_responses: bool = True  # forward a ranking's shared prompt once, its K responses beside it (same scores)
     length_buckets: int = 32  # batches drawn together, sorted by length, then shuffled (less padding); 1 = off
@@ -81,6 +81,7 @@ class RewardConfig:
         if (self.train_layers or not self.train_embeddings) and self.model.lora.r:
             raise RLHFError("train_layers / train_embeddings and model.lora.r are two ways to train part of the model: "
                             "set one of them")
+        self.optim.validate()
 
 
 def count_groups(rankings: list[Ranking], ties: str = "skip") -> int:
@@ -184,6 +185,68 @@ def score_all(model, encoded: list[list[list[int]]], pad_id: int) -> list[list[f
     return out
 
 
+def batch_sizes(train_rows: list | None, train_enc: list) -> tuple[list[int], list[tuple[int, int]]]:
+    """Each training ranking's length (its longest packed row, or longest sequence without packing) and the
+    (rows, width) it adds to a batch."""
+    if train_rows is not None:
+        lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_rows]
+        return lengths, [(len(rows), width) for rows, width in zip(train_rows, lengths)]
+    lengths = [max(len(s) for s in group) for group in train_enc]
+    return lengths, [(len(group), width) for group, width in zip(train_enc, lengths)]
+
+
+def part_scores(model, pad_id: int, device, part: list[int], train_set, train_rows: list | None, train_enc):
+    """Scores of every response of the rankings `part` (packed when train_rows is given), in the order
+    ranking_loss expects."""
+    if train_rows is not None:
+        rows, start = [], 0
+        for i in part:  # response indices follow the order of `part`, as ranking_loss expects
+            rows += [(p, rs, [start + w for w in where]) for p, rs, where in train_rows[i]]
+            start += train_set[i].k
+        return packed_scores(model, rows, pad_id, device)
+    return batch_scores(model, [s for i in part for s in train_enc[i]], pad_id, device)
+
+
+def backward_batch(cfg: RewardConfig, accelerator, model, pad_id: int, step: int, parts: list[list[int]], train_set,
+                   train_rows: list | None, train_enc) -> tuple[float, int, int]:
+    """Forward and backward one step's rankings in `parts`, their gradients adding up to the batch's mean
+    loss; returns (loss, correct pairs, pairs)."""
+    groups = max(1, count_groups([train_set[i] for part in parts for i in part], cfg.ties))
+    loss, correct, n_pairs = 0.0, 0, 0
+    for part in parts:
+        with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+            scores = part_scores(model, pad_id, accelerator.device, part, train_set, train_rows, train_enc)
+        part_loss, c, n = ranking_loss(scores.float(), [train_set[i] for i in part], cfg.ties, cfg.margin)
+        share = count_groups([train_set[i] for i in part], cfg.ties) / groups  # parts add up to the mean
+        check_finite(part_loss, step)
+        accelerator.backward(part_loss * share)
+        loss, correct, n_pairs = loss + part_loss.item() * share, correct + c, n_pairs + n
+    return loss, correct, n_pairs
+
+
+def held_out_accuracy(model, pad_id: int, eval_set, eval_enc) -> dict:
+    """Pairwise accuracy on the held-out rankings, its standard error, and the calibration points."""
+    t = time.time()
+    acc, calib = pairwise_accuracy(eval_set, score_all(model, eval_enc, pad_id))
+    n = sum(len(r.pairs()) for r in eval_set)
+    return {"eval_pairwise_accuracy": acc, "eval_pairs": n, "eval_seconds": time.time() - t,
+            "eval_pairwise_accuracy_se": standard_error(acc, n), "calibration": calib}
+
+
+def normalize(model, pad_id: int, train_enc, cfg: RewardConfig) -> dict:
+    """Shift the scores so a seeded sample of training responses has mean 0 (the offset is kept in the
+    model's config)."""
+    t = time.time()
+    flat_enc = [s for g in train_enc for s in g]
+    if cfg.normalize_sample and cfg.normalize_sample < len(flat_enc):
+        pick = torch.randperm(len(flat_enc), generator=torch.Generator().manual_seed(cfg.seed + 1))
+        flat_enc = [flat_enc[i] for i in pick[:cfg.normalize_sample].tolist()]
+    flat = torch.tensor(score_all(model, [flat_enc], pad_id)[0])
+    model.config.rlhf_reward_offset = float(flat.mean())
+    return {"reward_offset": float(flat.mean()), "reward_std_after_shift": float(flat.std()),
+            "normalize_responses": len(flat_enc), "normalize_seconds": time.time() - t}
+
+
 def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     cfg.validate()
     rankings, report = load_rankings(cfg.data, on_bad=cfg.on_bad, limit=cfg.limit)
@@ -201,13 +264,8 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     opt, sched = make_optimizer(model, cfg.optim, steps)
     model, opt = accelerator.prepare(model, opt)
     model.train()
-    if packed:
-        train_rows = [pack_ranking(tokenizer, r, cut) for r in train_set]
-        lengths = [max(len(p) + sum(len(x) for x in rs) for p, rs, _ in rows) for rows in train_rows]
-        sizes = [(len(rows), width) for rows, width in zip(train_rows, lengths)]  # (rows, width) it adds to a batch
-    else:
-        lengths = [max(len(s) for s in group) for group in train_enc]
-        sizes = [(len(group), width) for group, width in zip(train_enc, lengths)]
+    train_rows = [pack_ranking(tokenizer, r, cut) for r in train_set] if packed else None
+    lengths, sizes = batch_sizes(train_rows, train_enc)
     schedule = batch_order(lengths, cfg.batch_size, steps, cfg.seed, cfg.length_buckets)
     state = TrainerState({"model": model}, {"opt": opt, "sched": sched}, tokenizer=tokenizer)
     first, scalars = resume(state, cfg.resume, "reward model", steps)
@@ -215,25 +273,9 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         t0, pairs_seen = time.time(), scalars.get("pairs_seen", 0)
         with progress_bar("reward", steps - first, show_progress and accelerator.is_main_process) as bar:
             for step in range(first, steps):
-                idx = schedule[step]
-                groups = max(1, count_groups([train_set[i] for i in idx], cfg.ties))
-                loss, correct, n_pairs = 0.0, 0, 0
-                for part in micro_batches(idx, sizes, cfg.micro_batch_tokens):
-                    with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
-                        if packed:
-                            rows, start = [], 0
-                            for i in part:  # response indices follow the order of `part`, as ranking_loss expects
-                                rows += [(p, rs, [start + w for w in where]) for p, rs, where in train_rows[i]]
-                                start += train_set[i].k
-                            scores = packed_scores(model, rows, tokenizer.pad_token_id, accelerator.device)
-                        else:
-                            seqs = [s for i in part for s in train_enc[i]]
-                            scores = batch_scores(model, seqs, tokenizer.pad_token_id, accelerator.device)
-                    part_loss, c, n = ranking_loss(scores.float(), [train_set[i] for i in part], cfg.ties, cfg.margin)
-                    share = count_groups([train_set[i] for i in part], cfg.ties) / groups  # parts add up to the mean
-                    check_finite(part_loss, step)
-                    accelerator.backward(part_loss * share)
-                    loss, correct, n_pairs = loss + part_loss.item() * share, correct + c, n_pairs + n
+                loss, correct, n_pairs = backward_batch(cfg, accelerator, model, tokenizer.pad_token_id, step,
+                                                        micro_batches(schedule[step], sizes, cfg.micro_batch_tokens),
+                                                        train_set, train_rows, train_enc)
                 grad_norm = apply_update(accelerator, model, opt, sched, cfg.optim.grad_clip)
                 pairs_seen += n_pairs
                 run_dir.log(step + 1, loss=loss, train_accuracy=correct / max(1, n_pairs), grad_norm=grad_norm,
@@ -248,25 +290,12 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
                   "pooling": model.config.rlhf_reward_pooling, "trainable_parameters": trainable}
         sections: dict = {}
         if eval_set:
-            t = time.time()
             with accelerator.autocast():
-                eval_scores = score_all(model, eval_enc, tokenizer.pad_token_id)
-            acc, calib = pairwise_accuracy(eval_set, eval_scores)
-            n = sum(len(r.pairs()) for r in eval_set)
-            result.update(eval_pairwise_accuracy=acc, eval_pairs=n, eval_seconds=time.time() - t,
-                          eval_pairwise_accuracy_se=standard_error(acc, n))
-            sections["calibration"] = plot_calibration(calib, run_dir.sub("plots/calibration.png"))
+                result.update(held_out_accuracy(model, tokenizer.pad_token_id, eval_set, eval_enc))
+            sections["calibration"] = plot_calibration(result.pop("calibration"), run_dir.sub("plots/calibration.png"))
         if cfg.normalize:
-            t = time.time()
-            flat_enc = [s for g in train_enc for s in g]
-            if cfg.normalize_sample and cfg.normalize_sample < len(flat_enc):
-                pick = torch.randperm(len(flat_enc), generator=torch.Generator().manual_seed(cfg.seed + 1))
-                flat_enc = [flat_enc[i] for i in pick[:cfg.normalize_sample].tolist()]
             with accelerator.autocast():
-                flat = torch.tensor(score_all(model, [flat_enc], tokenizer.pad_token_id)[0])
-            model.config.rlhf_reward_offset = float(flat.mean())
-            result.update(reward_offset=float(flat.mean()), reward_std_after_shift=float(flat.std()),
-                          normalize_responses=len(flat_enc), normalize_seconds=time.time() - t)
+                result.update(normalize(model, tokenizer.pad_token_id, train_enc, cfg))
         if accelerator.is_main_process:
             lora.save_final(model, tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Reward model", {"result": result, "data": report.as_dict(), **sections,

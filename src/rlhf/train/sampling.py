@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import torch
 
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl
+from rlhf.data.sampler import IndexStream
 from rlhf.errors import RLHFError
 from rlhf.models.reward import normalized
 from rlhf.rollout.engine import Rollout, SamplingConfig, sample
@@ -17,23 +19,31 @@ from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.options import ModelOptions
 from rlhf.models.reward import load_reward_model
 from rlhf.rollout.packed import PackedRow, pack, packed_scores
+from rlhf.train import loop
+from rlhf.train.checkpoint import TrainerState
 from rlhf.train.common import make_accelerator, make_optimizer
 from rlhf.train.heldout import sample_kl
 
 
 @dataclass
 class GroupRunConfig:
-    """The keys GRPO/RLOO, RAFT and RRHF share: what `setup_group_trainer` reads and `sample_groups` samples with."""
-    out: str = "runs/group"
-    seed: int = 0
+    """The keys GRPO/RLOO, RAFT and RRHF share: what `GroupTrainer` reads and `sample_groups` samples with."""
+    out: str = "runs/group"  # run directory
+    seed: int = 0  # seeds LoRA's adapters, sampling (seed + 1), prompt order (seed + 3) and held-out samples
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     policy: str = "runs/sft/model"  # the starting point, also the frozen reference (held-out KL, KL penalties)
-    reward_model: str = "runs/reward/model"
+    reward_model: str = "runs/reward/model"  # a reward-model folder sharing the policy's tokenizer
     prompts: str = "runs/world/prompts_train.jsonl"  # JSONL of {"prompt": str | messages} (or {"messages"})
     eval_prompts: str | None = "runs/world/prompts_eval.jsonl"  # held-out KL (and gold, when given a scorer)
-    n_eval_prompts: int = 64
+    n_eval_prompts: int = 64  # held-out prompts sampled for KL (and gold) before, every eval_every steps, after
+    # how responses are sampled; log-probs (ratios, KL) use the same temperature
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=24, temperature=0.7))
     no_eos_score: float | None = -1.0  # RM score for responses that never produce EOS (None: keep the RM score)
+    save_every: int = 0  # a checkpoint every N steps to resume from (0: none)
+    resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
+
+    def validate(self) -> None:
+        self.optim.validate()
 
 
 def read_prompts(path: str) -> list:
@@ -95,52 +105,63 @@ def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], 
     return groups
 
 
-@dataclass
-class GroupSetup:
+class GroupTrainer(loop.Trainer):
     """What GRPO/RLOO, RAFT and RRHF set up alike: prompts, the policy with its optimizer (prepared by
-    accelerate), the frozen reference and reward model, encoded prompts, and the generators for sampling
-    (seed + 1) and prompt order (seed + 3)."""
-    prompts: list
-    eval_prompts: list
-    tokenizer: object
-    accelerator: object
-    policy: torch.nn.Module
-    ref: torch.nn.Module
-    reward_model: torch.nn.Module
-    opt: object
-    sched: object
-    encoded: list[list[int]]
-    gen_sample: torch.Generator
-    gen_order: torch.Generator
+    accelerate), the frozen reference and reward model, encoded prompts, the prompt order (an IndexStream
+    on seed + 3) and the sampling generator (seed + 1); held-out KL (and gold, with a scorer) as evaluation.
+    `total_steps`: optimizer steps for the learning-rate schedule."""
+    heldout_note = "no held-out prompts"
 
-    def held_out(self, cfg, run_dir, step: int, gold=None) -> dict:
-        """KL to the reference (and gold, with a scorer) on the held-out prompts, logged as eval_* at `step`."""
+    def __init__(self, cfg, prompts: list | None, eval_prompts: list | None, total_steps: int, gold=None):
+        self.cfg, self.gold = cfg, gold
+        self.prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
+        if eval_prompts is None and cfg.eval_prompts:
+            eval_prompts = read_prompts(cfg.eval_prompts)
+        self.eval_prompts = (eval_prompts or [])[: cfg.n_eval_prompts]
+        self.tokenizer = tokenizer = load_tokenizer(cfg.policy)
+        check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
+        self.accelerator = accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
+        policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
+        ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
+        reward_model = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)
+        opt, self.sched = make_optimizer(policy, cfg.optim, total_steps)
+        self.policy, self.opt = accelerator.prepare(policy, opt)
+        self.ref, self.reward_model = ref.to(accelerator.device), reward_model.to(accelerator.device)
+        for model in (self.policy, self.ref, self.reward_model):
+            model.eval()  # no dropout anywhere
+        self.encoded = [encode_prompt(tokenizer, p) for p in self.prompts]
+        self.gen_sample = torch.Generator().manual_seed(cfg.seed + 1)
+        self.order = IndexStream(len(self.prompts), torch.Generator().manual_seed(cfg.seed + 3))
+
+    def sample(self, idx: list[int], group_size: int) -> Groups:
+        """`group_size` scored responses for each of the prompts `idx`."""
+        with self.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
+            return sample_groups(self.policy, self.reward_model, self.tokenizer, [self.encoded[i] for i in idx],
+                                 group_size, self.cfg.sampling, self.gen_sample)
+
+    def evaluate(self) -> dict:
+        """KL to the reference (and gold, with a scorer) on the held-out prompts."""
         if not self.eval_prompts:
             return {}
-        row = sample_kl(self.accelerator.unwrap_model(self.policy), self.ref, self.tokenizer, self.eval_prompts,
-                        cfg.sampling, cfg.seed, gold)
-        run_dir.log(step, **{f"eval_{k}": v for k, v in row.items()})
-        return row
+        return sample_kl(self.accelerator.unwrap_model(self.policy), self.ref, self.tokenizer, self.eval_prompts,
+                         self.cfg.sampling, self.cfg.seed, self.gold)
+
+    def state(self) -> TrainerState:
+        return TrainerState({"policy": self.policy}, {"opt": self.opt, "sched": self.sched, "prompts": self.order},
+                            {"sample": self.gen_sample}, self.tokenizer)
+
+    def save_model(self, path: Path) -> None:
+        lora.save_final(self.accelerator.unwrap_model(self.policy), self.tokenizer, path)
 
 
-def setup_group_trainer(cfg, prompts: list | None, eval_prompts: list | None,
-                        total_steps: int) -> GroupSetup:
-    """`prompts` / `eval_prompts` replace the configured JSONL files when given; `total_steps`: optimizer steps
-    for the learning-rate schedule."""
-    prompts = prompts if prompts is not None else read_prompts(cfg.prompts)
-    if eval_prompts is None and cfg.eval_prompts:
-        eval_prompts = read_prompts(cfg.eval_prompts)
-    tokenizer = load_tokenizer(cfg.policy)
-    check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
-    accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
-    policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
-    ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
-    reward_model = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)
-    opt, sched = make_optimizer(policy, cfg.optim, total_steps)
-    policy, opt = accelerator.prepare(policy, opt)
-    ref, reward_model = ref.to(accelerator.device), reward_model.to(accelerator.device)
-    for m in (policy, ref, reward_model):
-        m.eval()  # no dropout anywhere
-    return GroupSetup(prompts, (eval_prompts or [])[: cfg.n_eval_prompts], tokenizer, accelerator, policy, ref,
-                      reward_model, opt, sched, [encode_prompt(tokenizer, p) for p in prompts],
-                      torch.Generator().manual_seed(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 3))
+@dataclass
+class GroupBatch:
+    """The responses of a step as the loop reads them: one prompt per response, the texts decoded when first
+    asked for."""
+    prompts: list
+    groups: Groups
+    advantages: torch.Tensor | None = None  # GRPO/RLOO: each response's advantage, for the sample table
+
+    @property
+    def texts(self) -> list[str]:
+        return self.groups.texts

@@ -25,24 +25,27 @@ from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, opt
 
 @dataclass
 class SFTConfig:
-    out: str = "runs/sft"
-    seed: int = 0
+    out: str = "runs/sft"  # run directory
+    seed: int = 0  # seeds the example order, the ptx stream and LoRA's initial adapters
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
-    init: str = "runs/pretrain/model"
+    init: str = "runs/pretrain/model"  # the starting checkpoint (a Hugging Face causal LM folder)
     data: str | None = None  # JSONL of {"messages"} or {"prompt", "completion"}; `rlhf sft`: the world's demonstrations
     dialogue_filter: bool = False  # Gopher heuristic on {"text"} documents turned into dialogues
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, weight_decay=0.0))
     epochs: float = 6.0  # the demonstrations are small: fewer passes leave samples at T=1 garbled
-    batch_size: int = 32
-    max_len: int = 128
+    batch_size: int = 32  # dialogues per step
+    max_len: int = 128  # tokens per dialogue (longer ones are cut)
     # The pretraining LM loss mixed into SFT (as PPO-ptx mixes it into RL): fine-tuning on a few hundred
     # demonstrations for several epochs otherwise overwrites what pretraining taught about other facts.
     ptx_coef: float = 0.0
     ptx_data: str | None = None  # JSONL of {"text"}; `rlhf sft`: the world's corpus
-    ptx_batch_size: int = 16
-    ptx_seq_len: int = 64
+    ptx_batch_size: int = 16  # pretraining blocks per step
+    ptx_seq_len: int = 64  # tokens per pretraining block
     save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
+
+    def validate(self) -> None:
+        self.optim.validate()
 
 
 def _to_messages(obj: dict, where: str) -> list[dict]:
@@ -101,6 +104,7 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
         ptx_docs: list[str] | None = None) -> Path:
     """Fine-tune on `dialogues` (message lists), or on the `data` file when it is set; with ptx_coef > 0, the LM
     loss on `ptx_docs` (or the `ptx_data` file) is added with that weight."""
+    cfg.validate()
     dropped = 0
     if cfg.data is not None:
         dialogues, dropped = load_dialogues(cfg)  # bad data fails before the model is loaded
