@@ -3,8 +3,8 @@
 WiSE-FT (Wortsman et al. 2022) interpolates a fine-tuned model with the one it started from; Lin et al.
 (2024, "Mitigating the Alignment Tax of RLHF") found that averaging the RLHF policy with the pretrained
 model keeps more of what pretraining taught for a given reward than the other remedies they tried. The
-pipeline does it after PPO (`average_pretrained`); `rlhf models average` does it for any two folders of
-the same architecture and vocabulary.
+pipeline does it after PPO (`average`, the share chosen per run: eval/averaging.py); `rlhf models average`
+does it for any two folders of the same architecture and vocabulary.
 """
 from __future__ import annotations
 
