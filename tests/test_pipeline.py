@@ -39,6 +39,12 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
         assert (out / sub).exists(), sub
     assert "eval_pairwise_accuracy" in summary["stages"]["reward"]
     assert not list(tmp_path.glob("*.partial-*"))
+    # the report beside summary.md, its path printed; every stage folder read into it (tests/test_report.py opens one)
+    assert res.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    data = json.loads((out / "report.html").read_text().split('id="report-data">', 1)[1].split("</script>", 1)[0])
+    assert [p["name"] for p in data["runs"][0]["parts"]] == [".", "labels", "ppo", "pretrain", "reward", "reward/member-1",
+                                                              "reward/member-2", "sft"]
+    assert (out / "ppo" / "tensorboard").is_dir()  # the default tracker
     # the averaged policy is 0.8 x PPO + 0.2 x pretrained, tensor by tensor
     from safetensors.torch import load_file
     ppo, pre, avg = (load_file(out / d / "model" / "model.safetensors") for d in ("ppo", "pretrain", "ppo-averaged"))

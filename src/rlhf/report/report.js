@@ -94,7 +94,7 @@
     const apply = () => tbody.querySelectorAll("tr.same").forEach((tr) => { tr.hidden = only.checked; });
     only.addEventListener("change", apply);
     apply();
-    s.append(el("div", {class: "controls"}, el("label", {}, only, `only the ${ndiff} keys that differ`)),
+    s.append(el("div", {class: "controls"}, el("label", {}, only, `only the ${ndiff} key${ndiff === 1 ? "" : "s"} that differ${ndiff === 1 ? "s" : ""}`)),
       el("div", {class: "scroll"}, el("table", {id: "config-diff"},
         el("thead", {}, el("tr", {}, el("th", {}, "config key"), RUNS.map((r) => el("th", {}, r.label)))), tbody)));
     const flat = RUNS.map((r) => flattenSummary(r.parts[0].name === "." ? r.parts[0].summary : null));
@@ -113,9 +113,10 @@
     prefix = prefix || "";
     depth = depth || 0;
     if (depth > 3 || value === null || value === undefined) return out;
-    if (isRecordList(value)) {
-      value.forEach((r, i) => {
-        const name = r.stage || r.method || r.name || r.seed || i;
+    if (isRecordList(value)) {  // tables whose rows are named (stage, method): one entry per named cell
+      value.forEach((r) => {
+        const name = r.stage || r.method || r.name;
+        if (typeof name !== "string") return;
         for (const [k, v] of Object.entries(r)) {
           if (typeof v === "number") out[`${prefix}${name} / ${k}`] = v;
         }
