@@ -111,6 +111,9 @@ def page():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        # parsing Plotly's 4.8 MB bundle and drawing ~25 charts took 1-2 s on an idle core but over 30 s (the default
+        # timeout) on the shared 2-core machine at load 16
+        page.set_default_timeout(240_000)
         page.problems = []  # console errors, page errors and every request that is not a local file
         page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))

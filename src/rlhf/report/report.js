@@ -204,7 +204,7 @@
       if (y === null) return null;
       last = last * w + (1 - w) * y;
       n += 1;
-      return last / (1 - Math.pow(w, n));
+      return Number((last / (1 - Math.pow(w, n))).toPrecision(12));  // a constant series stays constant
     });
   }
 
@@ -220,27 +220,42 @@
     const s = section("overopt", "Over-optimization",
       views.length ? "The reward model's score (proxy) and the gold reward against sqrt(KL to the reference policy), " +
         "step by step (Gao et al. 2022): proxy rising while gold falls is the reward model being exploited. " +
-        "Training batches: rm_score, gold and kl of each step; held-out: eval_proxy, eval_gold, eval_kl."
+        "Training batches: rm_score, gold and kl of each step (points) and their means over bins of sqrt(KL) " +
+        "(lines, 4+ steps a bin); held-out: eval_proxy, eval_gold, eval_kl, joined in step order."
         : "No gold reward was logged in these runs (the world's PPO runs log `gold` beside `rm_score`).");
-    const grid = el("div", {class: "grid"});
+    const grid = el("div", {class: "grid wide"});
     s.append(grid);
     for (const v of views) {
       const traces = [];
-      const xy = (kKey, yKey, name, dash, color) => {
+      // one point per step; training batches (noisy) also as the mean over bins of sqrt(KL), held-out points joined in step order
+      const xy = (kKey, yKey, name, color, binned) => {
         const kl = new Map(v.m[kKey][0].map((st, j) => [st, v.m[kKey][1][j]]));
         const steps = v.m[yKey][0].filter((st) => kl.has(st));
         const ys = new Map(v.m[yKey][0].map((st, j) => [st, v.m[yKey][1][j]]));
-        traces.push({x: steps.map((st) => Math.sqrt(Math.max(0, kl.get(st)))), y: steps.map((st) => ys.get(st)),
-          text: steps.map((st) => "step " + st), name: name, mode: "lines+markers",
-          line: {dash: dash, color: color}, marker: {size: 5}});
+        const pts = steps.map((st) => [Math.sqrt(Math.max(0, kl.get(st))), ys.get(st), st]);
+        traces.push({x: pts.map((p) => p[0]), y: pts.map((p) => p[1]), text: pts.map((p) => "step " + p[2]),
+          name: name, legendgroup: name, mode: binned ? "markers" : "lines+markers", opacity: binned ? 0.45 : 1,
+          line: {dash: "dot", color: color}, marker: {size: binned ? 5 : 7, color: color}});
+        if (binned && pts.length >= 8) {
+          const sorted = [...pts].sort((a, b) => a[0] - b[0]);
+          const nbins = Math.min(10, Math.floor(sorted.length / 4));
+          const bx = [], by = [];
+          for (let b = 0; b < nbins; b++) {
+            const chunk = sorted.slice(Math.floor(b * sorted.length / nbins), Math.floor((b + 1) * sorted.length / nbins));
+            bx.push(chunk.reduce((s, p) => s + p[0], 0) / chunk.length);
+            by.push(chunk.reduce((s, p) => s + p[1], 0) / chunk.length);
+          }
+          traces.push({x: bx, y: by, name: name + " (mean per sqrt(KL) bin)", legendgroup: name, mode: "lines",
+            line: {color: color, width: 3}, hoverinfo: "x+y"});
+        }
       };
       if (v.train) {
-        xy("kl", "rm_score", "proxy (RM), training batch", "solid", "#1f77b4");
-        xy("kl", "gold", "gold, training batch", "solid", "#d62728");
+        xy("kl", "rm_score", "proxy (RM), training batch", "#1f77b4", true);
+        xy("kl", "gold", "gold, training batch", "#d62728", true);
       }
       if (v.held) {
-        xy("eval_kl", "eval_proxy", "proxy (RM), held-out", "dot", "#1f77b4");
-        xy("eval_kl", "eval_gold", "gold, held-out", "dot", "#d62728");
+        xy("eval_kl", "eval_proxy", "proxy (RM), held-out", "#17becf", false);
+        xy("eval_kl", "eval_gold", "gold, held-out", "#ff7f0e", false);
       }
       const div = el("div", {class: "overopt-plot"});
       grid.append(div);
