@@ -110,7 +110,7 @@ def test_compare_smoke_runs_end_to_end_and_reuses_finished_runs(cli, tmp_path):
         assert {p["b"] for p in summary[name]["paired"]} == {"GRPO", "DPO"}
     assert summary["rm_calls"] == [{"seed": s, "SFT": 0, "GRPO": 16, "DPO": 0} for s in (0, 1)]
     for sub in ("seed-0/pipeline/sft/model/config.json", "seed-1/grpo/model/config.json", "seed-1/dpo/compare.json",
-                "plots/gold_by_method.png", "plots/gold_vs_kl.png", "summary.md"):
+                "plots/gold_by_method.png", "plots/gold_vs_kl.png", "summary.md", "report.html"):
         assert (out / sub).exists(), sub
     md = (out / "summary.md").read_text()
     assert "16 reward-model calls per method" in md and "gold - SFT (paired)" in md

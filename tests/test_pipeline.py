@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,19 +41,26 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
         assert (out / sub).exists(), sub
     assert "eval_pairwise_accuracy" in summary["stages"]["reward"]
     assert not list(tmp_path.glob("*.partial-*"))
+    # the report beside summary.md, its path printed; every stage folder read into it (tests/test_report.py opens one)
+    assert res.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    data = json.loads((out / "report.html").read_text().split('id="report-data">', 1)[1].split("</script>", 1)[0])
+    assert [p["name"] for p in data["runs"][0]["parts"]] == [".", "labels", "ppo", "pretrain", "reward", "reward/member-1",
+                                                              "reward/member-2", "sft"]
+    assert (out / "ppo" / "tensorboard").is_dir()  # the default tracker
     # every saved config names the final paths (none inside the run's temporary `.partial-PID` folder) ...
     import yaml
 
     def strings(v):
-        return [v] if isinstance(v, str) else [s for x in (v.values() if isinstance(v, dict) else v) for s in strings(x)] \
-            if isinstance(v, (dict, list)) else []
+        if isinstance(v, dict):
+            v = list(v.values())
+        return [s for x in v for s in strings(x)] if isinstance(v, list) else [v] if isinstance(v, str) else []
 
     configs = sorted(out.rglob("config.yaml"))
     assert {c.parent.name for c in configs} >= {"pipe", "pretrain", "sft", "labels", "reward", "ppo"}
     for c in configs:
         assert ".partial-" not in c.read_text(), c
         inside = [v for v in strings(yaml.safe_load(c.read_text())) if v.startswith(str(out))]
-        assert all(__import__("pathlib").Path(v).exists() for v in inside), (c, inside)
+        assert all(Path(v).exists() for v in inside), (c, inside)
     # ... so a stage's config re-runs as written
     again = cli.run("reward", "-c", out / "reward" / "config.yaml", "-o", tmp_path / "reward-again", "-q")
     assert again.returncode == 0, again.stderr[-2000:]

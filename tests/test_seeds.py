@@ -167,7 +167,9 @@ def test_seeds_study_resumes_and_same_seed_gives_identical_tables(cli, tmp_path)
     assert result["seeds"] == [0, 1] and result["ran_now"] == [0, 1] and result["reused"] == []
     assert result == {**aggregate([j0, ja], [0, 1]), "ran_now": [0, 1], "reused": []}
     assert {r["n_seeds"] for r in result["greedy"]["stages"]} == {2}
-    for sub in ("config.yaml", "summary.md", "plots/gold_by_seed.png", "seed-0/ppo/model/config.json"):
+    assert res.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    for sub in ("config.yaml", "summary.md", "plots/gold_by_seed.png", "seed-0/ppo/model/config.json", "report.html",
+                "seed-0/report.html"):
         assert (out / sub).exists(), sub
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["seeds"] == [0, 1] and config["pipeline"]["ppo"]["steps"] == 2

@@ -37,6 +37,8 @@ def _config(cls, config: Optional[Path], overrides: Optional[list[str]], out: Op
 def _print_result(path: Path) -> None:
     summary = Path(path) / "summary.md"
     typer.echo(summary.read_text() if summary.exists() else f"wrote {path}")
+    if (Path(path) / "report.html").is_file():
+        typer.echo(f"report: {Path(path) / 'report.html'}")
 
 
 @app.command()
@@ -219,6 +221,18 @@ def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-se
     if out is not None:
         cfg.out = out
     _print_result(compare.run(cfg, not quiet))
+
+
+@app.command("report")
+def report_(runs: list[Path] = typer.Argument(..., help="run folders: any stage's, a pipeline's, a study's"),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html "
+                                               "for one run, ./report.html for several)")) -> None:
+    """One self-contained HTML file of one run or several side by side: config, summary tables, metric curves,
+    samples with RM and gold scores, over-optimization (proxy and gold against sqrt(KL)); no network needed."""
+    from rlhf.report import write_report
+
+    path = write_report(runs, out)
+    typer.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @study_app.command("signals")

@@ -1,6 +1,8 @@
 """Configs are dataclasses; YAML files and `--set a.b=value` overrides fill them, strictly.
 
 A misspelt or unknown key is an error naming the key (with a suggestion), never silently ignored.
+Besides its own fields, every command's config takes a top-level `tracking` key: the trackers its runs report
+their metrics to (`rlhf.tracking`; it changes nothing a run computes, so it is no field of the config).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from rlhf import tracking
 from rlhf.errors import RLHFError
 
 T = TypeVar("T")
@@ -120,6 +123,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise RLHFError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(raw) if raw else "")
+    if "tracking" not in {f.name for f in dataclasses.fields(cls)}:
+        try:
+            tracking.choose(data.pop("tracking", None))
+        except RLHFError as exc:
+            raise RLHFError(f"{path or '--set'}: {exc}") from None
     _merge_defaults(cls, data)
     cfg = build_config(cls, data, str(path) if path else "--set")
     if hasattr(cfg, "validate"):

@@ -28,6 +28,7 @@ from rlhf.models.average import average_models
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.progress import console
+from rlhf.report import write_report
 from rlhf.rollout import SamplingConfig
 from rlhf.rundir import RunDir
 from rlhf.stages import PPOStage, PretrainStage, SFTStage, run_ppo, run_pretrain, run_sft
@@ -197,6 +198,7 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
             "stage seconds": timings | ({"reused": ", ".join(reused)} if reused else {})},
             {"table": table, "headline": headline, "sampled_table": sampled_table, "stages": stage_summaries,
              "seconds": timings, "reused": reused})
+    write_report([cfg.out])  # report.html beside summary.md
     return Path(cfg.out)
 
 

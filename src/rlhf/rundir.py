@@ -3,6 +3,7 @@
 A run writes into `<out>.partial-<pid>` and is renamed to `<out>` only when it succeeds, so an
 existing run directory is never left half-overwritten. Layout:
   config.yaml  metrics.jsonl  summary.md  summary.json  plots/*.png  <checkpoints as HF folders>
+and, when trackers are on (`rlhf.tracking`: TensorBoard by default), tensorboard/ (or wandb/) with the same metrics.
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import os
 import shutil
 import time
 from collections import defaultdict
+from dataclasses import is_dataclass
 from pathlib import Path
 
 import yaml
 
-from rlhf.config import dump_yaml
+from rlhf.config import dump_yaml, to_dict
+from rlhf.tracking import Trackers
 
 
 class RunDir:
@@ -28,6 +31,7 @@ class RunDir:
         self._metrics_file = None
         self.started = time.time()
         self._plotted = False
+        self.trackers: Trackers | None = None
 
     def __enter__(self) -> "RunDir":
         if self.path.exists():
@@ -37,10 +41,13 @@ class RunDir:
         if self.config is not None:
             (self.path / "config.yaml").write_text(dump_yaml(self.config))
         self._metrics_file = open(self.path / "metrics.jsonl", "w")
+        config = to_dict(self.config) if self.config is not None and is_dataclass(self.config) else None
+        self.trackers = Trackers(self.path, self.final.name, config)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._metrics_file.close()
+        self.trackers.finish()
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
@@ -85,6 +92,7 @@ class RunDir:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
+        self.trackers.log(step, {k: v for k, v in row.items() if k != "step"})
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and value is not None:
                 self._metrics[key].append((step, float(value)))

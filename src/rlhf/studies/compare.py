@@ -34,6 +34,7 @@ from rlhf.errors import RLHFError
 from rlhf.studies import seeds as study
 from rlhf.pipeline import PipelineConfig
 from rlhf.progress import console
+from rlhf.report import write_report
 from rlhf.rollout import SamplingConfig
 from rlhf.rundir import RunDir
 from rlhf.stages import PPOStage
@@ -417,4 +418,5 @@ def run(cfg: CompareConfig, show_progress: bool = True) -> Path:
         sections["seconds per seed (training + evaluation)"] = result["seconds"]
         sections["this run"] = {"wall_seconds": result["wall_seconds"], "cpu_seconds": result["cpu_seconds"]}
         run_dir.write_summary(f"rlhf study compare: {len(cfg.methods)} methods over {len(seeds)} seeds", sections, result)
+    write_report([root])  # report.html beside summary.md
     return root

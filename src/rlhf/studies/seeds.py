@@ -31,6 +31,7 @@ from rlhf.config import to_dict
 from rlhf.errors import RLHFError
 from rlhf.pipeline import PipelineConfig
 from rlhf.progress import console
+from rlhf.report import write_report
 from rlhf.rundir import RunDir
 
 TABLES = {"greedy": "table", "sampled": "sampled_table"}
@@ -446,4 +447,5 @@ def run(cfg: SeedsConfig, show_progress: bool = True) -> Path:
         sections["per seed: labels, reward model, PPO"] = _transpose(result["per_seed_stages"])
         sections["per seed: stage seconds"] = result["seconds"]
         run_dir.write_summary(f"RLHF pipeline over {len(seeds)} seeds", sections, result)
+    write_report([root])  # report.html beside summary.md
     return root

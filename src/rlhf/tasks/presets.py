@@ -34,6 +34,7 @@ from rlhf.feedback.simulate import measured_agreement, sample_items, within_prom
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.progress import console, progress_bar
+from rlhf.report import write_report
 from rlhf.rollout import SamplingConfig, generate_texts
 from rlhf.rollout.experience import Models
 from rlhf.rundir import RunDir
@@ -51,7 +52,9 @@ def run_preset(name: str, config: str | Path | None = None, overrides: list[str]
     cfg = load_config(getattr(module, cls_name), config, overrides)
     if out is not None:
         cfg.out = out
-    return module.run(cfg, show_progress)
+    path = module.run(cfg, show_progress)
+    write_report([path])  # report.html beside summary.md
+    return path
 
 
 # ---------------------------------------------------------------- configs shared by the gold tasks
