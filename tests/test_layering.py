@@ -21,7 +21,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # one on its own floor or above. docs/design.md draws the same picture.
 FLOORS = [
     ["errors", "progress", "plots", "stats"],  # leaf modules: no rlhf imports
-    ["config"],                                # dataclass configs from YAML
+    ["tracking", "report"],                    # trackers (TensorBoard, W&B, MLflow); HTML reports of run folders
+    ["config"],                                # dataclass configs from YAML (and the `tracking` key)
     ["rundir"],                                # the one run-directory writer
     ["data"],                                  # files, chat encoding, packing, samplers
     ["world", "models"],                       # the synthetic world; models, tokenizers, LoRA, reward heads
@@ -36,8 +37,8 @@ BASE = {"errors", "config", "progress", "plots", "stats", "rundir"}  # the small
 # What each package or top-level module may import from rlhf (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "errors": set(), "progress": set(), "plots": set(), "stats": set(),
-    "config": {"errors"},
-    "rundir": {"config", "plots"},
+    "tracking": {"errors"}, "report": {"errors"}, "config": {"errors", "tracking"},
+    "rundir": {"config", "plots", "tracking"},
     "data": BASE,
     "world": BASE | {"data"},
     "models": BASE | {"data"},
@@ -47,14 +48,15 @@ ALLOWED: dict[str, set[str]] = {
     "feedback": BASE | {"data", "world", "models", "rollout"},
     "control": BASE | {"data", "feedback"},
     "stages": BASE | {"data", "world", "models", "rollout", "train", "eval"},
-    "pipeline": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "stages"},
-    "tasks": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback"},
-    "studies": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "stages", "pipeline"},
+    "pipeline": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "stages", "report"},
+    "tasks": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "report"},
+    "studies": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "stages", "pipeline",
+                       "report"},
     "cli": BASE | {"data", "world", "models", "rollout", "train", "eval", "feedback", "control", "stages", "pipeline",
-                   "tasks", "studies"},
+                   "tasks", "studies", "report", "tracking"},
 }
 PACKAGES = ["rlhf.data", "rlhf.models", "rlhf.rollout", "rlhf.train", "rlhf.world", "rlhf.eval", "rlhf.feedback",
-            "rlhf.control", "rlhf.tasks", "rlhf.studies"]
+            "rlhf.control", "rlhf.tasks", "rlhf.studies", "rlhf.report"]
 
 
 def _module_name(path: Path) -> str:
