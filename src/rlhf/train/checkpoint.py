@@ -4,11 +4,12 @@ data position and the trainer's scalars.
 A checkpoint folder holds one subfolder per model (a Hugging Face folder, `model.safetensors` for a
 plain module such as a value head, or a peft adapter folder for a model trained with LoRA, whose frozen
 base is the run's starting checkpoint), `trainer_state.pt` (optimizers, schedulers, data streams, RNGs)
-and `state.json` (the step and the trainer's scalars, readable by people).
+and `state.json` (the step and the trainer's scalars, readable by people), written last.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,10 @@ class TrainerState:
                     "generators": {k: g.get_state() for k, g in self.generators.items()},
                     "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
                     "torch_rng": torch.get_rng_state()}, path / "trainer_state.pt")
-        (path / "state.json").write_text(json.dumps({"step": step, **scalars}))
+        # written last and renamed into place: a checkpoint with a state.json is complete, even when the run
+        # is killed while saving
+        (path / "state.json.partial").write_text(json.dumps({"step": step, **scalars}))
+        os.replace(path / "state.json.partial", path / "state.json")
 
     def load(self, path: str | Path, trainer: str, mismatch_hint: str = "") -> dict:
         """Restore everything from `path`; returns state.json (step and scalars)."""
