@@ -44,7 +44,8 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     import yaml
 
     def strings(v):
-        return [v] if isinstance(v, str) else [s for x in (v.values() if isinstance(v, dict) else v) for s in strings(x)] \
+        return [v] if isinstance(v,
+                                 str) else [s for x in (v.values() if isinstance(v, dict) else v) for s in strings(x)] \
             if isinstance(v, (dict, list)) else []
 
     configs = sorted(out.rglob("config.yaml"))
@@ -72,7 +73,8 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     rows = [json.loads(line) for line in (out / "ppo-averaged" / "candidates.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 2 * 8 and {r["decoding"] for r in rows} == {"greedy", "sampled"}
     # the validation prompts are none of the test prompts the table is computed on
-    test_prompts = {r["prompt"] for r in map(json.loads, (out / "world" / "prompts_eval.jsonl").read_text().splitlines())}
+    test_prompts = {r["prompt"] for r in map(json.loads,
+                                             (out / "world" / "prompts_eval.jsonl").read_text().splitlines())}
     assert not {r["prompt"] for r in rows} & test_prompts
 
     # the same pipeline with another final stage reuses every training stage (linked, not rerun): the same rows
@@ -149,7 +151,8 @@ def test_default_pipeline_gain_holds_over_three_seeds(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     for decoding in ("greedy", "sampled"):
         table = summary[decoding]
-        ppo = next(p for p in table["paired"] if p["a"] == "SFT" and p["b"].startswith("PPO") and "averaging" not in p["b"])
+        ppo = next(p for p in table["paired"]
+                   if p["a"] == "SFT" and p["b"].startswith("PPO") and "averaging" not in p["b"])
         final = next(p for p in table["paired"] if p["a"] == "SFT" and "averaging" in p["b"])
         hallucination = {row["stage"]: row["hallucination_rate"]["mean"] for row in table["stages"]}
         for gain in (ppo, final):
