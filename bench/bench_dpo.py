@@ -56,8 +56,10 @@ sys.argv = [os.environ["BENCH_PEER"], "dpo", *sys.argv[1:]]
 g = runpy.run_path(os.environ["BENCH_PEER"], run_name="__main__")
 tr = g["tr"]
 ds, L = tr.train_dataset, tr.args.max_length
-tokens = sum(min(L, len(r["prompt_ids"]) + len(r["chosen_ids"])) + min(L, len(r["prompt_ids"]) + len(r["rejected_ids"])) for r in ds)
-print("BENCH_JSON " + json.dumps({"train_seconds": g["t2"] - g["t1"], "train_cpu_seconds": CPU["train"], "pairs_given": len(g["rows"]), "pairs_trained": len(ds),
+tokens = sum(min(L, len(r["prompt_ids"]) + len(r["chosen_ids"])) + min(L, len(r["prompt_ids"]) + len(r["rejected_ids"]))
+             for r in ds)
+print("BENCH_JSON " + json.dumps({"train_seconds": g["t2"] - g["t1"], "train_cpu_seconds": CPU["train"],
+      "pairs_given": len(g["rows"]), "pairs_trained": len(ds),
       "tokens_trained": tokens, "bf16": tr.args.bf16, "gradient_checkpointing": tr.args.gradient_checkpointing,
       "threads": torch.get_num_threads()}))
 """
@@ -85,10 +87,12 @@ def ours(args) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     result = summary["result"]
     return {"train_seconds": result["train_seconds"], "cache_seconds": result["reference_cache_seconds"],
-            "train_cpu_seconds": result["train_cpu_seconds"], "cache_cpu_seconds": result["reference_cache_cpu_seconds"],
+            "train_cpu_seconds": result["train_cpu_seconds"],
+            "cache_cpu_seconds": result["reference_cache_cpu_seconds"],
             "pairs_trained": result["pairs_trained"], "steps": result["steps"], "skipped": summary["data"]["skipped"],
             "tokens_forwarded": sum(len(p) + sum(len(x) for x in rs) for p, rs, _ in packed),
-            "tokens_unpacked": sum(len(p) + len(x) for p, rs, _ in packed for x in rs), "threads": torch.get_num_threads()}
+            "tokens_unpacked": sum(len(p) + len(x) for p, rs, _ in packed for x in rs),
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -97,7 +101,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
     peer_arguments(ap, "trl-new", "peer_trl_pref.py")
-    ap.add_argument("--trl-defaults", action="store_true", help="run TRL as shipped (bf16 autocast, grad checkpointing)")
+    ap.add_argument("--trl-defaults", action="store_true",
+                    help="run TRL as shipped (bf16 autocast, grad checkpointing)")
     ap.add_argument("--length-buckets", type=int, default=32, help="our DPOConfig.length_buckets (1 = off)")
     args = ap.parse_args()
     if args.ours_only:
@@ -114,25 +119,29 @@ def main() -> None:
 
         def side(cmd) -> dict:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
             if proc.returncode or not lines:
                 sys.exit(f"{cmd[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             return json.loads(lines[-1][len("BENCH_JSON "):])
 
         for rep in range(args.repeats):
             t = time.strftime("%H:%M:%S")
-            trl = None if args.skip_peer else side([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.pairs)])
-            us = side([sys.executable, __file__, "--ours-only", "--work", work, "--data", args.data, "--pairs", str(args.pairs),
+            trl = None if args.skip_peer else side([args.python, "-c", PEER_WRAPPER, args.tok, args.data,
+                                                    str(args.pairs)])
+            us = side([sys.executable, __file__, "--ours-only", "--work", work, "--data", args.data, "--pairs",
+                       str(args.pairs),
                        "--threads", str(args.threads), "--length-buckets", str(args.length_buckets)])
             row = {"started": t, "ours": us, "trl": trl}
             ours_pps = us["pairs_trained"] / (us["train_seconds"] + us["cache_seconds"])
             print(f"[{rep + 1}] ours: {us['pairs_trained']} pairs in {us['train_seconds']:.1f}s + reference cache "
-                  f"{us['cache_seconds']:.1f}s = {ours_pps:.2f} pairs/s ({us['pairs_trained'] / us['train_seconds']:.2f} "
+                  f"{us['cache_seconds']:.1f}s = {ours_pps:.2f} pairs/s "
+                  f"({us['pairs_trained'] / us['train_seconds']:.2f} "
                   f"without the cache; {us['steps']} steps, skipped {us['skipped']}, threads={us['threads']}; "
                   f"{us['tokens_forwarded']} tokens forwarded, {us['tokens_unpacked']} as separate sequences)")
             if trl:
                 trl_pps = trl["pairs_trained"] / trl["train_seconds"]
-                print(f"[{rep + 1}] trl:  {trl['pairs_trained']} of {trl['pairs_given']} pairs in {trl['train_seconds']:.1f}s = "
+                print(f"[{rep + 1}] trl:  {trl['pairs_trained']} of {trl['pairs_given']} pairs in "
+                      f"{trl['train_seconds']:.1f}s = "
                       f"{trl_pps:.2f} pairs/s, {trl['tokens_trained']} tokens (bf16={trl['bf16']}, "
                       f"gradient_checkpointing={trl['gradient_checkpointing']}, threads={trl['threads']})")
                 row["ratio"] = ours_pps / trl_pps

@@ -60,7 +60,8 @@ def ours(args) -> dict:
     cfg = GRPOConfig(out=str(work / "ours"), policy=str(work / "policy"), reward_model=str(work / "rm"),
                      prompts=str(work / "prompts.jsonl"), eval_prompts=None, steps=args.episodes // B,
                      prompts_per_step=B // G, group_size=G, micro_batch_prompts=B // G, epochs=1,
-                     sampling=SamplingConfig(max_new_tokens=RESP, temperature=1.0, draw=args.draw), kl_mode="loss", beta=0.04,
+                     sampling=SamplingConfig(max_new_tokens=RESP, temperature=1.0, draw=args.draw), kl_mode="loss",
+                     beta=0.04,
                      loss_agg="token", scale_rewards=True, no_eos_score=None, reward_clip=1e9, samples_every=0,
                      optim=OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="linear"))
     run(cfg, show_progress=False)
@@ -93,28 +94,34 @@ def main() -> None:
             if not args.skip_peer:
                 proc = subprocess.run([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.episodes)],
                                       env=env, capture_output=True, text=True)
-                lines = [l for l in proc.stdout.splitlines() if l.startswith("PEER_JSON ")]
+                lines = [line for line in proc.stdout.splitlines() if line.startswith("PEER_JSON ")]
                 if proc.returncode or not lines:
                     sys.exit(f"peer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
                 row["trl"] = trl = json.loads(lines[-1][len("PEER_JSON "):])
-                cpu = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_CPU ")]
+                cpu = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_CPU ")]
                 trl["train_cpu_seconds"] = json.loads(cpu[-1][len("BENCH_CPU "):])["train_cpu_seconds"]
-                print(f"[{rep + 1}] trl:  {trl['episodes']} episodes in {trl['wall_s']}s = {trl['episodes_per_s']} episodes/s, "
+                print(f"[{rep + 1}] trl:  {trl['episodes']} episodes in {trl['wall_s']}s = {trl['episodes_per_s']} "
+                      "episodes/s, "
                       f"mean completion {trl['mean_completion_len']} tokens (dropped args {trl['dropped_args']}, "
                       f"threads={trl['threads']})", flush=True)
-            proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads", str(args.threads),
-                                   "--episodes", str(args.episodes), "--draw", args.draw], env=env, capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+            proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads",
+                                   str(args.threads),
+                                   "--episodes", str(args.episodes), "--draw", args.draw], env=env, capture_output=True,
+                                   text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
             if proc.returncode or not lines:
                 sys.exit(f"ours failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             row["ours"] = us = json.loads(lines[-1][len("BENCH_JSON "):])
-            print(f"[{rep + 1}] ours: {us['episodes']} episodes in {us['seconds']:.1f}s = {us['episodes_per_s']:.2f} episodes/s, "
+            print(f"[{rep + 1}] ours: {us['episodes']} episodes in {us['seconds']:.1f}s = {us['episodes_per_s']:.2f} "
+                  "episodes/s, "
                   f"mean response {us['response_length']:.1f} tokens, threads={us['threads']}", flush=True)
             if "trl" in row:
                 row["ratio"] = us["episodes_per_s"] / row["trl"]["episodes_per_s"]
-                row["ratio_cpu"] = row["trl"]["train_cpu_seconds"] / us["cpu_seconds"] * us["episodes"] / row["trl"]["episodes"]
+                row["ratio_cpu"] = (row["trl"]["train_cpu_seconds"] / us["cpu_seconds"]
+                                    * us["episodes"] / row["trl"]["episodes"])
                 print(f"[{rep + 1}] ratio ours/trl: {row['ratio']:.2f}x episodes/s; per CPU second (ours "
-                      f"{us['episodes'] / us['cpu_seconds']:.2f}, trl {row['trl']['episodes'] / row['trl']['train_cpu_seconds']:.2f} "
+                      f"{us['episodes'] / us['cpu_seconds']:.2f}, trl "
+                      f"{row['trl']['episodes'] / row['trl']['train_cpu_seconds']:.2f} "
                       f"episodes per CPU-s): {row['ratio_cpu']:.2f}x")
             report["runs"].append(row)
     print(f"prompt tokens (mean): ours {report['ours_prompt_tokens']:.1f}, trl {report['peer_prompt_tokens']:.1f}")

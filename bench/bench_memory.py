@@ -63,8 +63,6 @@ def timed(step, n: int, warmup: int) -> dict:
 
 
 def run_sft(args, opts) -> dict:
-    import torch
-
     from rlhf.data.chat import encode_dialogue
     from rlhf.data.comparisons import load_rankings
     from rlhf.models import lora
@@ -74,7 +72,8 @@ def run_sft(args, opts) -> dict:
 
     tok = load_tokenizer(args.model)
     rankings, _ = load_rankings(args.data, limit=8)
-    examples = [encode_dialogue(tok, [*r.prompt, {"role": "assistant", "content": r.responses[0]}], 256) for r in rankings]
+    examples = [encode_dialogue(tok, [*r.prompt, {"role": "assistant", "content": r.responses[0]}],
+                                256) for r in rankings]
     accelerator = make_accelerator(0)
     model = lora.trainable(load_causal_lm(args.model), opts)
     opt, sched = make_optimizer(model, OptimConfig(lr=1e-5, warmup_steps=0), 100)
@@ -85,7 +84,8 @@ def run_sft(args, opts) -> dict:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         optimizer_step(accelerator, model, opt, sched, response_loss(logits, batch["labels"]), 0, 1.0)
 
-    return {**timed(step, args.steps, args.warmup), "tokens": int(batch["attention_mask"].sum()), "trainable": trainable(model)}
+    return {**timed(step, args.steps, args.warmup), "tokens": int(batch["attention_mask"].sum()),
+            "trainable": trainable(model)}
 
 
 def run_rm(args, opts) -> dict:
@@ -140,7 +140,8 @@ def run_ppo(args, opts) -> dict:
         tokens.append(int(exp.mask.sum()))
 
     times = timed(step, args.steps, args.warmup)
-    return {**times, "tokens": sum(tokens[args.warmup:]) / args.steps, "trainable": trainable(t.m.policy) + trainable(t.m.value)}
+    return {**times, "tokens": sum(tokens[args.warmup:]) / args.steps,
+            "trainable": trainable(t.m.policy) + trainable(t.m.value)}
 
 
 def trainable(model) -> int:
@@ -163,7 +164,8 @@ def child(args) -> None:
 def make_rm(model: str, folder: Path) -> None:
     """A reward model for the PPO cases: the model's backbone and a fresh score head, saved once."""
     code = ("import sys; from rlhf.models.lm import load_tokenizer; from rlhf.models.reward import init_reward_model\n"
-            "m = init_reward_model(sys.argv[1], 0); t = load_tokenizer(sys.argv[1]); m.config.pad_token_id = t.pad_token_id\n"
+            "m = init_reward_model(sys.argv[1], 0); t = load_tokenizer(sys.argv[1]); m.config.pad_token_id = "
+            "t.pad_token_id\n"
             "m.save_pretrained(sys.argv[2], safe_serialization=True); t.save_pretrained(sys.argv[2])")
     subprocess.run([sys.executable, "-c", code, model, str(folder)], check=True, env=env(1), capture_output=True)
 
@@ -182,14 +184,15 @@ def run_case(args, case, rm: Path) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(args.threads))
     out, err = proc.communicate()
     wall = time.time() - t0
-    result = next((json.loads(l[7:]) for l in out.splitlines() if l.startswith("RESULT ")), None)
+    result = next((json.loads(line[7:]) for line in out.splitlines() if line.startswith("RESULT ")), None)
     if result is None:
         return {"error": (err.strip().splitlines() or ["no output"])[-1], "wall": wall}
     return {**result, "peak_rss_gb": result["peak_rss_kb"] / 2**20, "wall": wall}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| step | weights | dtype | grad. ckpt | trainable params | peak RSS (GB) | tokens/step | s/step | tokens/s "
+    lines = ["| step | weights | dtype | grad. ckpt | trainable params | peak RSS (GB) | tokens/step | s/step | "
+             "tokens/s "
              "| CPU s/step | tokens/CPU-s |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         stage, lr, dtype, gc = r["case"]
@@ -240,15 +243,18 @@ def main() -> None:
         rows.sort(key=lambda r: cases.index(r["case"]))
     text = table(rows)
     print("\n" + text)
-    meta = {"model": Path(args.model).name, "threads": args.threads, "jobs": args.jobs, "timed_steps": args.steps, "warmup": args.warmup,
+    meta = {"model": Path(args.model).name, "threads": args.threads, "jobs": args.jobs, "timed_steps": args.steps,
+            "warmup": args.warmup,
             "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     print(json.dumps(meta))
     if args.write:
         path = Path(args.write)
         doc = path.read_text()
         begin, end = "<!-- bench_memory:begin -->", "<!-- bench_memory:end -->"
-        block = f"{begin}\n{text}\n\n`{json.dumps({**meta, 'load_average': [round(x, 1) for x in meta['load_average']]})}`\n{end}"
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):] if begin in doc else doc + "\n" + block + "\n"
+        shown = {**meta, "load_average": [round(x, 1) for x in meta["load_average"]]}
+        block = f"{begin}\n{text}\n\n`{json.dumps(shown)}`\n{end}"
+        doc = (doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):] if begin in doc
+               else doc + "\n" + block + "\n")
         path.write_text(doc)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from peer_env import peer_env, require_peers  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()), ROOT.parent / "shared")
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()),
+              ROOT.parent / "shared")
 PEER_PY = ROOT / ".peers" / "imitation" / "bin" / "python"
 PEER = SHARED / "bench" / "peers" / "peer_imitation_pbrl.py"
 SIDES = {  # our config, the peer's env id
@@ -41,7 +42,7 @@ SIDES = {  # our config, the peer's env id
 def peer(env: str, labels: int, seed: int, timesteps: int, threads: int, iters: int) -> dict:
     proc = subprocess.run([str(PEER_PY), str(PEER), SIDES[env][1], str(labels), str(seed), str(timesteps)],
                           capture_output=True, text=True, env=peer_env(threads, ITERS=str(iters)), cwd=ROOT)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("PEER_JSON ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PEER_JSON ")]
     if proc.returncode or not lines:
         sys.exit(f"peer failed on {env} seed {seed}:\n{proc.stderr[-2000:]}")
     return json.loads(lines[-1][len("PEER_JSON "):])
@@ -74,7 +75,8 @@ def row(env: str, seed: int, o: dict, p: dict) -> dict:
             "return_ratio": round((o["normalized"] if neg else o["pbrl_return"]) / den, 3) if den else None,
             # one baseline for both sides (our random-action return): how far above random each PbRL agent got
             "random": round(o["random_return"], 1),
-            "above_random_ratio": round((o["pbrl_return"] - o["random_return"]) / (p["pbrl_return"] - o["random_return"]), 3)
+            "above_random_ratio": round((o["pbrl_return"] - o["random_return"])
+                                        / (p["pbrl_return"] - o["random_return"]), 3)
             if p["pbrl_return"] != o["random_return"] else None,
             "ours_wall_s": o["pbrl_wall_s"], "peer_wall_s": p["pbrl_wall_s"],
             "wall_ratio": round(o["pbrl_wall_s"] / p["pbrl_wall_s"], 3)}
@@ -94,7 +96,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="the peer's preference iterations (its ITERS)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="(env, seed) pairs run at once, each ours then the peer's (give each job a core)")
-    ap.add_argument("--table", metavar="RESULTS_JSON", help="print the tables of a finished run's results.json and exit")
+    ap.add_argument("--table", metavar="RESULTS_JSON",
+                    help="print the tables of a finished run's results.json and exit")
     args = ap.parse_args()
     if args.table:
         report(json.loads(Path(args.table).read_text()))
@@ -127,9 +130,13 @@ def report(rows: list[dict]) -> None:
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    print("\n| env | seeds | ours PbRL return (mean) | peer PbRL return (mean) | ratio of means | return ratio ours / peer "
+    print("\n| env | seeds | ours PbRL return (mean) | peer PbRL return (mean) | ratio of means "
+          "| return ratio ours / peer "
           "| above-random ratio ours / peer | wall ratio ours / peer |\n|---|---|---|---|---|---|---|---|")
-    fmt = lambda v: f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"  # mean (min-max)
+
+    def fmt(v):  # mean (min-max)
+        return f"{statistics.fmean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "-"
+
     for env in dict.fromkeys(r["env"] for r in rows):
         sel = [r for r in rows if r["env"] == env]
         mo, mp = statistics.fmean(r["ours_pbrl"] for r in sel), statistics.fmean(r["peer_pbrl"] for r in sel)

@@ -86,7 +86,8 @@ def build(work: Path, tokdir: str, data: str) -> dict:
     with open(work / "prompts.jsonl", "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
-    return {"peer_prompt_tokens": sum(peer_lens) / len(peer_lens), "ours_prompt_tokens": sum(ours_lens) / len(ours_lens),
+    return {"peer_prompt_tokens": sum(peer_lens) / len(peer_lens),
+            "ours_prompt_tokens": sum(ours_lens) / len(ours_lens),
             "n_prompts": len(rows)}
 
 
@@ -120,7 +121,7 @@ def ours(args) -> dict:
     else:
         run(cfg, show_progress=False)
     result = json.loads((work / "ours" / "summary.json").read_text())["result"]
-    rows = [json.loads(l) for l in (work / "ours" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (work / "ours" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "episodes_per_s" in r][-1]
     return {"episodes": result["episodes"], "seconds_total": result["seconds"],
             "episodes_per_s_total": result["episodes_per_s"], "episodes_per_s_loop": last["episodes_per_s"],
@@ -147,36 +148,44 @@ def main() -> None:
         report.update(build(Path(work), args.tok, args.data))
         if not args.skip_peer:
             t = time.time()
-            proc = subprocess.run([args.python, args.peer, args.tok, args.data], env=env, capture_output=True, text=True)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("trl-0.19")]
+            proc = subprocess.run([args.python, args.peer, args.tok, args.data], env=env, capture_output=True,
+                                  text=True)
+            line = [text for text in proc.stdout.splitlines() if text.startswith("trl-0.19")]
             if proc.returncode or not line:
                 sys.exit(f"peer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             m = re.search(r"wall=([\d.]+)s episodes/s=([\d.]+) .* threads=(\d+)", line[-1])
-            report["trl"] = {"printed": line[-1], "train_seconds": float(m.group(1)), "episodes_per_s": float(m.group(2)),
+            report["trl"] = {"printed": line[-1], "train_seconds": float(m.group(1)),
+                             "episodes_per_s": float(m.group(2)),
                              "threads": int(m.group(3)), "process_wall_seconds": time.time() - t}
             print(line[-1], flush=True)
         for variant in args.value_init.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads", str(args.threads),
+            proc = subprocess.run([sys.executable, __file__, "--ours-only", "--work", work, "--threads",
+                                   str(args.threads),
                                    "--value-init", variant, *(["--profile"] if args.profile else [])],
                                   env=env, capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
             if proc.returncode or not lines:
                 sys.exit(f"ours failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             if args.profile:
-                print(proc.stderr[proc.stderr.find("   Ordered by"):] if "Ordered by" in proc.stderr else proc.stderr[-20000:])
+                print(proc.stderr[proc.stderr.find("   Ordered by"):] if "Ordered by" in proc.stderr
+                      else proc.stderr[-20000:])
             report[f"ours_value_{variant}"] = us = json.loads(lines[-1][len("BENCH_JSON "):])
-            print(f"ours (value_init={variant}): {us['episodes']} episodes, loop {us['episodes_per_s_loop']:.2f} episodes/s, "
-                  f"whole run {us['episodes_per_s_total']:.2f} episodes/s ({us['seconds_total']:.1f}s incl. final save + "
+            print(f"ours (value_init={variant}): {us['episodes']} episodes, loop {us['episodes_per_s_loop']:.2f} "
+                  "episodes/s, "
+                  f"whole run {us['episodes_per_s_total']:.2f} episodes/s ({us['seconds_total']:.1f}s incl. final save "
+                  "+ "
                   f"plots), mean response {us['response_length']:.1f} tokens, threads={us['threads']}")
             if "trl" in report:
                 trl = report["trl"]
-                loop, total = us["episodes_per_s_loop"] / trl["episodes_per_s"], us["episodes_per_s_total"] / trl["episodes_per_s"]
+                loop = us["episodes_per_s_loop"] / trl["episodes_per_s"]
+                total = us["episodes_per_s_total"] / trl["episodes_per_s"]
                 report[f"ratio_loop_value_{variant}"], report[f"ratio_total_value_{variant}"] = loop, total
                 print(f"ratio ours(value_init={variant})/trl: {loop:.2f}x (training loop), {total:.2f}x (whole run)")
     print(f"prompt tokens (mean): ours {report['ours_prompt_tokens']:.1f}, trl {report['peer_prompt_tokens']:.1f}")
     if "trl" in report:
         trl = report["trl"]
-        print(f"trl:  {trl['episodes_per_s']:.2f} episodes/s ({trl['train_seconds']:.1f}s train(), threads={trl['threads']})")
+        print(f"trl:  {trl['episodes_per_s']:.2f} episodes/s ({trl['train_seconds']:.1f}s train(), "
+              f"threads={trl['threads']})")
     print("BENCH_JSON " + json.dumps(report))
 
 

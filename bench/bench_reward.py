@@ -103,7 +103,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     peer_arguments(ap, "trl-new", "peer_trl_pref.py")
-    ap.add_argument("--trl-defaults", action="store_true", help="run TRL as shipped (bf16 autocast, grad checkpointing)")
+    ap.add_argument("--trl-defaults", action="store_true",
+                    help="run TRL as shipped (bf16 autocast, grad checkpointing)")
     ap.add_argument("--mixed-precision", choices=("no", "bf16"), help="ours only: model.mixed_precision")
     ap.add_argument("--length-buckets", type=int, default=32, help="our RewardConfig.length_buckets (1 = off)")
     ap.add_argument("--all-pairs", action="store_true",
@@ -137,7 +138,8 @@ def main() -> None:
                 if fits or args.all_pairs:
                     dst.write(line)
                     kept += 1
-        print(f"ours trains {kept} of the first {args.pairs} pairs ({'all' if args.all_pairs else 'the ones TRL keeps'})")
+        print(f"ours trains {kept} of the first {args.pairs} pairs "
+              f"({'all' if args.all_pairs else 'the ones TRL keeps'})")
         if not args.init:
             subprocess.run([sys.executable, str(ROOT / "bench" / "make_tiny_init.py"), str(Path(work) / "init"),
                             "--tokenizer", args.tok], check=True, env=env, capture_output=True)
@@ -145,12 +147,12 @@ def main() -> None:
         def side(cmd) -> dict:
             t = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_JSON ")]
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_JSON ")]
             if proc.returncode or not lines:
                 sys.exit(f"{cmd[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
             res = json.loads(lines[-1][len("BENCH_JSON "):])
             res["wall_seconds"] = time.time() - t
-            res["printed"] = [l for l in proc.stdout.splitlines() if l.startswith("trl-1.x")]
+            res["printed"] = [line for line in proc.stdout.splitlines() if line.startswith("trl-1.x")]
             return res
 
         trl = None if args.skip_peer else side([args.python, "-c", PEER_WRAPPER, args.tok, args.data, str(args.pairs)])
@@ -162,7 +164,8 @@ def main() -> None:
     ours_pps = us["pairs_trained"] / us["train_seconds"]
     ours_tps = us["tokens_trained"] / us["train_seconds"]
     print(f"ours: {us['pairs_trained']} pairs in {us['train_seconds']:.1f}s = {ours_pps:.2f} pairs/s, "
-          f"{ours_tps:.0f} tokens/s ({us['steps']} steps, threads={us['threads']}, length_buckets={args.length_buckets})")
+          f"{ours_tps:.0f} tokens/s ({us['steps']} steps, threads={us['threads']}, "
+          f"length_buckets={args.length_buckets})")
     report = {"pairs": args.pairs, "threads": args.threads, "init": Path(args.init).name if args.init else "tiny-gpt2",
               "ours": us}
     if trl:

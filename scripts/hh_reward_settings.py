@@ -50,7 +50,8 @@ def one(args) -> None:
     r = json.loads((Path(cfg.out) / "summary.json").read_text())["result"]
     with open(Path(args.out) / "results.jsonl", "a") as f:
         f.write(json.dumps({"name": args.name, "seed": args.seed, "set": args.set, "acc": r["eval_pairwise_accuracy"],
-                            "pairs": r["eval_pairs"], "train_seconds": r["train_seconds"], "scores": seen.get("s")}) + "\n")
+                            "pairs": r["eval_pairs"], "train_seconds": r["train_seconds"],
+                            "scores": seen.get("s")}) + "\n")
 
 
 def main() -> None:
@@ -88,7 +89,8 @@ def main() -> None:
         accs = [r["acc"] for r in sorted(rows, key=lambda r: r["seed"]) if r["name"] == name]
         if accs:
             spread = f" ± {statistics.stdev(accs) * 100:.1f}" if len(accs) > 1 else ""
-            print(f"{name:12s} " + " ".join(f"{a * 100:.1f}" for a in accs) + f"   mean {statistics.mean(accs) * 100:.1f}{spread}")
+            print(f"{name:12s} " + " ".join(f"{a * 100:.1f}" for a in accs) + "   mean "
+                  f"{statistics.mean(accs) * 100:.1f}{spread}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def runs(cli, work, nano_checkpoint, tiny_world_sets, tiny_world_top_sets, tiny_
         "world_type": ["world", "--set", "n_people=many"],
         "debug": ["world", "--set", "n_peple=3", "--debug"],
         "size_mid_run": ["pretrain", "-q", *tiny_pretrain_sets, "--set", "model.size=huge", "-o", "existing"],
-        "bad_jsonl": ["sft", "-q", *tiny_world_sets, "--set", f"init={ckpt}", "--set", "data=bad.jsonl", "-o", "sft_bad"],
+        "bad_jsonl": ["sft", "-q", *tiny_world_sets, "--set", f"init={ckpt}", "--set", "data=bad.jsonl", "-o",
+                      "sft_bad"],
         "no_checkpoint": ["eval", "-m", "nope/model", *tiny_world_top_sets],
     }
     return {name: cli.start(*args, cwd=work) for name, args in commands.items()}

@@ -60,7 +60,8 @@ def test_aggregate_on_hand_made_numbers():
     worse = json.loads(json.dumps(PER_SEED))
     for s in worse:
         s["greedy"][1]["gold_mean"] = -1.0
-    assert {r["stage"]: r["verdict"] for r in aggregate(worse, [0, 1, 2])["greedy"]["stages"]}["GRPO"] == "worse than SFT"
+    assert {r["stage"]: r["verdict"] for r in aggregate(worse,
+                                                        [0, 1, 2])["greedy"]["stages"]}["GRPO"] == "worse than SFT"
 
 
 def test_every_method_spends_the_same_reward_model_calls():
@@ -81,11 +82,14 @@ def test_every_method_spends_the_same_reward_model_calls():
 
 
 SMOKE = [x for k, v in TINY_WORLD.items() for x in ("--set", f"pipeline.world.{k}={v}")] + [
-    "--set", "pipeline.pretrain.steps=4", "--set", "pipeline.pretrain.batch_size=4", "--set", "pipeline.pretrain.seq_len=32",
+    "--set", "pipeline.pretrain.steps=4", "--set", "pipeline.pretrain.batch_size=4", "--set",
+    "pipeline.pretrain.seq_len=32",
     "--set", "pipeline.pretrain.vocab_size=384", "--set", "pipeline.pretrain.model.max_len=96",
-    "--set", "pipeline.pretrain.eval_every=4", "--set", "pipeline.sft.epochs=0.5", "--set", "pipeline.labels.n_prompts=12",
+    "--set", "pipeline.pretrain.eval_every=4", "--set", "pipeline.sft.epochs=0.5", "--set",
+    "pipeline.labels.n_prompts=12",
     "--set", "pipeline.labels.k=3", "--set", "pipeline.labels.sampling.max_new_tokens=8",
-    "--set", "pipeline.reward.batch_size=4", "--set", "pipeline.best_of_n=2", "--set", "pipeline.eval_sampling.max_new_tokens=8",
+    "--set", "pipeline.reward.batch_size=4", "--set", "pipeline.best_of_n=2", "--set",
+    "pipeline.eval_sampling.max_new_tokens=8",
     "--set", "grpo.prompts_per_step=4", "--set", "grpo.group_size=2", "--set", "grpo.micro_batch_prompts=4",
     "--set", "grpo.sampling.max_new_tokens=8", "--set", "dpo.batch_size=4", "-q",
 ]
@@ -128,7 +132,8 @@ def test_compare_smoke_runs_end_to_end_and_reuses_finished_runs(cli, tmp_path):
 
 def test_bad_input_is_one_line(cli, tmp_path):
     (tmp_path / "study" / "seed-0" / "sft" / "model").mkdir(parents=True)
-    res = cli.run("study", "compare", "--seeds", "0", "--methods", "grpo", "--from", tmp_path / "study", "-q", "-o", tmp_path / "c")
+    res = cli.run("study", "compare", "--seeds", "0", "--methods", "grpo", "--from", tmp_path / "study", "-q", "-o",
+                  tmp_path / "c")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0 and "missing reward/model" in res.stderr, res.stderr
     res = cli.run("study", "compare", "--methods", "ppo,ppx", "-o", tmp_path / "c")

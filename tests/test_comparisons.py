@@ -75,7 +75,8 @@ def test_hh_parser_on_real_lines_roundtrips_the_transcripts():
             + f"\n\nAssistant: {response}"
 
     def norm(text):
-        return [(s, c.strip()) for s, c in zip(*[iter(__import__('re').split(r"\n\n(Human|Assistant):", text)[1:])] * 2)]
+        return [(s, c.strip())
+                for s, c in zip(*[iter(__import__('re').split(r"\n\n(Human|Assistant):", text)[1:])] * 2)]
 
     checked = 0
     for row in _hh_lines(200):

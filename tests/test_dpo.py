@@ -105,7 +105,8 @@ def _write(path, rows):
 
 def _pairs(n):
     # the chosen answer is always the honest abstention: a pattern a tiny model can pick up in a few steps
-    return [{"prompt": f"Who founded place number {i}?", "chosen": "I don't know.", "rejected": f"It was person {i % 5}."}
+    return [{"prompt": f"Who founded place number {i}?", "chosen": "I don't know.",
+             "rejected": f"It was person {i % 5}."}
             for i in range(n)]
 
 
@@ -158,6 +159,7 @@ def test_bad_input_one_clear_line(tmp_path, nano_checkpoint, tiny_world, cli):
     r = r3.result()
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
-    assert len(line.splitlines()) == 1 and line.startswith(f"error: reference {other}: its vocabulary") and "Traceback" not in line
+    assert (len(line.splitlines()) == 1 and line.startswith(f"error: reference {other}: its vocabulary")
+            and "Traceback" not in line)
     for name in ("r1", "r2", "r3"):
         assert not (tmp_path / name).exists()

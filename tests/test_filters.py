@@ -17,7 +17,8 @@ def turns(speakers: str, sep: str = "\n") -> str:
     "Some prose first.\n" + turns("A B A B A B") + "\nand prose after.",
     turns("C C A B A B A B"),  # a run starts after the repeated speaker
     turns("A B C B C B C B"),  # a third speaker starts a new pair
-    "Dr. Smith: hello\n\nMr. Jones: hi\n\nDr. Smith: how are you\n\nMr. Jones: fine\n\nDr. Smith: good\n\nMr. Jones: bye",
+    "Dr. Smith: hello\n\nMr. Jones: hi\n\nDr. Smith: how are you\n\nMr. Jones: fine\n\nDr. Smith: good\n\nMr. Jones: "
+    "bye",
 ])
 def test_dialogues_pass(doc):
     assert is_dialogue(doc)

@@ -25,7 +25,8 @@ def test_grpo_advantages_by_hand():
     assert torch.allclose(adv, want, atol=1e-6), adv
     assert torch.isfinite(adv).all() and (adv[1] == 0).all()
     unscaled = group_advantages(REWARDS, "grpo", scale=False)
-    assert torch.allclose(unscaled, torch.tensor([[-2.0, -1, 0, 3], [0, 0, 0, 0], [-0.5, -0.5, 0.5, 0.5]], dtype=torch.float64))
+    assert torch.allclose(unscaled,
+                          torch.tensor([[-2.0, -1, 0, 3], [0, 0, 0, 0], [-0.5, -0.5, 0.5, 0.5]], dtype=torch.float64))
 
 
 def test_rloo_advantages_by_hand():
@@ -59,7 +60,8 @@ def test_policy_loss_clipping_and_kl_term():
     k3 = (math.exp(0.3) - 0.3 - 1) + (math.exp(-0.2) + 0.2 - 1)
     assert loss2.item() - loss.item() == pytest.approx(0.5 * k3 / 4, abs=1e-12)
     # with kl_mode=reward the loss has no KL term (the penalty went into the reward)
-    loss3, _ = policy_loss(logp, old, ref2, adv, mask, GRPOConfig(cliprange=0.2, beta=0.5, kl_mode="reward", loss_agg="token"))
+    loss3, _ = policy_loss(logp, old, ref2, adv, mask,
+                           GRPOConfig(cliprange=0.2, beta=0.5, kl_mode="reward", loss_agg="token"))
     assert loss3.item() == pytest.approx(loss.item(), abs=1e-12)
 
 
@@ -88,7 +90,7 @@ def test_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, cls, write_pro
     assert summary["result"]["episodes"] == 2 * 4 * 3
     start, end = summary["heldout"]
     assert start["kl"] == pytest.approx(0.0, abs=1e-4) and "gold" in end
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     assert len(train) == 2 and all(math.isfinite(r["loss"]) for r in train) and "gold" in train[0]
     assert len(seen) == 2 * 4 + 2 * 4 * 3  # 4 held-out prompts before and after, and every training sample
@@ -97,7 +99,8 @@ def test_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, cls, write_pro
 
 def test_bad_input_one_line(tmp_path, nano_checkpoint, nano_rm_checkpoint, cli, write_prompts):
     prompts = write_prompts(tmp_path / "p.jsonl", 4)
-    common = ["--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}", "--set", f"prompts={prompts}", "-q"]
+    common = ["--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}", "--set",
+              f"prompts={prompts}", "-q"]
     runs = {cmd: cli.start(cmd, *common, "--set", "group_size=1", "-o", tmp_path / cmd) for cmd in ("grpo", "rloo")}
     bad_mode = cli.start("grpo", *common, "--set", "kl_mode=both", "-o", tmp_path / "x")
     for cmd, future in runs.items():
@@ -124,7 +127,8 @@ def test_group_sampling_forwards_each_prompt_once_with_the_same_samples(nano_che
 
     tok, model = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint)
     model.eval()
-    prompts = [encode_prompt(tok, p) for p in ("What is 2 plus 3?", "Name a city.", "Hi", "Tell me about the river Oru.")]
+    prompts = [encode_prompt(tok, p) for p in ("What is 2 plus 3?", "Name a city.", "Hi",
+                                               "Tell me about the river Oru.")]
     flat = [p for p in prompts for _ in range(3)]
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.0)
     a = sample(model, flat, cfg, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(5))
@@ -145,7 +149,8 @@ def test_group_scores_equal_the_separate_sequences_scores(nano_checkpoint, nano_
     from rlhf.rollout.engine import SamplingConfig
     from rlhf.train.sampling import sample_groups
 
-    tok, policy, rm = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint), load_reward_model(nano_rm_checkpoint)
+    tok, policy = load_tokenizer(nano_checkpoint), load_causal_lm(nano_checkpoint)
+    rm = load_reward_model(nano_rm_checkpoint)
     rm.config.rlhf_reward_offset = 0.25  # a stored offset is applied the same way
     prompts = [encode_prompt(tok, p) for p in ("Where does person 1 live?", "What is 2 plus 2?", "Hi")]
     g = sample_groups(policy, rm, tok, prompts, 4, SamplingConfig(max_new_tokens=10, temperature=1.0),

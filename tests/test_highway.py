@@ -67,7 +67,8 @@ def test_bad_input_is_one_clear_line():
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: env: unknown environment id 'Highwy' (did you mean 'Highway'?); "
-                                   "known: CartPole, Pendulum, MountainCarContinuous, Acrobot, Highway, Hopper, HalfCheetah")
+                                   "known: CartPole, Pendulum, MountainCarContinuous, Acrobot, Highway, Hopper, "
+                                   "HalfCheetah")
     proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "control", "highway", "--set", "labels=0"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: labels: the label budget must be >= 1, got 0"

@@ -57,7 +57,7 @@ def test_agreement_counted_by_hand_from_rankings():
 def test_expected_agreement_matches_brute_force():
     pool = LabelerPool.build(LabelerPoolConfig(n_labelers=4, seed=3), temperature=0.8)
     pairs = [((0.3, 10, 0.1), (-0.2, 25, 0.0)), ((1.0, 5, -0.3), (0.9, 6, 0.4))]
-    ls = [pool._scaled(l) for l in pool.labelers]
+    ls = [pool._scaled(labeler) for labeler in pool.labelers]
     brute = []
     for a, b in pairs:
         for x, y in itertools.permutations(ls, 2):
@@ -103,7 +103,7 @@ def test_label_rankings_valid_and_agree_with_gold_more_than_chance():
     pool.calibrate(within_prompt_pairs(pool, items))
     rankings = label_rankings(pool, items, seed=1)
     assert len(rankings) == 200
-    ids = {l.id for l in pool.labelers}
+    ids = {labeler.id for labeler in pool.labelers}
     hits = n = 0
     for r, it in zip(rankings, items):
         assert sorted(r.ranks) == [1, 2, 3, 4] and r.meta["labeler"] in ids and r.meta["gold"] == it["gold"]

@@ -196,5 +196,6 @@ def test_each_package_imports_on_its_own(package):
     """A fresh interpreter imports the package and all its modules (the web app's aside), nothing else first."""
     modules = [m for m in import_graph() if (m == package or m.startswith(package + ".")) and ".app" not in m]
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in sorted(modules))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)  # generous: a loaded machine
+    # generous: a loaded machine
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -94,7 +94,8 @@ def test_reference_is_the_base_model_exactly_and_shares_its_weights(nano_checkpo
     # a reference elsewhere than the policy's starting checkpoint is loaded, frozen
     other = lora.reference(policy, nano_checkpoint, Path(nano_checkpoint) / ".." / "model", opts(), load_causal_lm)
     assert isinstance(other, lora.AdapterDisabled)  # the same folder, spelled differently
-    full = lora.reference(load_causal_lm(nano_checkpoint), nano_checkpoint, nano_checkpoint, ModelOptions(), load_causal_lm)
+    full = lora.reference(load_causal_lm(nano_checkpoint), nano_checkpoint, nano_checkpoint, ModelOptions(),
+                          load_causal_lm)
     assert not isinstance(full, lora.AdapterDisabled) and not any(p.requires_grad for p in full.parameters())
 
 
@@ -145,16 +146,21 @@ def test_lora_sft_resumes_exactly_and_a_full_checkpoint_is_refused(tiny_world, n
     full = sft.run(_sft_cfg(tmp_path / "full", nano_checkpoint, save_every=1), False, dialogues=dialogues)
     step2 = full / "checkpoints" / "step-2" / "model"
     assert (step2 / "adapter_model.safetensors").is_file() and not (step2 / "model.safetensors").exists()
-    resumed = sft.run(_sft_cfg(tmp_path / "resumed", nano_checkpoint, save_every=1, resume=str(full / "checkpoints/step-2")),
+    resumed = sft.run(_sft_cfg(tmp_path / "resumed", nano_checkpoint, save_every=1,
+                               resume=str(full / "checkpoints/step-2")),
                       False, dialogues=dialogues)
     wa, wb = (load_file(str(d / "model" / "model.safetensors")) for d in (full, resumed))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
-    rows = lambda d: {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+
+    def rows(d):
+        return {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+
     a, b = rows(full), rows(resumed)
     assert sorted(b) == [3, 4] and all(a[s]["loss"] == pytest.approx(b[s]["loss"], rel=1e-5) for s in (3, 4))
     # a LoRA checkpoint resumed as full fine-tuning (or the other way round): one clear error
     with pytest.raises(RLHFError, match="holds a LoRA adapter"):
-        sft.run(_sft_cfg(tmp_path / "x", nano_checkpoint, model=ModelOptions(), resume=str(full / "checkpoints/step-2")),
+        sft.run(_sft_cfg(tmp_path / "x", nano_checkpoint, model=ModelOptions(),
+                         resume=str(full / "checkpoints/step-2")),
                 False, dialogues=dialogues)
 
 
@@ -164,7 +170,8 @@ def test_lora_sft_resumes_exactly_and_a_full_checkpoint_is_refused(tiny_world, n
 def test_reward_model_with_lora_trains_and_saves_its_score_head(tiny_world, nano_checkpoint, tmp_path, one_thread):
     rng = random.Random(0)
     words = " ".join(tiny_world.corpus()).split()
-    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 2)), "rejected": " ".join(rng.sample(words, 8))}
+    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 2)),
+             "rejected": " ".join(rng.sample(words, 8))}
             for p in tiny_world.prompts("train")[:48]]
     write_jsonl(tmp_path / "pairs.jsonl", rows)
     cfg = reward.RewardConfig(out=str(tmp_path / "rm"), init=str(nano_checkpoint), data=str(tmp_path / "pairs.jsonl"),
@@ -179,7 +186,7 @@ def test_reward_model_with_lora_trains_and_saves_its_score_head(tiny_world, nano
     assert torch.equal(merged.score.weight, adapter[head_keys[0]])
     assert not torch.allclose(merged.score.weight, start, atol=1e-4)  # the head trained
     assert "rlhf_reward_offset" in json.loads((out / "model" / "config.json").read_text())
-    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-3:]) / 3 < losses[0] - 0.1  # learned the length pattern
     summary = json.loads((out / "summary.json").read_text())["result"]
     assert summary["eval_pairwise_accuracy"] > 0.6
@@ -201,7 +208,8 @@ def counting(monkeypatch, module) -> dict:
 
 
 def test_dpo_with_lora_loads_one_policy_and_starts_at_log2(tmp_path, nano_checkpoint, monkeypatch):
-    rows = [{"prompt": f"Who founded place number {i}?", "chosen": "I don't know.", "rejected": f"It was person {i % 5}."}
+    rows = [{"prompt": f"Who founded place number {i}?", "chosen": "I don't know.",
+             "rejected": f"It was person {i % 5}."}
             for i in range(16)]
     write_jsonl(tmp_path / "pairs.jsonl", rows)
     calls = counting(monkeypatch, dpo)
@@ -243,7 +251,8 @@ def _ppo_cfg(out, nano_checkpoint, rm_folder, prompts, **kw) -> ppo.PPOConfig:
     return ppo.PPOConfig(**{**base, **kw})
 
 
-def test_ppo_with_lora_holds_one_policy_and_resumes_exactly(tmp_path, nano_checkpoint, rm_folder, monkeypatch, one_thread):
+def test_ppo_with_lora_holds_one_policy_and_resumes_exactly(tmp_path, nano_checkpoint, rm_folder, monkeypatch,
+                                                            one_thread):
     prompts = _prompts(tmp_path / "p.jsonl", 16)
     cfg = _ppo_cfg(tmp_path / "setup", nano_checkpoint, rm_folder, prompts)
     calls = counting(monkeypatch, ppo)
@@ -276,7 +285,8 @@ def test_grpo_with_lora_runs_with_the_adapter_disabled_reference(tmp_path, nano_
     calls = counting(monkeypatch, sampling)  # GRPO/RLOO, RAFT and RRHF load their models there
     prompts = _prompts(tmp_path / "p.jsonl", 8)
     cfg = grpo.GRPOConfig(out=str(tmp_path / "run"), policy=str(nano_checkpoint), reward_model=str(rm_folder),
-                          prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=4, steps=2, prompts_per_step=4,
+                          prompts=str(prompts), eval_prompts=str(prompts), n_eval_prompts=4, steps=2,
+                          prompts_per_step=4,
                           micro_batch_prompts=2, group_size=3, epochs=2, model=opts())
     cfg.sampling.max_new_tokens = 6
     out = grpo.run(cfg, show_progress=False)
@@ -321,11 +331,11 @@ def test_bf16_and_checkpointing_runs(tiny_world, nano_checkpoint, rm_folder, tmp
                   dialogues=dialogues)  # full fine-tuning in bf16
     saved = load_file(str(out / "model" / "model.safetensors"))
     assert {w.dtype for w in saved.values()} == {torch.bfloat16}
-    assert all(math.isfinite(json.loads(l)["loss"]) for l in (out / "metrics.jsonl").read_text().splitlines())
+    assert all(math.isfinite(json.loads(line)["loss"]) for line in (out / "metrics.jsonl").read_text().splitlines())
     prompts = _prompts(tmp_path / "p.jsonl", 8)
     out = ppo.run(_ppo_cfg(tmp_path / "ppo", nano_checkpoint, rm_folder, prompts, steps=2, value_init="policy",
                            model=opts(dtype="bf16", gc=True)), show_progress=False)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["pg_loss"]) and math.isfinite(r["vf_loss"]) for r in rows)
     assert load_causal_lm(out / "model") is not None
 
@@ -352,15 +362,17 @@ def test_mixed_precision_runs_matmuls_in_bf16_over_fp32_weights(tiny_world, nano
     seen = bf16_matmuls(monkeypatch)
     rng = random.Random(0)
     words = " ".join(tiny_world.corpus()).split()
-    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 2)), "rejected": " ".join(rng.sample(words, 8))}
+    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 2)),
+             "rejected": " ".join(rng.sample(words, 8))}
             for p in tiny_world.prompts("train")[:48]]
     write_jsonl(tmp_path / "pairs.jsonl", rows)
-    out = reward.run(reward.RewardConfig(out=str(tmp_path / "rm"), init=str(nano_checkpoint), data=str(tmp_path / "pairs.jsonl"),
+    out = reward.run(reward.RewardConfig(out=str(tmp_path / "rm"), init=str(nano_checkpoint),
+                                         data=str(tmp_path / "pairs.jsonl"),
                                          batch_size=8, max_len=64, epochs=3.0, eval_fraction=0.25, model=mixed,
                                          optim=OptimConfig(lr=1e-2, warmup_steps=0, weight_decay=0.0)), False)
     assert seen.get(torch.bfloat16, 0) > 0 and seen.get(torch.float32, 0) == 0, seen  # every matmul in bf16
     assert {w.dtype for w in load_file(str(out / "model" / "model.safetensors")).values()} == {torch.float32}
-    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(x) for x in losses) and sum(losses[-3:]) / 3 < losses[0] - 0.1  # it still learns
     assert json.loads((out / "summary.json").read_text())["result"]["eval_pairwise_accuracy"] > 0.6
     prompts = _prompts(tmp_path / "p.jsonl", 8)
@@ -379,7 +391,7 @@ def test_mixed_precision_runs_matmuls_in_bf16_over_fp32_weights(tiny_world, nano
         out = go()
         assert seen.get(torch.bfloat16, 0) > 0, (name, seen)
         assert {w.dtype for w in load_file(str(out / "model" / "model.safetensors")).values()} == {torch.float32}, name
-        metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         key = {"sft": "loss", "ppo": "pg_loss", "grpo": "loss"}[name]
         assert all(math.isfinite(r[key]) for r in metrics if key in r), name
     seen.clear()  # the same process, a trainer without mixed precision: accelerate's state follows it

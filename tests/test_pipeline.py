@@ -44,8 +44,8 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     # the report beside summary.md, its path printed; every stage folder read into it (tests/test_report.py opens one)
     assert res.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
     data = json.loads((out / "report.html").read_text().split('id="report-data">', 1)[1].split("</script>", 1)[0])
-    assert [p["name"] for p in data["runs"][0]["parts"]] == [".", "labels", "ppo", "pretrain", "reward", "reward/member-1",
-                                                              "reward/member-2", "sft"]
+    parts = [p["name"] for p in data["runs"][0]["parts"]]
+    assert parts == [".", "labels", "ppo", "pretrain", "reward", "reward/member-1", "reward/member-2", "sft"]
     assert (out / "ppo" / "tensorboard").is_dir()  # the default tracker
     # every saved config names the final paths (none inside the run's temporary `.partial-PID` folder) ...
     import yaml
@@ -80,7 +80,8 @@ def test_pipeline_smoke_runs_every_stage_and_tabulates_gold(cli, tmp_path):
     rows = [json.loads(line) for line in (out / "ppo-averaged" / "candidates.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 2 * 8 and {r["decoding"] for r in rows} == {"greedy", "sampled"}
     # the validation prompts are none of the test prompts the table is computed on
-    test_prompts = {r["prompt"] for r in map(json.loads, (out / "world" / "prompts_eval.jsonl").read_text().splitlines())}
+    test_prompts = {r["prompt"] for r in map(json.loads,
+                                             (out / "world" / "prompts_eval.jsonl").read_text().splitlines())}
     assert not {r["prompt"] for r in rows} & test_prompts
 
     # the same pipeline with another final stage reuses every training stage (linked, not rerun): the same rows
@@ -157,7 +158,8 @@ def test_default_pipeline_gain_holds_over_three_seeds(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     for decoding in ("greedy", "sampled"):
         table = summary[decoding]
-        ppo = next(p for p in table["paired"] if p["a"] == "SFT" and p["b"].startswith("PPO") and "averaging" not in p["b"])
+        ppo = next(p for p in table["paired"]
+                   if p["a"] == "SFT" and p["b"].startswith("PPO") and "averaging" not in p["b"])
         final = next(p for p in table["paired"] if p["a"] == "SFT" and "averaging" in p["b"])
         hallucination = {row["stage"]: row["hallucination_rate"]["mean"] for row in table["stages"]}
         for gain in (ppo, final):

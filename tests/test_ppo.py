@@ -341,9 +341,13 @@ def test_resume_reproduces_the_uninterrupted_run(full_run, ppo_models, tiny_worl
     # same final policy and value model. Bit-for-bit is expected (same ops, same thread count, every RNG and
     # the data cursor restored); a tiny tolerance guards only against platform kernels, not logic.
     assert_same_weights(full_run / "model", out / "model", atol=1e-6)
-    assert_same_weights(full_run / "checkpoints" / "step-4" / "value", out / "checkpoints" / "step-4" / "value", atol=1e-6)
+    assert_same_weights(full_run / "checkpoints" / "step-4" / "value", out / "checkpoints" / "step-4" / "value",
+                        atol=1e-6)
     # the resumed run logged steps 3 and 4 with the same metrics as the uninterrupted one
-    rows = lambda d: {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+
+    def rows(d):
+        return {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+
     a, b = rows(full_run), rows(out)
     assert sorted(b) == [3, 4]
     for step in (3, 4):
@@ -483,9 +487,11 @@ def test_prompt_line_without_prompt_is_a_clear_error(ppo_models, tiny_world_conf
 
 
 @pytest.mark.parametrize("sizes,match", [
-    (dict(rollout_batch_size=10, minibatch_size=4, micro_batch_size=2), r"rollout_batch_size \(10\).*minibatch_size \(4\)"),
+    (dict(rollout_batch_size=10, minibatch_size=4, micro_batch_size=2),
+     r"rollout_batch_size \(10\).*minibatch_size \(4\)"),
     (dict(rollout_batch_size=8, minibatch_size=4, micro_batch_size=3), r"minibatch_size \(4\).*micro_batch_size \(3\)"),
-    (dict(rollout_batch_size=8, minibatch_size=4, micro_batch_size=4, whiten_advantages="minibatch"), "minibatch_size >= 8"),
+    (dict(rollout_batch_size=8, minibatch_size=4, micro_batch_size=4, whiten_advantages="minibatch"),
+     "minibatch_size >= 8"),
     (dict(whiten_advantages="episode"), "whiten_advantages"),
 ])
 def test_batch_sizes_that_do_not_divide_are_clear_errors(ppo_models, tiny_world_config, tmp_path, sizes, match):
@@ -502,7 +508,8 @@ def test_shaping_and_gae_on_gpu_tensors():
     """PPO runs its rollout tensors on the accelerator's device; shaping and GAE must not mix in CPU tensors."""
     dev = torch.device("cuda")
     mask = torch.tensor([[1.0, 1.0, 0.0]], device=dev)
-    r, kl = shaped_rewards(torch.zeros(1, 3, device=dev), torch.zeros(1, 3, device=dev), torch.ones(1, device=dev), mask, 0.1)
+    r, kl = shaped_rewards(torch.zeros(1, 3, device=dev), torch.zeros(1, 3, device=dev), torch.ones(1, device=dev),
+                           mask, 0.1)
     adv, ret = gae(r, torch.zeros(1, 3, device=dev), mask, 1.0, 1.0)
     assert adv.device.type == "cuda" and adv[0, 0].item() == pytest.approx(1.0)
 
@@ -510,14 +517,17 @@ def test_shaping_and_gae_on_gpu_tensors():
 def test_value_head_on_the_policy_trains_and_resumes_exactly(ppo_models, tiny_world_config, tmp_path, one_thread):
     """value_init=policy: one backbone gives log-probs and values; its head is checkpointed and resumed."""
     full = tmp_path / "full"
-    run_ppo(cfg_for(ppo_models, full, tiny_world_config, value_init="policy", steps=2, save_every=1), show_progress=False)
+    run_ppo(cfg_for(ppo_models, full, tiny_world_config, value_init="policy", steps=2, save_every=1),
+            show_progress=False)
     head = weights(full / "checkpoints" / "step-2" / "value")
     assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0  # trained away from its zero init
     resumed = tmp_path / "resumed"
     run_ppo(cfg_for(ppo_models, resumed, tiny_world_config, value_init="policy", steps=2, save_every=1,
                     resume=str(full / "checkpoints" / "step-1")), show_progress=False)
-    assert_same_weights(full / "checkpoints" / "step-2" / "policy", resumed / "checkpoints" / "step-2" / "policy", atol=1e-6)
-    assert_same_weights(full / "checkpoints" / "step-2" / "value", resumed / "checkpoints" / "step-2" / "value", atol=1e-6)
+    assert_same_weights(full / "checkpoints" / "step-2" / "policy", resumed / "checkpoints" / "step-2" / "policy",
+                        atol=1e-6)
+    assert_same_weights(full / "checkpoints" / "step-2" / "value", resumed / "checkpoints" / "step-2" / "value",
+                        atol=1e-6)
     with pytest.raises(RLHFError, match="value_init differs"):
         run_ppo(cfg_for(ppo_models, tmp_path / "bad", tiny_world_config, value_init="reward", steps=2,
                         resume=str(full / "checkpoints" / "step-1")), show_progress=False)
@@ -530,7 +540,8 @@ def test_ppo_ptx_mixes_in_the_pretraining_loss(full_run, ppo_models, tiny_world_
             show_progress=False)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["ptx_loss"]) and r["ptx_loss"] > 0 for r in rows if "pg_loss" in r)
-    plain, mixed = weights(full_run / "checkpoints" / "step-1" / "policy"), weights(out / "checkpoints" / "step-1" / "policy")
+    plain = weights(full_run / "checkpoints" / "step-1" / "policy")
+    mixed = weights(out / "checkpoints" / "step-1" / "policy")
     assert any(not torch.allclose(plain[k], mixed[k]) for k in plain)
 
 
@@ -619,7 +630,8 @@ def test_stop_windows_survive_a_resume(ppo_models, second_rm, tiny_world_config,
         assert result["steps"] == 4 and "ensemble disagreement" in result["stopped"], run
 
 
-def test_optimizing_the_ensemble_mean_changes_the_reward(ppo_models, second_rm, tiny_world_config, tmp_path, one_thread):
+def test_optimizing_the_ensemble_mean_changes_the_reward(ppo_models, second_rm, tiny_world_config, tmp_path,
+                                                         one_thread):
     out_first, out_mean = tmp_path / "first", tmp_path / "mean"
     for out, how in ((out_first, "first"), (out_mean, "mean")):
         run_ppo(cfg_for(ppo_models, out, tiny_world_config, steps=1, ensemble=[str(second_rm)], ensemble_reward=how),
@@ -627,11 +639,13 @@ def test_optimizing_the_ensemble_mean_changes_the_reward(ppo_models, second_rm, 
     first, mean = (json.loads((o / "metrics.jsonl").read_text().splitlines()[0]) for o in (out_first, out_mean))
     assert first["ens_mean"] == pytest.approx(mean["ens_mean"])  # same samples, same members
     assert weights(out_first / "model").keys() == weights(out_mean / "model").keys()
-    assert any(not torch.equal(a, b) for a, b in zip(weights(out_first / "model").values(), weights(out_mean / "model").values()))
+    assert any(not torch.equal(a, b)
+               for a, b in zip(weights(out_first / "model").values(), weights(out_mean / "model").values()))
 
 
 @pytest.mark.parametrize("kw, match", [({"ensemble_reward": "mean"}, "needs ensemble"),
-                                       ({"ensemble_reward": "max", "ensemble": ["x"]}, "expected first, mean, min or uwo")])
+                                       ({"ensemble_reward": "max", "ensemble": ["x"]},
+                                        "expected first, mean, min or uwo")])
 def test_ensemble_settings_are_checked(ppo_models, tiny_world_config, tmp_path, kw, match):
     with pytest.raises(RLHFError, match=match):
         run_ppo(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, **kw), show_progress=False)
@@ -639,4 +653,5 @@ def test_ensemble_settings_are_checked(ppo_models, tiny_world_config, tmp_path, 
 
 def test_ensemble_member_with_another_vocabulary_is_rejected(ppo_models, other_vocab_rm, tiny_world_config, tmp_path):
     with pytest.raises(RLHFError, match="another vocabulary"):
-        run_ppo(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, ensemble=[str(other_vocab_rm)]), show_progress=False)
+        run_ppo(cfg_for(ppo_models, tmp_path / "r", tiny_world_config, ensemble=[str(other_vocab_rm)]),
+                show_progress=False)

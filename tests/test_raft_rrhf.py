@@ -69,7 +69,7 @@ def test_rrhf_short_run(tmp_path, nano_checkpoint, nano_rm_checkpoint, write_pro
                      prompts=str(prompts), eval_prompts=None, steps=2, prompts_per_step=3, k=3)
     cfg.sampling.max_new_tokens = 6
     out = rrhf.run(cfg, show_progress=False, gold=lambda p, r: 0.5)
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["gold"] == 0.5 and r["rank_loss"] >= 0 for r in rows)
     assert (out / "model" / "model.safetensors").is_file()
 
@@ -80,11 +80,13 @@ def test_best_of_n_cli(tmp_path, nano_checkpoint, nano_rm_checkpoint, tiny_world
                 "--set", f"prompts={prompts}", "--set", "n=4", "--set", "sampling.max_new_tokens=6", *tiny_world_sets,
                 "-o", tmp_path / "bon", "-q")
     assert r.returncode == 0, r.stderr
-    picks = [json.loads(l) for l in (tmp_path / "bon" / "responses.jsonl").read_text().splitlines()]
-    sft = [json.loads(l) for l in (tmp_path / "bon" / "sft_data.jsonl").read_text().splitlines()]
-    assert len(picks) == len(sft) == 3 and all(s["messages"][-1]["content"] == p["response"] for s, p in zip(sft, picks))
+    picks = [json.loads(line) for line in (tmp_path / "bon" / "responses.jsonl").read_text().splitlines()]
+    sft = [json.loads(line) for line in (tmp_path / "bon" / "sft_data.jsonl").read_text().splitlines()]
+    assert len(picks) == len(sft) == 3
+    assert all(s["messages"][-1]["content"] == p["response"] for s, p in zip(sft, picks))
     curve = json.loads((tmp_path / "bon" / "summary.json").read_text())["curve"]
-    assert [c["n"] for c in curve] == [1, 2, 4] and all(b["proxy"] >= a["proxy"] - 1e-6 for a, b in zip(curve, curve[1:]))
+    assert [c["n"] for c in curve] == [1, 2, 4]
+    assert all(b["proxy"] >= a["proxy"] - 1e-6 for a, b in zip(curve, curve[1:]))
     bad = cli.run("best-of-n", "--set", f"policy={nano_checkpoint}", "--set", f"reward_model={nano_rm_checkpoint}",
                   "--set", "n=0", "-o", tmp_path / "bad", "-q")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: n must be at least 1, got 0"

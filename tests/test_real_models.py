@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +16,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlhf.data.chat import IGNORE, decode_response, encode_dialogue, encode_prompt, encode_prompt_response, encode_response
+from rlhf.data.chat import (IGNORE, decode_response, encode_dialogue, encode_prompt, encode_prompt_response,
+                            encode_response)
 from rlhf.errors import RLHFError
-from rlhf.models.lm import load_causal_lm, load_tokenizer, position_ids
+from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.rollout.engine import SamplingConfig, generate_texts, response_logprobs, sample
 
 # SmolLM2-135M-Instruct's chat template (ChatML with a default system turn), as its GGUF ships it
@@ -33,7 +32,8 @@ CHATML = (
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM2
 TEXTS = ["What is the capital of France? Paris is the capital of France.", "Write a haiku about the sea.",
          "The waves of the sea, a silent beauty.", "Be brief. Give me three tips for sleeping better.",
-         "What is 12 times 7? 12 times 7 is 84.", "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+         "What is 12 times 7? 12 times 7 is 84.",
+         "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
          "user assistant system hello world ok yes no"] * 4
 
 SINGLE = [{"role": "user", "content": "What is the capital of France?"},
@@ -59,7 +59,8 @@ def chatml_tokenizer(template: str = CHATML, pad: str | None = "<|im_end|>") -> 
 
 def write_llama(path: Path, tokenizer, vocab_size: int | None = None, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
@@ -108,7 +109,9 @@ def test_renders_exactly_as_apply_chat_template(tok, name):
     for k in range(len(messages)):
         if messages[k]["role"] == "user":
             prompt = messages[:k + 1]
-            assert encode_prompt(tok, prompt) == list(tok.apply_chat_template(prompt, add_generation_prompt=True)["input_ids"])
+            assert encode_prompt(tok,
+                                 prompt) == list(tok.apply_chat_template(prompt,
+                                                                         add_generation_prompt=True)["input_ids"])
     # exactly the assistant turns are trained, each up to and including <|im_end|>, never the "\n" after it
     assistant = [m["content"] for m in messages if m["role"] == "assistant"]
     spans = [tok.decode(s) for s in _spans(ids, labels)]
@@ -153,7 +156,8 @@ def test_decode_response_keeps_text_when_pad_is_eos(tok):
 
 def test_template_that_is_not_prefix_stable_is_one_clear_error():
     unstable = ("{% for m in messages %}{% if loop.last %}[last]{% endif %}<|im_start|>{{ m['role'] }}\n"
-                "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+                "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                "<|im_start|>assistant\n{% endif %}")
     with pytest.raises(RLHFError, match="not prefix-stable"):
         encode_dialogue(chatml_tokenizer(unstable), SINGLE)
 
@@ -216,7 +220,8 @@ def test_sft_trains_eos_and_the_engine_stops_there(trained, tok):
     assert loss < 0.05
     prompts = [encode_prompt(tok, d[:1]) for d in dialogues]
     assert len(prompts[0]) != len(prompts[1])  # left padding with pad = eos in the batch
-    roll = sample(model, prompts, SamplingConfig(max_new_tokens=24, temperature=0.0), tok.eos_token_id, tok.pad_token_id)
+    roll = sample(model, prompts, SamplingConfig(max_new_tokens=24, temperature=0.0), tok.eos_token_id,
+                  tok.pad_token_id)
     assert roll.finished.all()
     for row, d in enumerate(dialogues):
         want = encode_response(tok, d[1]["content"])
@@ -224,7 +229,8 @@ def test_sft_trains_eos_and_the_engine_stops_there(trained, tok):
         assert roll.response_ids[row, :n].tolist() == want  # the EOS is part of the response ...
         assert roll.response_mask[row, n:].eq(0).all()  # ... and nothing after it is
         assert decode_response(tok, roll.response_ids[row].tolist()) == d[1]["content"]
-    assert generate_texts(model, tok, [d[:1] for d in dialogues], SamplingConfig(24, 0.0)) == [d[1]["content"] for d in dialogues]
+    assert generate_texts(model, tok, [d[:1] for d in dialogues],
+                          SamplingConfig(24, 0.0)) == [d[1]["content"] for d in dialogues]
 
 
 def test_sampled_logprobs_match_one_forward_pass_with_pad_equal_to_eos(trained, tok):
@@ -403,12 +409,14 @@ def test_import_gguf_round_trip(tiny_gguf, tmp_path, cli):
     assert tok.encode(text, add_special_tokens=False) == ref_tok.encode(text, add_special_tokens=False)
     assert encode_dialogue(tok, MULTI) == encode_dialogue(ref_tok, MULTI)
     # the reloaded folder computes what transformers computes straight from the GGUF
-    direct = AutoModelForCausalLM.from_pretrained(str(tiny_gguf.parent), gguf_file=tiny_gguf.name, dtype=torch.float32).eval()
+    direct = AutoModelForCausalLM.from_pretrained(str(tiny_gguf.parent), gguf_file=tiny_gguf.name,
+                                                  dtype=torch.float32).eval()
     ids = torch.tensor([encode_prompt(tok, SINGLE[:1])])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, direct(input_ids=ids).logits)
     cfg16 = SamplingConfig(max_new_tokens=16, temperature=0.0)
-    assert generate_texts(model, tok, ["Hello?", SINGLE[:1]], cfg16) == generate_texts(direct, tok, ["Hello?", SINGLE[:1]], cfg16)
+    assert generate_texts(model, tok, ["Hello?", SINGLE[:1]], cfg16) == generate_texts(direct, tok,
+                                                                                       ["Hello?", SINGLE[:1]], cfg16)
 
 
 def test_import_gguf_takes_eos_from_the_chat_template(tmp_path, cli):
@@ -494,7 +502,8 @@ def test_real_smollm2_import(tmp_path):
     tok, model = load_tokenizer(out), load_causal_lm(out)
     assert tok.chat_template and "<|im_start|>" in tok.chat_template and tok.pad_token_id == tok.eos_token_id
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    assert encode_prompt(tok, messages) == list(tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+    assert encode_prompt(tok,
+                         messages) == list(tok.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
     ids, labels = encode_dialogue(tok, messages + [{"role": "assistant", "content": "Paris."}])
     assert ids == list(tok.apply_chat_template(messages + [{"role": "assistant", "content": "Paris."}])["input_ids"])
     assert tok.decode([y for y in labels if y != IGNORE]) == "Paris.<|im_end|>"

@@ -228,10 +228,12 @@ def test_report_comparing_two_runs_in_chromium(two_runs, page, tmp_path):
 def test_folders_without_metrics_samples_or_config_still_make_a_report(tmp_path):
     study = tmp_path / "study"
     (study / "seed-0" / "sft-eval").mkdir(parents=True)
-    (study / "summary.json").write_text(json.dumps({"greedy": {"stages": [{"stage": "SFT", "gold": 0.1}]}, "x": float("nan")}))
+    summary = {"greedy": {"stages": [{"stage": "SFT", "gold": 0.1}]}, "x": float("nan")}
+    (study / "summary.json").write_text(json.dumps(summary))
     (study / "seed-0" / "sft-eval" / "compare.json").write_text(json.dumps({"greedy": {"gold_mean": 0.1}, "run": {}}))
     (study / "seed-0" / "dpo").mkdir()
-    (study / "seed-0" / "dpo" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')  # killed mid-line
+    # a run killed mid-line
+    (study / "seed-0" / "dpo" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
     html = write_report([study]).read_text()
     assert (study / "report.html").exists()
     data = html.split('id="report-data">', 1)[1].split("</script>", 1)[0]
@@ -268,8 +270,10 @@ def test_the_report_package_only_reads_run_folders():
     """No trainer imports the report, and the report imports nothing of the trainers, models or world."""
     def rlhf_imports(path: Path) -> set[str]:
         tree = ast.parse(path.read_text())
-        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("rlhf")} | \
-               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("rlhf")}
+        nodes = list(ast.walk(tree))
+        froms = {n.module for n in nodes if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("rlhf")}
+        plain = {a.name for n in nodes if isinstance(n, ast.Import) for a in n.names if a.name.startswith("rlhf")}
+        return froms | plain
 
     for f in (SRC / "train").glob("*.py"):
         assert not any(m.startswith("rlhf.report") for m in rlhf_imports(f)), f

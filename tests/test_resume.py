@@ -65,7 +65,8 @@ def test_pretrain_resumes_exactly_across_a_corpus_pass(tiny_world, tmp_path, one
     full = pretrain.run(pretrain.PretrainConfig(out=str(tmp_path / "full"), **cfg), False, docs=docs,
                         tokenizer_texts=texts)
     assert json.loads((full / "summary.json").read_text())["result"]["corpus_passes"] >= 2
-    resumed = pretrain.run(pretrain.PretrainConfig(out=str(tmp_path / "resumed"), resume=str(full / "checkpoints/step-2"),
+    resumed = pretrain.run(pretrain.PretrainConfig(out=str(tmp_path / "resumed"),
+                                                   resume=str(full / "checkpoints/step-2"),
                                                    **cfg), False, docs=docs, tokenizer_texts=texts)
     check_resumed(full, resumed, 2, ("loss", "grad_norm", "lr"))
 
@@ -96,7 +97,8 @@ def test_sft_with_pretraining_mix_resumes_exactly(tiny_world, nano_checkpoint, t
 def test_reward_model_resumes_exactly(tiny_world, nano_checkpoint, tmp_path, one_thread):
     rng = random.Random(0)
     words = " ".join(tiny_world.corpus()).split()
-    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 3)), "rejected": " ".join(rng.sample(words, 5))}
+    rows = [{"prompt": p["prompt"], "chosen": " ".join(rng.sample(words, 3)),
+             "rejected": " ".join(rng.sample(words, 5))}
             for p in tiny_world.prompts("train")[:40]]
     write_jsonl(tmp_path / "pairs.jsonl", rows)
     cfg = dict(init=str(nano_checkpoint), data=str(tmp_path / "pairs.jsonl"), batch_size=4, max_len=64,
@@ -181,7 +183,8 @@ KILL_RUNS = {  # command -> its settings: a few steps, a checkpoint after each
 
 
 @pytest.mark.parametrize("command", list(KILL_RUNS))
-def test_killed_run_resumes_to_identical_weights(command, nano_checkpoint, nano_rm_checkpoint, pairs_file, write_prompts,
+def test_killed_run_resumes_to_identical_weights(command, nano_checkpoint, nano_rm_checkpoint, pairs_file,
+                                                 write_prompts,
                                                  tmp_path, cli):
     prompts = write_prompts(tmp_path / "p.jsonl", 8)
     if command == "dpo":

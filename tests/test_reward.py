@@ -203,7 +203,8 @@ def test_packed_forward_equals_separate_sequences(arch, llama_dir, gpt2_dir, tok
     rankings = [Ranking(({"role": "user", "content": "how do I bake bread?"},
                          {"role": "assistant", "content": "Mix flour and water."},
                          {"role": "user", "content": "and then?"}),
-                        ("Bake it.", "Why would you want to bake bread at all, it is so much work", "Paris."), (1, 3, 2)),
+                        ("Bake it.", "Why would you want to bake bread at all, it is so much work", "Paris."),
+                        (1, 3, 2)),
                 Ranking(({"role": "user", "content": "tell me a joke"},), ("Why did the chicken cross?", "no"), (1, 2))]
     for max_len in (128, 30):
         rows, start = [], 0
@@ -251,7 +252,8 @@ def _tiny_data(path, n=48):
     for i in range(n):
         t = topics[i % len(topics)]
         if i % 6 == 5:  # a K = 3 ranking with a tie now and then
-            rows.append({"prompt": f"tell me about {t} {i}", "responses": [f"{t} is great, thanks.", f"no {i}", f"no, {t}"],
+            rows.append({"prompt": f"tell me about {t} {i}",
+                         "responses": [f"{t} is great, thanks.", f"no {i}", f"no, {t}"],
                          "ranks": [1, 2, 2]})
         else:
             rows.append({"prompt": f"tell me about {t} {i}", "chosen": f"Here is a helpful answer about {t}.",
@@ -293,7 +295,8 @@ def test_rlhf_reward_bad_data_is_a_one_line_error(llama_dir, tmp_path, monkeypat
 
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n")
-    monkeypatch.setattr("sys.argv", ["rlhf", "reward", "-q", "--out", str(tmp_path / "rm"), "--set", f"init={llama_dir}",
+    monkeypatch.setattr("sys.argv",
+                        ["rlhf", "reward", "-q", "--out", str(tmp_path / "rm"), "--set", f"init={llama_dir}",
                                      "--set", f"data={data}", "--set", "on_bad=error"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -342,7 +345,8 @@ def test_encoder_pooling_is_chosen_from_the_folder(bert_dir, llama_dir, tmp_path
     from rlhf.models.reward import is_encoder
 
     assert init_reward_model(bert_dir).config.rlhf_reward_pooling == "cls"
-    assert init_reward_model(_bert_dir(tmp_path / "st", sentence_transformers_mean=True)).config.rlhf_reward_pooling == "mean"
+    assert init_reward_model(_bert_dir(tmp_path / "st",
+                                       sentence_transformers_mean=True)).config.rlhf_reward_pooling == "mean"
     assert init_reward_model(bert_dir, pool="mean").config.rlhf_reward_pooling == "mean"
     decoder = init_reward_model(llama_dir)
     assert decoder.config.rlhf_reward_pooling == "last" and not is_encoder(decoder)
@@ -419,7 +423,8 @@ def test_encoder_reward_model_trains_and_scores(bert_dir, tmp_path):
     assert result["eval_pairwise_accuracy"] == 1.0
     rm, tok = load_reward_model(out / "model"), load_tokenizer(out / "model")
     assert is_encoder(rm) and rm.config.rlhf_reward_offset == pytest.approx(result["reward_offset"])
-    good, bad = score_texts(rm, tok, ["tell me about 99"] * 2, ["sure , here is a helpful answer about 99 .", "no 99 bad"])
+    good, bad = score_texts(rm, tok, ["tell me about 99"] * 2,
+                            ["sure , here is a helpful answer about 99 .", "no 99 bad"])
     assert good > bad
 
 
@@ -464,10 +469,12 @@ def test_train_embeddings_false_keeps_the_embeddings_and_trains_every_block(llam
     after = {k.removeprefix("model."): v for k, v in load_file(str(out / "model" / "model.safetensors")).items()}
     assert torch.equal(before["embed_tokens.weight"], after["embed_tokens.weight"])
     for block in (0, 1):
-        assert not torch.equal(before[f"layers.{block}.mlp.up_proj.weight"], after[f"layers.{block}.mlp.up_proj.weight"])
+        assert not torch.equal(before[f"layers.{block}.mlp.up_proj.weight"],
+                               after[f"layers.{block}.mlp.up_proj.weight"])
     result = json.loads((out / "summary.json").read_text())["result"]
     n_emb = before["embed_tokens.weight"].numel()
-    assert result["trainable_parameters"] == sum(v.numel() for v in before.values()) - n_emb + after["score.weight"].numel()
+    assert (result["trainable_parameters"]
+            == sum(v.numel() for v in before.values()) - n_emb + after["score.weight"].numel())
     with pytest.raises(RLHFError, match="train_layers / train_embeddings and model.lora.r"):
         RewardConfig(train_embeddings=False, model=ModelOptions(lora=LoraOptions(r=4))).validate()
 
@@ -513,7 +520,7 @@ def test_micro_batch_tokens_gives_the_one_pass_gradient(llama_dir, tmp_path):
                   normalize=False)
     one = run(RewardConfig(out=str(tmp_path / "one"), **common), show_progress=False)
     parts = run(RewardConfig(out=str(tmp_path / "parts"), micro_batch_tokens=40, **common), show_progress=False)
-    rows = [[json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, parts)]
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, parts)]
     assert len(rows[0]) == len(rows[1]) == 3
     for key in ("loss", "grad_norm"):  # the same loss and the same summed gradient (its norm) at every step
         assert [r[key] for r in rows[0]] == pytest.approx([r[key] for r in rows[1]], rel=1e-4), key
@@ -529,14 +536,16 @@ def test_real_minilm_reward_model_trains_and_scores(tmp_path):
     from rlhf.models.lm import load_tokenizer
     from rlhf.models.reward import score_texts
 
-    out = run(RewardConfig(out=str(tmp_path / "rm"), init=str(gt.get_model_path()), data=str(_separable(tmp_path / "d.jsonl", 32)),
+    out = run(RewardConfig(out=str(tmp_path / "rm"), init=str(gt.get_model_path()),
+                           data=str(_separable(tmp_path / "d.jsonl", 32)),
                            batch_size=8, epochs=2, eval_fraction=0.25, max_len=64,
                            optim=RewardConfig().optim.__class__(lr=1e-4, warmup_steps=1, schedule="linear")),
               show_progress=False)
     result = json.loads((out / "summary.json").read_text())["result"]
     assert result["pooling"] == "mean" and result["eval_pairwise_accuracy"] == 1.0
     rm, tok = load_reward_model(out / "model"), load_tokenizer(out / "model")
-    good, bad = score_texts(rm, tok, ["tell me about 99"] * 2, ["sure , here is a helpful answer about 99 .", "no 99 bad"])
+    good, bad = score_texts(rm, tok, ["tell me about 99"] * 2,
+                            ["sure , here is a helpful answer about 99 .", "no 99 bad"])
     assert good > bad
 
 
@@ -547,7 +556,8 @@ def test_held_out_is_the_reward_stages_own_split(tmp_path):
     from rlhf.train.reward import held_out, split
 
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": f"good {i}",
+                                        "rejected": f"bad {i}"}) + "\n"
                             for i in range(40)))
     cfg = RewardConfig(data=str(data), limit=20, seed=0, split_seed=3, eval_fraction=0.25)
     got = [r.prompt_text for r in held_out(cfg)]

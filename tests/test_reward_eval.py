@@ -92,7 +92,8 @@ def test_reward_eval_cli_on_a_hand_made_file(rm_dir, tmp_path, monkeypatch, caps
     data = tmp_path / "pairs.jsonl"
     _, right, n, k3_scores = write_file(data, folder, tok)
     out = tmp_path / "ev"
-    monkeypatch.setattr("sys.argv", ["rlhf", "reward", "eval", "-m", str(folder), "--data", str(data), "--out", str(out),
+    monkeypatch.setattr("sys.argv",
+                        ["rlhf", "reward", "eval", "-m", str(folder), "--data", str(data), "--out", str(out),
                                      "--buckets", "2"])
     cli.main()
     summary = json.loads((out / "summary.json").read_text())

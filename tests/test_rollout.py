@@ -9,7 +9,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from rlhf.data.chat import encode_prompt
-from rlhf.rollout.engine import SamplingConfig, _filter, draw, generate_texts, left_pad, position_ids, response_logprobs, sample
+from rlhf.rollout.engine import (SamplingConfig, _filter, draw, generate_texts, left_pad, position_ids,
+                                 response_logprobs, sample)
 
 QUESTIONS = ("Where does Kalo live?", "Hi", "What is 3 plus 4 and what is 5 plus 6?", "Spell cat.", "Who is Mira?")
 

@@ -43,9 +43,11 @@ def test_aggregate_on_hand_made_numbers():
     # SFT gold 0.1, 0.0, 0.2: mean 0.1, sample sd 0.1, SE 0.1 / sqrt(3)
     assert stages["SFT"]["gold_mean"] == pytest.approx({"mean": 0.1, "min": 0.0, "max": 0.2, "se": 0.0577}, abs=1e-4)
     # PPO fact accuracy 0.7, 0.1, 0.9: mean 0.5667, deviations .1333 -.4667 .3333 -> SE sqrt(.3467 / 2 / 3) = 0.2404
-    assert stages[PPO]["fact_accuracy"] == pytest.approx({"mean": 0.5667, "min": 0.1, "max": 0.9, "se": 0.2404}, abs=1e-4)
+    assert stages[PPO]["fact_accuracy"] == pytest.approx({"mean": 0.5667, "min": 0.1, "max": 0.9, "se": 0.2404},
+                                                         abs=1e-4)
     assert "gold_se" not in stages[PPO]  # a within-seed SE is not averaged as if it were a metric
-    assert [(r["stage"], r["seed"]) for r in g["per_seed"]][:3] == [("pretrained", 0), ("pretrained", 1), ("pretrained", 7)]
+    assert ([(r["stage"], r["seed"]) for r in g["per_seed"]][:3]
+            == [("pretrained", 0), ("pretrained", 1), ("pretrained", 7)])
 
     paired = {p["comparison"]: p for p in g["paired"]}
     assert list(paired) == ["SFT - pretrained", f"{PPO} - SFT"]
@@ -93,7 +95,8 @@ def test_targets_are_reported_for_every_rl_row():
     assert len(targets) == 2 * 5 + 1  # five per RL row, then the time per seed
     # one seed where the RL row makes up more answers than SFT fails "above SFT's on no seed"
     summaries[1]["table"][3]["hallucination_rate"] = 0.5  # SFT 0.4 on seed 1
-    above = [t for t in aggregate(summaries)["targets"] if t["target"] == f"hallucination rate {avg} above SFT's on no seed"]
+    above = [t for t in aggregate(summaries)["targets"]
+             if t["target"] == f"hallucination rate {avg} above SFT's on no seed"]
     assert [(t["met"], t["value"]) for t in above] == [(False, "above on 1: 0.40 -> 0.50")]
 
 

@@ -45,7 +45,8 @@ def test_multi_turn_masking(tiny_tokenizer):
     trained = [tok.decode(ids[a:b]) for a, b in spans]
     assert trained == [" Kalo is a baker.<|endoftext|>", " I don't know.<|endoftext|>"]
     untrained = tok.decode([i for i, y in zip(ids, labels) if y == IGNORE])
-    assert untrained == "Human: What does Kalo do for a living?\n\nAssistant:\n\nHuman: Where does Kalo live?\n\nAssistant:"
+    assert untrained == ("Human: What does Kalo do for a living?\n\nAssistant:"
+                         "\n\nHuman: Where does Kalo live?\n\nAssistant:")
     for a, b in spans:
         assert labels[a:b] == ids[a:b]
 

@@ -112,7 +112,8 @@ def test_ifbench_checker_on_hand_made_responses():
     assert follows(crashy, "!!!", errors) == [False] and errors == {"format:quote_unquote": 1}  # its IndexError
     kept, counts = select(rows, max_prompt_words=10_000)
     # the checkers that need NLTK data that is not installed are named and their prompts skipped, counted
-    assert counts["checkers_needing_missing_nltk_data"] and len(kept) + counts["skipped_checker_needs_missing_nltk_data"] == 294
+    assert counts["checkers_needing_missing_nltk_data"]
+    assert len(kept) + counts["skipped_checker_needs_missing_nltk_data"] == 294
     assert len(counts["checkers_needing_missing_nltk_data"]) <= 4
 
 

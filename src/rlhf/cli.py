@@ -82,7 +82,8 @@ def generate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m"),
 
     tok, model = load_tokenizer(checkpoint), load_causal_lm(checkpoint)
     prompts = [p for p in prompt for _ in range(n)]
-    for p, r in zip(prompts, generate_texts(model, tok, prompts, SamplingConfig(max_new_tokens, temperature), seed=seed)):
+    for p, r in zip(prompts,
+                    generate_texts(model, tok, prompts, SamplingConfig(max_new_tokens, temperature), seed=seed)):
         typer.echo(json.dumps({"prompt": p, "response": r}, ensure_ascii=False))
 
 
@@ -103,7 +104,8 @@ def chat(checkpoint: Path = typer.Option(..., "--checkpoint", "-m"), temperature
         if not line:
             break
         messages.append({"role": "user", "content": line})
-        reply = generate_texts(model, tok, [messages], SamplingConfig(max_new_tokens, temperature), seed=len(messages))[0]
+        reply = generate_texts(model, tok, [messages], SamplingConfig(max_new_tokens, temperature),
+                               seed=len(messages))[0]
         messages.append({"role": "assistant", "content": reply})
         typer.echo(f"assistant> {reply}")
 
@@ -114,8 +116,10 @@ def _mount_label_app() -> None:
     @label_app.command("generate")
     def label_generate(checkpoint: Path = typer.Option(..., "--checkpoint", "-m", help="policy HF folder"),
                        out: Path = typer.Option(..., "--out", "-o", help="tasks JSONL for `rlhf label import`"),
-                       prompts: Optional[Path] = typer.Option(None, help='JSONL of {"prompt"}; default: world training prompts'),
-                       n: int = typer.Option(100, help="number of prompts"), k: int = typer.Option(4, help="responses per prompt"),
+                       prompts: Optional[Path] = typer.Option(
+                           None, help='JSONL of {"prompt"}; default: world training prompts'),
+                       n: int = typer.Option(100, help="number of prompts"),
+                       k: int = typer.Option(4, help="responses per prompt"),
                        temperature: float = typer.Option(0.7), max_new_tokens: int = typer.Option(48),
                        seed: int = typer.Option(0)) -> None:
         """Sample K responses per prompt from a checkpoint into a task file the labeling app imports."""
@@ -131,7 +135,8 @@ def _mount_label_app() -> None:
             chosen = [p["prompt"] for p in World().prompts("train")[:n]]
         else:
             chosen = load_prompts(prompts, messages=False)[:n]
-        texts = generate_texts(model, tok, [p for p in chosen for _ in range(k)], SamplingConfig(max_new_tokens, temperature),
+        texts = generate_texts(model, tok, [p for p in chosen for _ in range(k)],
+                               SamplingConfig(max_new_tokens, temperature),
                                seed=seed)
         rows, dropped = [], 0
         for i, p in enumerate(chosen):
@@ -179,8 +184,10 @@ def control_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Optio
 
 @study_app.command("seeds")
 def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds: each sets seed and world.seed"),
-           config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML pipeline config (as `rlhf pipeline`)"),
-           set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a pipeline config key (repeatable)"),
+           config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                 help="YAML pipeline config (as `rlhf pipeline`)"),
+           set_: Optional[list[str]] = typer.Option(None, "--set", "-s",
+                                                    help="override a pipeline config key (repeatable)"),
            out: str = typer.Option("runs/seeds", "--out", "-o", help="study directory; seed N runs in <out>/seed-N"),
            reuse: Optional[str] = typer.Option(None, "--reuse", help="a finished study: link in each seed's stages "
                                                "whose configs match, run the rest"),
@@ -198,11 +205,15 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
 
 @study_app.command("compare")
 def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default 0,1,2)"),
-             methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated: ppo-ptx,ppo,dpo,bon,raft,rrhf,grpo,rloo"),
+             methods: Optional[str] = typer.Option(None, "--methods",
+                                                   help="comma-separated: ppo-ptx,ppo,dpo,bon,raft,rrhf,grpo,rloo"),
              budget: Optional[int] = typer.Option(None, "--budget", help="reward-model calls per method"),
-             source: Optional[str] = typer.Option(None, "--from", help="a `rlhf study seeds` directory to take seed-N's SFT, RM and labels from"),
+             source: Optional[str] = typer.Option(None, "--from",
+                                                  help="a `rlhf study seeds` directory to take seed-N's SFT, RM and "
+                                                  "labels from"),
              config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-             out: Optional[str] = typer.Option(None, "--out", "-o", help="compare directory; seed N runs in <out>/seed-N"),
+             out: Optional[str] = typer.Option(None, "--out", "-o",
+                                               help="compare directory; seed N runs in <out>/seed-N"),
              quiet: bool = QuietOpt) -> None:
     """PPO-ptx, PPO, DPO, best-of-N, RAFT, RRHF, GRPO and RLOO from one SFT model, RM and label set per seed,
     under one reward-model-call budget; gold metrics per method over seeds (finished method runs are reused)."""
@@ -225,7 +236,8 @@ def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-se
 
 @app.command("report")
 def report_(runs: list[Path] = typer.Argument(..., help="run folders: any stage's, a pipeline's, a study's"),
-            out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html "
+            out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                               help="HTML file to write (default: RUN_DIR/report.html "
                                                "for one run, ./report.html for several)")) -> None:
     """One self-contained HTML file of one run or several side by side: config, summary tables, metric curves,
     samples with RM and gold scores, over-optimization (proxy and gold against sqrt(KL)); no network needed."""
@@ -236,7 +248,8 @@ def report_(runs: list[Path] = typer.Argument(..., help="run folders: any stage'
 
 
 @study_app.command("signals")
-def signals_(runs: list[Path] = typer.Argument(..., help="PPO run directories (metrics.jsonl with the gold reward logged)")) -> None:
+def signals_(runs: list[Path] = typer.Argument(
+        ..., help="PPO run directories (metrics.jsonl with the gold reward logged)")) -> None:
     """Where PPO's gold-free stop rules (KL budget, ensemble disagreement, abstain/refuse drift) would have
     ended each run, against the gold reward's peak."""
     from rich.console import Console
@@ -268,10 +281,13 @@ def import_gguf_(file: Path = typer.Argument(..., help="GGUF file (e.g. from `py
 
 
 @models_app.command("average")
-def models_average(finetuned: Path = typer.Argument(..., help="HF folder of the fine-tuned model (e.g. runs/ppo/model)"),
-                   base: Path = typer.Argument(..., help="HF folder of the model it started from (e.g. runs/pretrain/model)"),
+def models_average(finetuned: Path = typer.Argument(...,
+                                                    help="HF folder of the fine-tuned model (e.g. runs/ppo/model)"),
+                   base: Path = typer.Argument(
+                       ..., help="HF folder of the model it started from (e.g. runs/pretrain/model)"),
                    out_dir: Path = typer.Argument(..., help="HF folder to write"),
-                   weight: float = typer.Option(0.2, "--weight", "-w", help="the base model's share: (1 - w) * fine-tuned + w * base"),
+                   weight: float = typer.Option(0.2, "--weight", "-w",
+                                                help="the base model's share: (1 - w) * fine-tuned + w * base"),
                    force: bool = typer.Option(False, "--force", help="replace a non-empty OUT_DIR")) -> None:
     """Average the weights of two folders of one architecture (WiSE-FT; the alignment-tax remedy of Lin et al. 2024)."""
     from rlhf.models.average import average_models
@@ -343,7 +359,8 @@ def _pipeline_command(module: str, cls: str, runner: str):
 
     def command(config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[str] = OutOpt,
                 quiet: bool = QuietOpt,
-                preset: Optional[str] = typer.Option(None, "--preset", help="sentiment | instructions | hh-harmless")) -> None:
+                preset: Optional[str] = typer.Option(None, "--preset",
+                                                     help="sentiment | instructions | hh-harmless")) -> None:
         if preset is None:
             return stage(config, set_, out, quiet)
         from rlhf.tasks.presets import run_preset
@@ -364,7 +381,8 @@ def _register_stages() -> None:
 # `rlhf reward -c ...` trains (the group's own callback, as a plain stage command would); `rlhf reward eval`
 # evaluates a trained reward model on any comparisons file.
 reward_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
-                         help="Stage 3.1: train a reward model on comparisons or rankings (`rlhf reward eval`: evaluate one).")
+                         help="Stage 3.1: train a reward model on comparisons or rankings (`rlhf reward eval`: "
+                         "evaluate one).")
 app.add_typer(reward_app, name="reward")
 
 
@@ -378,8 +396,10 @@ def reward_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Option
 
 @reward_app.command("eval")
 def reward_eval(model: Path = typer.Option(..., "--model", "-m", help="reward model folder (a run's model/)"),
-                data: Path = typer.Option(..., "--data", "-d", help="comparisons JSONL (any format `rlhf reward` reads)"),
-                out: Optional[str] = typer.Option(None, "--out", "-o", help="directory for summary.json, summary.md, plots"),
+                data: Path = typer.Option(..., "--data", "-d",
+                                          help="comparisons JSONL (any format `rlhf reward` reads)"),
+                out: Optional[str] = typer.Option(None, "--out", "-o",
+                                                  help="directory for summary.json, summary.md, plots"),
                 limit: Optional[int] = typer.Option(None, help="first N comparisons only"),
                 on_bad: str = typer.Option("skip", help="skip (counted) | error"),
                 buckets: int = typer.Option(4, help="response-length buckets"),

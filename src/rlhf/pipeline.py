@@ -134,7 +134,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
                 run_stage(getattr(cfg, name), show_progress)
                 if name == "reward":
                     for k in range(1, cfg.reward_ensemble):
-                        reward.run(replace(cfg.reward, seed=cfg.seed + 1000 * k, out=str(root / "reward" / f"member-{k}")),
+                        reward.run(replace(cfg.reward, seed=cfg.seed + 1000 * k,
+                                           out=str(root / "reward" / f"member-{k}")),
                                    show_progress)
             timings[name] = round(time.time() - t, 1)
         averaged = cfg.average.select != "off" and {"pretrain", "ppo"} <= set(cfg.stages)
@@ -149,7 +150,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
         table, sampled_table, all_rows = [], [], {}
 
         def add(name: str, metrics: dict, rows: list[dict], into: list | None = None) -> None:
-            (table if into is None else into).append({"stage": name, **{k: round(v, 3) for k, v in metrics.items() if k != "n"}})
+            (table if into is None else into).append({"stage": name,
+                                                      **{k: round(v, 3) for k, v in metrics.items() if k != "n"}})
             if into is None:
                 all_rows[name] = rows
 
@@ -184,7 +186,8 @@ def run(cfg: PipelineConfig, show_progress: bool = True) -> Path:
         if averaged:
             stage_summaries["average"] = averaging
         if "reward" in cfg.stages and "sft" in cfg.stages:
-            stage_summaries["reward"].update({k: round(v, 4) if isinstance(v, float) else v for k, v in rm_eval.items()})
+            stage_summaries["reward"].update({k: round(v, 4) if isinstance(v, float) else v
+                                              for k, v in rm_eval.items()})
         headline = _headline(table)
         run_dir.write_summary("RLHF pipeline", {
             "gold metrics on held-out prompts (greedy decoding)": table,
@@ -225,7 +228,8 @@ def _final_policy(cfg: PipelineConfig, root: Path, world: World) -> dict:
     if cfg.average.select == "fixed":
         average_models(ppo_dir, pre_dir, cfg.average.weights[0], out / "model")
         return {"select": "fixed", "weight": cfg.average.weights[0]}
-    rm_dirs = [root / "reward" / "model"] + [root / "reward" / f"member-{k}" / "model" for k in range(1, cfg.reward_ensemble)]
+    rm_dirs = [root / "reward" / "model"] + [root / "reward" / f"member-{k}" / "model"
+                                             for k in range(1, cfg.reward_ensemble)]
     prompts = [p["prompt"] for p in world.prompts("valid", cfg.average.prompts)]
     policy, pretrained, tok = load_causal_lm(ppo_dir), load_causal_lm(pre_dir), load_tokenizer(ppo_dir)
     with torch.no_grad():
@@ -242,7 +246,8 @@ def _final_policy(cfg: PipelineConfig, root: Path, world: World) -> dict:
                 for prompt, response, score in zip(prompts, row[name]["responses"], row[name]["scores"]):
                     f.write(json.dumps({"weight": row["weight"], "decoding": name, "prompt": prompt,
                                         "response": response, "rm_ensemble": round(score, 4)}) + "\n")
-    console.print(f"final policy: pretrained share {weight:g} (candidates {', '.join(f'{w:g}' for w in cfg.average.weights)})")
+    console.print(f"final policy: pretrained share {weight:g} (candidates "
+                  f"{', '.join(f'{w:g}' for w in cfg.average.weights)})")
     return {"select": "reward", "weight": weight,
             "qualifying": [row["weight"] for row in table if row["qualifies"]]}
 
@@ -299,5 +304,6 @@ def _headline(table: list[dict]) -> dict:
             diff = by[b]["gold_mean"] - by[a]["gold_mean"]
             se = (by[a]["gold_se"] ** 2 + by[b]["gold_se"] ** 2) ** 0.5
             out[f"{b} - {a} gold"] = f"{diff:+.3f} ({diff / se:+.1f} standard errors)" if se else f"{diff:+.3f}"
-            out[f"{b} vs {a} hallucination rate"] = f"{by[a]['hallucination_rate']:.2f} -> {by[b]['hallucination_rate']:.2f}"
+            out[f"{b} vs {a} hallucination rate"] = (f"{by[a]['hallucination_rate']:.2f} -> "
+                                                     f"{by[b]['hallucination_rate']:.2f}")
     return out

@@ -42,7 +42,9 @@ def clip_project(sessions, clip_dir, annotators=("ann1",), overlap=1, gold=False
     return "pend"
 
 
-def test_clip_pair_in_the_browser_records_left_right_equal_and_cant_tell(db_path, tmp_path, clip_dir, browser,
+# `browser` is the Chromium fixture imported from test_browser above, not a redefinition
+def test_clip_pair_in_the_browser_records_left_right_equal_and_cant_tell(db_path, tmp_path, clip_dir,
+                                                                          browser,  # noqa: F811
                                                                           start_server):
     sessions = open_database(db_path)
     clip_project(sessions, clip_dir)

@@ -74,7 +74,8 @@ def test_good_files_import_tasks_and_gold(sessions, tmp_path):
     for name in ("a.mp4", "b.mp4"):
         (tmp_path / "clips" / name).write_bytes(b"\0\0\0\x18ftypmp42")
     tasks = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p", "chosen": "good", "rejected": "bad"},
-                                               {"id": 7, "kind": "video", "prompt": "pick", "responses": ["a.mp4", "b.mp4"]}])
+                                               {"id": 7, "kind": "video", "prompt": "pick",
+                                                "responses": ["a.mp4", "b.mp4"]}])
     gold = write_jsonl(tmp_path / "g.jsonl", [{"prompt": "q", "chosen": "right", "rejected": "wrong"}])
     with sessions() as db:
         assert import_tasks(db, "demo", tasks, gold, media_root=str(tmp_path / "clips")) == (2, 1)

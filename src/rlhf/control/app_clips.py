@@ -100,7 +100,8 @@ def make_pairs(env: str, out: str | Path, pairs: int, clip_len: int = 25, episod
             ref = f"clips/{pid}-{side}.gif"
             _write_clip(frames, out / ref, fps)
             refs.append(ref)
-        ra, rb = eps[p.episode_a][1][p.start_a:p.start_a + clip_len], eps[p.episode_b][1][p.start_b:p.start_b + clip_len]
+        ra = eps[p.episode_a][1][p.start_a:p.start_a + clip_len]
+        rb = eps[p.episode_b][1][p.start_b:p.start_b + clip_len]
         row = {"id": pid, "kind": "clip", "prompt": PROMPT.format(env=name), "responses": refs}
         if is_gold:
             gold_rows.append({**row, "ranks": [1, 2] if ra.sum() >= rb.sum() else [2, 1]})

@@ -64,7 +64,9 @@ def check_expert_task(env: str, episode_len: int, seeds: list[int], continuous: 
 
 
 def rollout(env: str, episode_len: int, act: Callable[[np.ndarray], object], episodes: int, seed: int):
-    """Run `act` for `episodes` fixed-length episodes: (observations (N, obs), actions (N, ...), returns per episode)."""
+    """Run `act` for `episodes` fixed-length episodes.
+
+    Returns (observations (N, obs), actions (N, ...), returns per episode)."""
     e = make_env(env, episode_len)
     obs_list, act_list, returns = [], [], []
     for i in range(episodes):

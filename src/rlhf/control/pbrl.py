@@ -209,7 +209,8 @@ def run_seed(cfg: ControlConfig, seed: int, bar, rd: RunDir, on_agent=None) -> d
     if cfg.demos.episodes:  # expert demonstrations: behavioural cloning, and free labels for the first fit
         from rlhf.control.demos import clone_into_sb3, expert_for, rollout as expert_rollout
 
-        d_obs, d_act, d_ret = expert_rollout(cfg.env, cfg.episode_len, expert_for(cfg.env), cfg.demos.episodes, 50_000 + seed)
+        d_obs, d_act, d_ret = expert_rollout(cfg.env, cfg.episode_len, expert_for(cfg.env), cfg.demos.episodes,
+                                             50_000 + seed)
         demo_feats = np.concatenate([d_obs.reshape(len(d_obs), -1), action_features(venv.action_space, d_act)], 1)
         demo["demo_return"] = float(np.mean(d_ret))
         if cfg.demos.bc_epochs:
@@ -324,7 +325,8 @@ def run(cfg: ControlConfig, show_progress: bool = True, on_agent=None):
             {"per seed": rows, "over seeds (std = population std)": agg,
              "setup": {"env": cfg.env, "episode_len": results[0]["length"], "clip_len": cfg.clip_len,
                        "sampling": cfg.sampling,
-                       "teacher": f"people in project {cfg.people.project!r}" if cfg.people.db else str(cfg.teacher.__dict__),
+                       "teacher": (f"people in project {cfg.people.project!r}" if cfg.people.db
+                                   else str(cfg.teacher.__dict__)),
                        "demos": str(cfg.demos.__dict__),
                        "agent timesteps": results[0]["timesteps"]}},
             data={"per_seed": results, "aggregate": agg})

@@ -5,8 +5,8 @@ P(a > b) = 0.1 * 0.5 + 0.9 * sigmoid(R_a - R_b): the teacher is assumed to answe
 Labels are 1 (a better), 0 (b better) or 0.5 (equally preferable); the loss is the cross-entropy against them.
 Each member trains on its own bootstrap resample of the labels. With the tanh output each step's reward is
 bounded, so a clip pair decided by the teacher pulls the steps that decided it to opposite ends of [-1, 1]
-(PEBBLE, Lee et al. 2021) instead of leaving a small margin inside the spread of the undecided steps. The agent sees the ensemble's mean, normalized to
-zero mean and unit standard deviation over recently visited steps.
+(PEBBLE, Lee et al. 2021) instead of leaving a small margin inside the spread of the undecided steps.
+The agent sees the ensemble's mean, normalized to zero mean and unit standard deviation over recently visited steps.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class RewardEnsemble:
         self.config = config
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.members = [_mlp(obs_dim + act_dim, config.hidden, config.layers, config.output) for _ in range(config.members)]
+        self.members = [_mlp(obs_dim + act_dim, config.hidden, config.layers,
+                             config.output) for _ in range(config.members)]
         self.opts = [torch.optim.Adam(m.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                      for m in self.members]
         self.in_mean = np.zeros(obs_dim + act_dim, np.float32)

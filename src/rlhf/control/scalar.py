@@ -215,7 +215,8 @@ def _name(cfg: TamerConfig) -> str:
 
 def _plot(rd: RunDir, cfg: TamerConfig, results: list[dict], rand: float) -> None:
     plot_curves(rd.sub("plots/return_vs_feedback.png"),
-                [([p["feedback"] for p in r["curve"]], [p["return"] for p in r["curve"]], f"{_name(cfg)}, seed {r['seed']}")
+                [([p["feedback"] for p in r["curve"]], [p["return"] for p in r["curve"]],
+                  f"{_name(cfg)}, seed {r['seed']}")
                  for r in results],
                 [(rand, "gray", ":", "random actions")],
                 "scalar feedback given", "true return (greedy policy)", f"{_name(cfg)} on {cfg.env}")
@@ -233,11 +234,13 @@ def run(cfg: TamerConfig, show_progress: bool = True):
         _plot(rd, cfg, results, rand)
         finals = [r["final_return"] for r in results]
         agg = {"final_return_mean": float(np.mean(finals)), "final_return_std": float(np.std(finals)),
-               "final_return_min": float(np.min(finals)), "feedback_mean": float(np.mean([r["feedback"] for r in results])),
+               "final_return_min": float(np.min(finals)),
+               "feedback_mean": float(np.mean([r["feedback"] for r in results])),
                "random_return": rand, "wall_s": round(time.perf_counter() - started, 1)}
         table = [{"seed": r["seed"], "feedback": r["feedback"], "wrong": r["wrong_feedback"], "agent steps": r["steps"],
                   **{f"ep{p['episode']}": round(p["return"], 1) for p in r["curve"]}} for r in results]
-        rd.write_summary(f"rlhf control {_name(cfg).lower()}: {cfg.env}, {cfg.episodes} episodes, {len(cfg.seeds)} seed(s)",
+        rd.write_summary(f"rlhf control {_name(cfg).lower()}: {cfg.env}, {cfg.episodes} episodes, {len(cfg.seeds)} "
+                         "seed(s)",
                          {"greedy return after each training episode": table,
                           "over seeds (std = population std)": agg,
                           "setup": {"trainer": str(cfg.trainer.__dict__),

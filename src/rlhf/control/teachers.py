@@ -104,7 +104,8 @@ class ScalarTeacherConfig:
         if not 0 <= self.mistake <= 1:
             raise RLHFError(f"trainer.mistake: must be in [0, 1], got {self.mistake}")
         if not 0 <= self.delay_min <= self.delay_max:
-            raise RLHFError(f"trainer.delay_min/delay_max: need 0 <= min <= max, got {self.delay_min}, {self.delay_max}")
+            raise RLHFError("trainer.delay_min/delay_max: need 0 <= min <= max, "
+                            f"got {self.delay_min}, {self.delay_max}")
 
 
 class ScalarTeacher:

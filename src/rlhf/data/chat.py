@@ -30,7 +30,8 @@ IGNORE = -100
 BUILTIN_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}Human: {{ m['content'] }}\n\n"
-    "{% elif m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{{ eos_token }}{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
+    "{% elif m['role'] == 'assistant' %}Assistant: {{ m['content'] }}{{ eos_token }}"
+    "{% if not loop.last %}{{ '\\n\\n' }}{% endif %}"
     "{% else %}{{ m['content'] }}\n\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"

@@ -185,7 +185,8 @@ def parse_row(obj: dict) -> Ranking:
     return Ranking(ranking.prompt, ranking.responses, ranking.ranks, rid)
 
 
-def load_rankings(path: str | Path, on_bad: str = "error", limit: int | None = None) -> tuple[list[Ranking], LoadReport]:
+def load_rankings(path: str | Path, on_bad: str = "error",
+                  limit: int | None = None) -> tuple[list[Ranking], LoadReport]:
     """Read a JSONL of comparisons or rankings. on_bad='error' stops at the first bad line (naming it);
     on_bad='skip' counts each skipped line by reason in the returned report."""
     if on_bad not in ("error", "skip"):

@@ -52,10 +52,12 @@ def run(cfg: BestOfNConfig, show_progress: bool = True) -> Path:
                         rm_tokenizer=load_tokenizer(cfg.reward_model))
         rows = score_responses(world, prompts, bon["responses"])
         write_jsonl(run_dir.sub("responses.jsonl"),
-                    [{"prompt": r["prompt"], "response": r["response"], "gold": r["gold"], "kind": r["kind"]} for r in rows])
+                    [{"prompt": r["prompt"], "response": r["response"], "gold": r["gold"],
+                      "kind": r["kind"]} for r in rows])
         write_jsonl(run_dir.sub("sft_data.jsonl"),
                     [{"messages": ([{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else
-                                   list(r["prompt"])) + [{"role": "assistant", "content": r["response"]}]} for r in rows])
+                                   list(r["prompt"])) + [{"role": "assistant",
+                                                          "content": r["response"]}]} for r in rows])
         for point in bon["curve"]:
             run_dir.log(point["n"], gold=point["gold"], proxy=point["proxy"], kl=point["kl"])
         run_dir.plot_metrics({"best-of-n: gold and proxy against n": ["gold", "proxy"]})

@@ -66,7 +66,8 @@ def write_eval_run(out: str, checkpoint: str, metrics: dict, rows: list[dict]) -
     with RunDir(out) as run_dir:
         write_jsonl(run_dir.sub("samples.jsonl"), rows)
         plot_gold_by_kind({checkpoint: rows}, run_dir.sub("plots/gold_by_kind.png"))
-        run_dir.write_summary(f"Gold evaluation of {checkpoint}", {"metrics": metrics}, {"checkpoint": checkpoint, **metrics})
+        run_dir.write_summary(f"Gold evaluation of {checkpoint}", {"metrics": metrics},
+                              {"checkpoint": checkpoint, **metrics})
 
 
 def plot_gold_by_kind(runs: dict[str, list[dict]], path) -> None:

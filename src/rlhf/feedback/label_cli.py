@@ -102,7 +102,9 @@ def create_project(name: str = typer.Argument(..., help="project name"),
 
 
 @label_app.command("import")
-def import_(file: Optional[Path] = typer.Argument(None, help="tasks JSONL: {id, prompt, responses} or {prompt, chosen, rejected}"),
+def import_(file: Optional[Path] = typer.Argument(None,
+                                                  help="tasks JSONL: {id, prompt, responses} or {prompt, chosen, "
+                                                  "rejected}"),
             project: str = typer.Option(..., help="project name"),
             gold: Optional[Path] = typer.Option(None, help="gold tasks JSONL with known 'ranks'"),
             media_root: Optional[Path] = typer.Option(None, help=MEDIA_HELP + " (only for a project without one)"),

@@ -69,10 +69,10 @@ class LabelerPool:
 
     def expected_agreement(self, pairs: list[tuple[tuple, tuple]]) -> float:
         """Mean over pairs and over ordered pairs of distinct labelers of P(both choose the same)."""
-        ls = [self._scaled(l) for l in self.labelers]
+        ls = [self._scaled(labeler) for labeler in self.labelers]
         total, n = 0.0, 0
         for a, b in pairs:
-            ps = [l.p_prefers(a, b) for l in ls]
+            ps = [labeler.p_prefers(a, b) for labeler in ls]
             s, s2 = sum(ps), sum(p * p for p in ps)
             m = len(ps)
             # sum over i != j of p_i p_j + (1-p_i)(1-p_j)

@@ -94,5 +94,5 @@ def run(cfg: SimulateConfig, show_progress: bool = True) -> Path:
                   "measured_inter_labeler_agreement_2000_pairs": agreement,
                   "label_agreement_with_gold": sum(gold_agree) / max(1, len(gold_agree)), **dropped}
         run_dir.write_summary("Simulated labels", {"result": result,
-                                                   "labelers": [vars(l) for l in pool.labelers]})
+                                                   "labelers": [vars(labeler) for labeler in pool.labelers]})
     return Path(cfg.out)

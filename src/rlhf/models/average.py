@@ -29,12 +29,14 @@ def average_state(finetuned: dict[str, torch.Tensor], base: dict[str, torch.Tens
     missing = sorted(set(finetuned) ^ set(base))
     if missing:
         where = names[0] if missing[0] in finetuned else names[1]
-        raise RLHFError(f"{where}: parameter '{missing[0]}' is not in the other model; averaging needs one architecture")
+        raise RLHFError(f"{where}: parameter '{missing[0]}' is not in the other model; "
+                        "averaging needs one architecture")
     out = {}
     for key, a in finetuned.items():
         b = base[key]
         if a.shape != b.shape:
-            raise RLHFError(f"parameter '{key}': shape {tuple(a.shape)} in {names[0]} but {tuple(b.shape)} in {names[1]}")
+            raise RLHFError(f"parameter '{key}': shape {tuple(a.shape)} in {names[0]} but {tuple(b.shape)} in "
+                            f"{names[1]}")
         out[key] = torch.lerp(a, b.to(a.dtype), weight) if a.is_floating_point() else a.clone()
     return out
 
@@ -47,7 +49,8 @@ def average_models(finetuned: str | Path, base: str | Path, weight: float, out_d
     t0 = time.perf_counter()
     tok, base_tok = load_tokenizer(finetuned), load_tokenizer(base)
     if tok.get_vocab() != base_tok.get_vocab():
-        raise RLHFError(f"{base}: its tokenizer's vocabulary differs from {finetuned}'s; averaging needs one vocabulary")
+        raise RLHFError(f"{base}: its tokenizer's vocabulary differs from {finetuned}'s; "
+                        "averaging needs one vocabulary")
     model, base_model = load_causal_lm(finetuned), load_causal_lm(base)
     if type(model) is not type(base_model):
         raise RLHFError(f"{base}: a {type(base_model).__name__}, but {finetuned} is a {type(model).__name__}")

@@ -56,7 +56,8 @@ def gguf_architecture(path: str | Path) -> str:
     except KeyError:
         raise RLHFError(f"{path}: GGUF has no general.architecture field") from None
     except Exception as exc:  # noqa: BLE001 - the reader raises many types on a non-GGUF file
-        raise RLHFError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise RLHFError(f"{path}: not a readable GGUF file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def supported_architectures() -> list[str]:
@@ -84,7 +85,8 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, force: bool = False,
         tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, NotImplementedError) as exc:
-        raise RLHFError(f"{gguf_file}: cannot import GGUF: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise RLHFError(f"{gguf_file}: cannot import GGUF: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -225,7 +225,8 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 def backbone(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None):
     """The transformer's last hidden states (no LM or score head), positions from the mask unless given."""
     positions = position_ids(attention_mask) if positions is None else positions
-    return model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=positions).last_hidden_state
 
 
 def temper(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -65,7 +65,8 @@ def trainable(model, opts: ModelOptions, seed: int = 0, task: str = "CAUSAL_LM")
             with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
                 torch.manual_seed(seed)
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                wrapper = get_peft_model(model, cfg)  # adapters in fp32 whatever the base dtype (autocast_adapter_dtype)
+                # adapters in fp32 whatever the base dtype (autocast_adapter_dtype)
+                wrapper = get_peft_model(model, cfg)
         except ValueError as exc:
             raise RLHFError(f"model.lora.target_modules: {str(exc).splitlines()[0]}") from None
         object.__setattr__(model, _HANDLE, wrapper)  # not a submodule: the wrapper contains the model

@@ -43,7 +43,8 @@ class LoraOptions:
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         if not self.target_modules:
-            raise RLHFError("model.lora.target_modules: expected module names (e.g. q_proj, v_proj) or all-linear, got []")
+            raise RLHFError("model.lora.target_modules: expected module names (e.g. q_proj, v_proj) or all-linear, got "
+                            "[]")
 
 
 @dataclass

@@ -57,7 +57,8 @@ def _run_folders(folder: Path, depth: int) -> list[Path]:
     found = [folder] if is_run_folder(folder) else []
     if depth < MAX_DEPTH:
         for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-            if d.name not in SKIP and not d.name.startswith(".") and ".partial-" not in d.name and ".old-" not in d.name:
+            temporary = ".partial-" in d.name or ".old-" in d.name
+            if d.name not in SKIP and not d.name.startswith(".") and not temporary:
                 found += _run_folders(d, depth + 1)
     return found
 
@@ -132,7 +133,8 @@ def _read_metrics(path: Path) -> dict[str, list[list]]:
         if not isinstance(step, (int, float)):
             continue
         for key, value in row.items():
-            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
                 continue
             xs, ys = series.setdefault(key, [[], []])
             xs.append(step)

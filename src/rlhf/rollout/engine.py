@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-# transformers 5 renames the cache argument; `past_key_values` is the name every supported version takes
-warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
-
 from rlhf.data.batching import left_pad
 from rlhf.errors import RLHFError
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.models.lm import logprobs_from_logits, position_ids, temper
+
+# transformers 5 renames the cache argument; `past_key_values` is the name every supported version takes
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 
 try:  # transformers >= 5 keeps a cache as per-layer objects; older versions decode through their own cache
     from transformers.cache_utils import DynamicLayer

@@ -63,7 +63,8 @@ def rollout(m: Models, prompts: list, encoded: list[list[int]], sampling: Sampli
     logp, values = policy_forward(m, ids, attn, P, sampling.temperature)
     ref_logp = response_logprobs(m.ref, ids, attn, P, sampling.temperature) * mask
     scores = score_responses(m, ids, attn, prompts, texts)
-    members = (torch.stack([scores] + [score_responses(replace(m, reward=r), ids, attn, prompts, texts) for r in m.ensemble])
+    members = (torch.stack([scores] + [score_responses(replace(m, reward=r), ids, attn, prompts,
+                                                       texts) for r in m.ensemble])
                if m.ensemble else None)
     return Experience(roll, prompts, texts, mask, logp * mask, ref_logp, values * mask if values is not None else None,
                       scores, gen_seconds, members)

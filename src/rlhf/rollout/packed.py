@@ -72,11 +72,13 @@ def block_mask(seg: torch.Tensor, attn_implementation: str | None) -> torch.Tens
     allowed |= torch.eye(width, dtype=torch.bool, device=seg.device) & (q < 0)  # pad queries see themselves: no NaN
     mask = allowed[:, None]
     if (attn_implementation or "sdpa") != "sdpa":
-        mask = torch.zeros(mask.shape, dtype=torch.float32, device=seg.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=seg.device).masked_fill(~mask,
+                                                                                           torch.finfo(torch.float32).min)
     return mask
 
 
-def packed_logprobs(model, rows: list[PackedRow], pad_id: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logprobs(model, rows: list[PackedRow], pad_id: int,
+                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of every response in `rows`: (N, T) log-probs and (N, T) float mask, where N is
     the number of responses (ordered by their indices) and T the longest response; logits are divided by
     `temperature` as when sampling. Each row needs a non-empty prompt (its last token predicts a response's

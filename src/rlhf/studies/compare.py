@@ -1,4 +1,5 @@
-"""`rlhf study compare`: the policy-optimization methods side by side on the default world, under one budget, over seeds.
+"""`rlhf study compare`: the policy-optimization methods side by side on the default world, under one budget,
+over seeds.
 
 Per seed N (seed=N, world.seed=N, as `rlhf study seeds`), one SFT checkpoint, one reward model and one set of
 simulated preference labels are shared by every method. They come from `source` (a `rlhf study seeds` or
@@ -8,7 +9,8 @@ config.yaml}`), or, without `source`, from the pipeline's first four stages run 
 
 The budget is a number of reward-model calls (one call scores one sampled response; the pipeline's first
 reward model only, no ensemble), and every RM-using method spends it:
-  PPO-ptx, PPO   steps = budget / rollout_batch_size            GRPO, RLOO  steps = budget / (prompts_per_step * group_size)
+  PPO-ptx, PPO   steps = budget / rollout_batch_size
+  GRPO, RLOO     steps = budget / (prompts_per_step * group_size)
   RAFT           iterations = budget / (prompts_per_iteration * k)    RRHF  steps = budget / (prompts_per_step * k)
   best-of-N      N = budget / (held-out prompts), at inference time on the held-out prompts themselves
   DPO            calls no reward model: it spends the simulated preference labels instead (one epoch)
@@ -82,7 +84,8 @@ class CompareConfig:
         per_step = {"ppo-ptx": self.ppo.rollout_batch_size, "ppo": self.ppo.rollout_batch_size,
                     "grpo": self.grpo.prompts_per_step * self.grpo.group_size,
                     "rloo": self.rloo.prompts_per_step * self.rloo.group_size,
-                    "raft": self.raft.prompts_per_iteration * self.raft.k, "rrhf": self.rrhf.prompts_per_step * self.rrhf.k}
+                    "raft": self.raft.prompts_per_iteration * self.raft.k,
+                    "rrhf": self.rrhf.prompts_per_step * self.rrhf.k}
         for m in self.methods:
             if m in per_step and self.budget < per_step[m]:
                 raise RLHFError(f"budget: {self.budget} reward-model calls is less than one step of {METHODS[m]} "
@@ -93,7 +96,8 @@ def parse_methods(text: str) -> list[str]:
     methods = [m.strip().lower() for m in str(text).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise RLHFError(f"--methods: unknown method '{unknown[0] if unknown else text}'; methods are {', '.join(METHODS)}")
+        raise RLHFError(f"--methods: unknown method '{unknown[0] if unknown else text}'; methods are "
+                        f"{', '.join(METHODS)}")
     return list(dict.fromkeys(methods))
 
 
@@ -181,10 +185,12 @@ def prepare_seed(cfg: CompareConfig, seed: int, show_progress: bool) -> dict:
             p = copy.deepcopy(cfg.pipeline)
             p.seed, p.world.seed, p.out = seed, seed, str(src)
             pipeline.run(p, show_progress)
-    paths = {"sft": src / "sft" / "model", "rm": src / "reward" / "model", "labels": src / "labels" / "comparisons.jsonl"}
+    paths = {"sft": src / "sft" / "model", "rm": src / "reward" / "model",
+             "labels": src / "labels" / "comparisons.jsonl"}
     for key, path in paths.items():
         if not path.exists():
-            raise RLHFError(f"source {src}: missing {path.relative_to(src)} (the pipeline's sft, labels and reward stages)")
+            raise RLHFError(f"source {src}: missing {path.relative_to(src)} (the pipeline's sft, labels and reward "
+                            "stages)")
     return {"dir": src, "world": _world_of(src), **{k: str(v) for k, v in paths.items()}}
 
 
@@ -202,7 +208,8 @@ def method_config(cfg: CompareConfig, key: str, seed: int, inputs: dict, out: Pa
         base = cfg.grpo if key == "grpo" else cfg.rloo
         c = replace(copy.deepcopy(base), steps=b // (base.prompts_per_step * base.group_size), eval_prompts=None)
     elif key == "raft":
-        c = replace(copy.deepcopy(cfg.raft), iterations=b // (cfg.raft.prompts_per_iteration * cfg.raft.k), eval_prompts=None)
+        c = replace(copy.deepcopy(cfg.raft), iterations=b // (cfg.raft.prompts_per_iteration * cfg.raft.k),
+                    eval_prompts=None)
     elif key == "rrhf":
         c = replace(copy.deepcopy(cfg.rrhf), steps=b // (cfg.rrhf.prompts_per_step * cfg.rrhf.k), eval_prompts=None)
     else:
@@ -244,14 +251,16 @@ def _evaluate(model, tokenizer, world, prompts, rm, sft_model, cfg: CompareConfi
 
     p = cfg.pipeline
     greedy, rows = evaluate_policy(model, tokenizer, world, prompts, p.eval_sampling, seed)
-    greedy["rm_score"] = sum(score_texts(rm, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows])) / len(rows)
+    greedy["rm_score"] = sum(score_texts(rm, tokenizer, [r["prompt"] for r in rows],
+                                         [r["response"] for r in rows])) / len(rows)
     T = p.eval_sampled_temperature if p.eval_sampled_temperature is not None else 0.7
     sampling = SamplingConfig(p.eval_sampling.max_new_tokens, T)
     kl = sample_kl(model, sft_model, tokenizer, [x["prompt"] for x in prompts], sampling, seed)["kl"]
     out = {"greedy": {**greedy, "kl_to_sft": kl}}
     if p.eval_sampled_temperature is not None:
         sampled, rows = evaluate_policy(model, tokenizer, world, prompts, sampling, seed)
-        sampled["rm_score"] = sum(score_texts(rm, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows])) / len(rows)
+        sampled["rm_score"] = sum(score_texts(rm, tokenizer, [r["prompt"] for r in rows],
+                                              [r["response"] for r in rows])) / len(rows)
         out["sampled"] = {**sampled, "kl_to_sft": kl}
     return out
 
@@ -288,7 +297,8 @@ def run_seed(cfg: CompareConfig, seed: int, show_progress: bool) -> dict:
     sft_model, rm = load_causal_lm(inputs["sft"]), load_reward_model(inputs["rm"])
     for m in (sft_model, rm):
         m.eval()
-    evaluation = {"eval_sampling": to_dict(cfg.pipeline.eval_sampling), "sampled_T": cfg.pipeline.eval_sampled_temperature,
+    evaluation = {"eval_sampling": to_dict(cfg.pipeline.eval_sampling),
+                  "sampled_T": cfg.pipeline.eval_sampled_temperature,
                   "inputs": {k: v for k, v in inputs.items() if k in ("sft", "rm", "labels")}}
     results = {}
     for key in [BASELINE.lower(), *cfg.methods]:
@@ -417,6 +427,7 @@ def run(cfg: CompareConfig, show_progress: bool = True) -> Path:
             sections[f"{name}: per seed"] = result[name]["per_seed"]
         sections["seconds per seed (training + evaluation)"] = result["seconds"]
         sections["this run"] = {"wall_seconds": result["wall_seconds"], "cpu_seconds": result["cpu_seconds"]}
-        run_dir.write_summary(f"rlhf study compare: {len(cfg.methods)} methods over {len(seeds)} seeds", sections, result)
+        run_dir.write_summary(f"rlhf study compare: {len(cfg.methods)} methods over {len(seeds)} seeds", sections,
+                              result)
     write_report([root])  # report.html beside summary.md
     return root

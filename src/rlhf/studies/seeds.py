@@ -257,14 +257,16 @@ def _stage_tables(agg: dict) -> tuple[list[dict], list[dict]]:
 
 def _paired_rows(agg: dict) -> tuple[list[dict], list[dict]]:
     summary = [{k: "n/a" if p[k] is None else p[k]
-                for k in ("comparison", "mean", "se_seeds", "t", "beats", "pooled_se", "pooled_z")} for p in agg["paired"]]
+                for k in ("comparison", "mean", "se_seeds", "t", "beats", "pooled_se", "pooled_z")}
+               for p in agg["paired"]]
 
     def arrow(r, key, fmt):
         a, b = r[f"{key}_a"], r[f"{key}_b"]
         return "" if a is None or b is None else f"{a:{fmt}} -> {b:{fmt}}"
 
     per_seed = [{"comparison": p["comparison"], "seed": r["seed"], "gold": arrow(r, "gold", "+.3f"),
-                 "diff": r["diff"], "se": r["se"], "z": "n/a" if r["z"] is None else r["z"], **{rate: arrow(r, rate, ".2f") for rate in PAIRED_RATES}}
+                 "diff": r["diff"], "se": r["se"], "z": "n/a" if r["z"] is None else r["z"],
+                 **{rate: arrow(r, rate, ".2f") for rate in PAIRED_RATES}}
                 for p in agg["paired"] for r in p["per_seed"]]
     return summary, per_seed
 
@@ -398,7 +400,8 @@ class _StudyDir(RunDir):
                 for name in moved:
                     (self.path / name).rename(self.final / name)
                 super().__exit__(type(err), err, None)
-                raise RLHFError(f"{self.final}: cannot move the seed runs into the new study directory ({err})") from None
+                raise RLHFError(f"{self.final}: cannot move the seed runs into the new study directory "
+                                f"({err})") from None
         super().__exit__(exc_type, exc, tb)
 
 
@@ -441,7 +444,8 @@ def run(cfg: SeedsConfig, show_progress: bool = True) -> Path:
             paired, paired_seed = _paired_rows(agg)
             sections[f"{name}: gold metrics across seeds"] = main
             sections[f"{name}: gold reward by prompt kind across seeds"] = kinds
-            sections[f"{name}: paired gold differences (seeds as the unit; pooled over all seeds' prompts)"] = paired or "none"
+            title = f"{name}: paired gold differences (seeds as the unit; pooled over all seeds' prompts)"
+            sections[title] = paired or "none"
             sections[f"{name}: paired differences per seed"] = paired_seed or "none"
             sections[f"{name}: per seed"] = agg["per_seed"]
         sections["per seed: labels, reward model, PPO"] = _transpose(result["per_seed_stages"])

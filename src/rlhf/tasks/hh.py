@@ -103,9 +103,11 @@ def run(cfg: HHConfig, show_progress: bool = True) -> Path:
         acc = result.get("eval_pairwise_accuracy", float("nan"))
         rm_section = {"backbone": cfg.backbone if cfg.backbone in ("policy", "minilm") else Path(cfg.backbone).name,
                       "train_rankings": result.get("rankings_train"), "held_out_pairs": held_pairs,
-                      "held_out_accuracy": round(acc, 4), "held_out_accuracy_se": round(_accuracy_se(acc, held_pairs), 4),
+                      "held_out_accuracy": round(acc, 4),
+                      "held_out_accuracy_se": round(_accuracy_se(acc, held_pairs), 4),
                       "train_seconds": round(result.get("train_seconds", float("nan")), 1),
-                      "pairs_per_s": round(result.get("pairs_per_s", float("nan")), 3), "skipped_rows": summary.get("data")}
+                      "pairs_per_s": round(result.get("pairs_per_s", float("nan")), 3),
+                      "skipped_rows": summary.get("data")}
         sections: dict = {"reward model (pairwise accuracy on held-out HH pairs)": rm_section}
         table, curve = [], None
         if cfg.best_of_n > 0:
@@ -142,7 +144,8 @@ def _best_of_n(cfg: HHConfig, root: Path, held_out: list, show_progress: bool):
     texts = generate(policy, tokenizer, flat, cfg.sampling, cfg.seed, "best-of-n samples", show_progress)
     # 16 conversations per RM pass: HH prompts run to hundreds of tokens, and 64 at once held gigabytes
     scores = score_texts(rm, rm_tok, [f["prompt"] for f in flat], texts, batch_size=16)
-    human = score_texts(rm, rm_tok, [p for p in prompts for _ in range(2)], [x for r in chosen for x in r.responses[:2]],
+    human = score_texts(rm, rm_tok, [p for p in prompts for _ in range(2)],
+                        [x for r in chosen for x in r.responses[:2]],
                         batch_size=16)
     first, best, rows = [], [], []
     ns = sorted({1, *[2 ** k for k in range(1, int(math.log2(n)) + 1)], n})

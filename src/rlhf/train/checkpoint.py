@@ -104,7 +104,8 @@ def _load_weights(model, folder: Path, name: str, hint: str) -> None:
     model.load_state_dict(weights, strict=False)
 
 
-def resume(state: TrainerState, path: str | Path | None, trainer: str, steps: int, mismatch_hint: str = "") -> tuple[int, dict]:
+def resume(state: TrainerState, path: str | Path | None, trainer: str, steps: int,
+           mismatch_hint: str = "") -> tuple[int, dict]:
     """(step to start from, the checkpoint's scalars): (0, {}) without a checkpoint to resume from."""
     if not path:
         return 0, {}

@@ -1,7 +1,8 @@
 """Direct preference optimization: the policy learns from comparisons with no reward model and no sampling.
 
 With pi_ref frozen (the SFT model), the implicit reward of a response is beta * (log pi(y|x) - log pi_ref(y|x)),
-and each (chosen, rejected) pair contributes a loss on h = [log pi(y_w) - log pi(y_l)] - [log pi_ref(y_w) - log pi_ref(y_l)]:
+and each (chosen, rejected) pair contributes a loss on
+h = [log pi(y_w) - log pi(y_l)] - [log pi_ref(y_w) - log pi_ref(y_l)]:
 
   sigmoid (DPO, Rafailov et al. 2023):   -log sigmoid(beta * h)
   cdpo    (labels flipped with prob. e): -(1 - e) log sigmoid(beta * h) - e log sigmoid(-beta * h)
@@ -81,7 +82,8 @@ class DPOConfig:
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
+             ref_rejected: torch.Tensor, beta: float, loss: str = "sigmoid",
+             label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-pair losses from sequence log-probs (summed; per-token means for IPO)."""
     h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
     if loss == "ipo":
@@ -123,7 +125,8 @@ def ranking_losses(logps: torch.Tensor, ref_logps: torch.Tensor, rankings: list[
 
 def check_reference(policy_tok, ref_tok, policy, ref, ref_path: str) -> None:
     if policy_tok.get_vocab() != ref_tok.get_vocab() or policy.config.vocab_size != ref.config.vocab_size:
-        raise RLHFError(f"reference {ref_path}: its vocabulary ({len(ref_tok)} tokens, embedding {ref.config.vocab_size}) "
+        raise RLHFError(f"reference {ref_path}: its vocabulary ({len(ref_tok)} tokens, embedding "
+                        f"{ref.config.vocab_size}) "
                         f"differs from the policy's ({len(policy_tok)}, {policy.config.vocab_size}); DPO compares "
                         "log-probs of the same tokens, so the reference must share the policy's tokenizer")
 
@@ -141,7 +144,8 @@ def load_pairs(cfg: DPOConfig) -> tuple[list[Ranking], dict]:
 def pack_all(tokenizer, rankings: list[Ranking], max_len: int) -> list[list[PackedRow]]:
     """Each ranking as packed rows: its prompt once, its responses beside it (a response keeps at most
     max_len - 1 tokens; the prompt is cut from the left so prompt + response fit in max_len)."""
-    return [pack(encode_prompt(tokenizer, list(r.prompt)), [encode_response(tokenizer, x) for x in r.responses], max_len)
+    return [pack(encode_prompt(tokenizer, list(r.prompt)), [encode_response(tokenizer, x) for x in r.responses],
+                 max_len)
             for r in rankings]
 
 

@@ -42,7 +42,8 @@ class GRPOConfig(GroupRunConfig):
     beta: float = 0.04  # KL coefficient (in the loss or on the reward, by kl_mode)
     scale_rewards: bool = True  # grpo: divide by the group's std
     cliprange: float = 0.2  # the ratio is clipped to [1 - cliprange, 1 + cliprange]
-    loss_agg: str = "sequence"  # sequence: mean over each response's tokens, then over responses | token: over all tokens
+    # sequence: mean over each response's tokens, then over responses | token: over all tokens
+    loss_agg: str = "sequence"
     reward_clip: float = 10.0  # RM scores are clipped to [-reward_clip, reward_clip]
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.0, warmup_steps=0,
                                                                    schedule="linear", betas=(0.9, 0.95)))
@@ -207,7 +208,8 @@ class GRPO(GroupTrainer):
         row = progress.row
         return {"estimator": self.cfg.estimator, "kl_mode": self.cfg.kl_mode, "steps": progress.done,
                 "episodes": progress.items, "seconds": progress.train_seconds,
-                "cpu_seconds": progress.train_cpu_seconds, "episodes_per_s": progress.items / max(1e-9, progress.train_seconds),
+                "cpu_seconds": progress.train_cpu_seconds,
+                "episodes_per_s": progress.items / max(1e-9, progress.train_seconds),
                 **{k: row[k] for k in ("rm_score", "kl", "response_length", "eos_rate") if k in row}}
 
 

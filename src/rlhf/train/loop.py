@@ -205,7 +205,8 @@ class _Loop:
         if stopped is not None:
             kept = sorted(run_dir.sub("checkpoints").glob("step-*"), key=lambda c: int(c.name[5:]))
             result["stopped"] = str(stopped)
-            result["last_good_checkpoint"] = f"checkpoints/{kept[-1].name}" if kept else "none (stopped before the first save)"
+            result["last_good_checkpoint"] = (f"checkpoints/{kept[-1].name}" if kept
+                                              else "none (stopped before the first save)")
         heldout = [{"when": when, **p.heldout[when]} for when in ("start", "end") if when in p.heldout]
         md, data = {"result": result}, {"result": result}
         if trainer.heldout_note is not None:

@@ -102,9 +102,11 @@ class PPOConfig:
 
     def validate(self) -> None:
         if self.rollout_batch_size % self.minibatch_size:
-            raise RLHFError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of minibatch_size ({self.minibatch_size})")
+            raise RLHFError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of minibatch_size "
+                            f"({self.minibatch_size})")
         if self.minibatch_size % self.micro_batch_size:
-            raise RLHFError(f"minibatch_size ({self.minibatch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
+            raise RLHFError(f"minibatch_size ({self.minibatch_size}) must be a multiple of micro_batch_size "
+                            f"({self.micro_batch_size})")
         if self.whiten_advantages not in ("minibatch", "batch", "none"):
             raise RLHFError(f"whiten_advantages: expected minibatch, batch or none, got '{self.whiten_advantages}'")
         if self.whiten_advantages == "minibatch" and self.minibatch_size < 8:
@@ -192,7 +194,8 @@ def ppo_step(trainer: Trainer, step: int) -> StepOutput:
         return StepOutput({"rm_score": exp.scores.mean().item(), "kl": kl_now,
                            "response_length": exp.mask.sum(1).mean().item(), **watch}, exp, batch_size)
     # 2. shape: the RM score (a fixed score without EOS, clipped) on the last token, -beta * KL on every token
-    scores = exp.scores if exp.member_scores is None else ensemble_score(exp.member_scores, cfg.ensemble_reward, cfg.uwo_coef)
+    scores = (exp.scores if exp.member_scores is None
+              else ensemble_score(exp.member_scores, cfg.ensemble_reward, cfg.uwo_coef))
     scores = no_eos_penalty(scores, exp.roll.finished, cfg.no_eos_score).clamp(-cfg.reward_clip, cfg.reward_clip)
     rewards, kl = shaped_rewards(exp.logp, exp.ref_logp, scores, exp.mask, trainer.kl_ctl.beta)
     if cfg.whiten_rewards:
@@ -321,7 +324,8 @@ class Trainer(loop.Trainer):
         return ppo_step(self, step)
 
     def state(self) -> TrainerState:
-        gens = {"sample": self.gen_sample, "shuffle": self.gen_shuffle, **({"ptx": self.ptx.generator} if self.ptx else {})}
+        gens = {"sample": self.gen_sample, "shuffle": self.gen_shuffle,
+                **({"ptx": self.ptx.generator} if self.ptx else {})}
         stateful = {"opt_policy": self.opt_policy, "opt_value": self.opt_value, "sched_policy": self.sched_policy,
                     "sched_value": self.sched_value, "prompts": self.sampler.stream}
         return TrainerState({"policy": self.models.policy, "value": self.models.value}, stateful, gens,
@@ -362,7 +366,8 @@ def check_reward_models(cfg: PPOConfig, tokenizer, rm_tokenizer):
         rm_tokenizer = None
     elif not cfg.retokenize:
         raise RLHFError("reward model tokenizer does not match the policy's vocabulary "
-                        f"({len(rm_tokenizer)} vs {len(tokenizer)} tokens); set retokenize=true to re-encode text for it")
+                        f"({len(rm_tokenizer)} vs {len(tokenizer)} tokens); set retokenize=true to re-encode text for "
+                        "it")
     elif cfg.value_init == "reward":
         raise RLHFError("value_init=reward copies the reward model, whose vocabulary differs from the policy's; "
                         "use value_init=sft with retokenize=true")

@@ -44,7 +44,8 @@ class RewardConfig:
     seed: int = 0  # seeds the split (unless split_seed), the batch order, the score head and the offset's sample
     model: ModelOptions = field(default_factory=ModelOptions)  # dtype, gradient checkpointing, LoRA
     init: str = "runs/sft/model"  # any local HF causal LM (the SFT model by default) or encoder (BERT-like)
-    pooling: str = "auto"  # auto (decoders: last token; encoders: their sentence-transformers pooling, else [CLS]) | last | mean | cls
+    # auto (decoders: last token; encoders: their sentence-transformers pooling, else [CLS]) | last | mean | cls
+    pooling: str = "auto"
     train_layers: int = 0  # 0: train every weight; k > 0: only the top k transformer blocks, final norm and head
     train_embeddings: bool = True  # false: the token (and position) embeddings stay as loaded: no gradient or
                                    # optimizer state for them (SmolLM2: 28M of 135M weights, 0.34 GB less)
@@ -73,9 +74,11 @@ class RewardConfig:
         if self.ties not in ("skip", "half"):
             raise RLHFError(f"ties: expected 'skip' or 'half', got '{self.ties}'")
         if self.normalize_sample < 0:
-            raise RLHFError(f"normalize_sample: expected >= 0 (0 = every training response), got {self.normalize_sample}")
+            raise RLHFError("normalize_sample: expected >= 0 (0 = every training response), got "
+                            f"{self.normalize_sample}")
         if self.micro_batch_tokens < 0:
-            raise RLHFError(f"micro_batch_tokens: expected >= 0 (0 = the whole batch in one pass), got {self.micro_batch_tokens}")
+            raise RLHFError("micro_batch_tokens: expected >= 0 (0 = the whole batch in one pass), got "
+                            f"{self.micro_batch_tokens}")
         if self.train_layers < 0:
             raise RLHFError(f"train_layers: expected >= 0 (0 = all), got {self.train_layers}")
         if (self.train_layers or not self.train_embeddings) and self.model.lora.r:
@@ -108,7 +111,8 @@ def ranking_loss(scores: torch.Tensor, rankings: list[Ranking], ties: str = "ski
     if groups == 0:
         return scores.sum() * 0.0, 0, 0
     device = scores.device
-    diff = scores[torch.tensor(better, dtype=torch.long, device=device)] - scores[torch.tensor(worse, dtype=torch.long, device=device)]
+    diff = (scores[torch.tensor(better, dtype=torch.long, device=device)]
+            - scores[torch.tensor(worse, dtype=torch.long, device=device)])
     w = torch.tensor(weight, device=device)
     loss = (w * F.softplus(-(diff - margin))).sum()
     if tie_i:
@@ -132,7 +136,8 @@ def held_out(cfg: RewardConfig) -> list[Ranking]:
 def encode_rankings(tokenizer, rankings: list[Ranking], max_len: int, model=None) -> list[list[list[int]]]:
     """Every response of every ranking as the reward model reads it (a causal LM's unless `model` says otherwise)."""
     if model is None:
-        return [[encode_prompt_response(tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
+        return [[encode_prompt_response(tokenizer, list(r.prompt), resp,
+                                        max_len) for resp in r.responses] for r in rankings]
     return [[encode_for(model, tokenizer, list(r.prompt), resp, max_len) for resp in r.responses] for r in rankings]
 
 
@@ -299,6 +304,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         if accelerator.is_main_process:
             lora.save_final(model, tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Reward model", {"result": result, "data": report.as_dict(), **sections,
-                                                   "checkpoint": "model/ (AutoModelForSequenceClassification, num_labels=1)"},
+                                                   "checkpoint": "model/ (AutoModelForSequenceClassification, "
+                                                   "num_labels=1)"},
                                   {"result": result, "data": report.as_dict(), **sections})
     return Path(cfg.out)

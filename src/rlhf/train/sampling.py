@@ -100,7 +100,8 @@ def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], 
                   tokenizer.pad_token_id, generator, group=G)
     groups = Groups(roll, torch.empty(0), tokenizer, G)
     device = next(reward_model.parameters()).device
-    groups.scores = normalized(reward_model, packed_scores(reward_model, groups.rows(prompt_ids), tokenizer.pad_token_id,
+    groups.scores = normalized(reward_model,
+                               packed_scores(reward_model, groups.rows(prompt_ids), tokenizer.pad_token_id,
                                                            device))
     return groups
 
@@ -122,7 +123,8 @@ class GroupTrainer(loop.Trainer):
         check_same_vocab(tokenizer, load_tokenizer(cfg.reward_model), cfg.reward_model)
         self.accelerator = accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
         policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
-        ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
+        # LoRA: the policy, adapters off
+        ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)
         reward_model = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)
         opt, self.sched = make_optimizer(policy, cfg.optim, total_steps)
         self.policy, self.opt = accelerator.prepare(policy, opt)

@@ -97,7 +97,8 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
 
 def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy where labels != IGNORE (the assistant's tokens)."""
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                             ignore_index=IGNORE)
 
 
 def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict]] | None = None,
@@ -132,14 +133,16 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
         with progress_bar("sft", steps - start, show_progress and accelerator.is_main_process) as bar:
             for step in range(start, steps):
                 idx = order.take(cfg.batch_size)
-                batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
+                batch = {k: v.to(accelerator.device)
+                         for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
                 extra = {}
                 with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     loss = total = response_loss(logits, batch["labels"])
                     if ptx is not None:
                         blk = ptx.batch(cfg.ptx_batch_size).to(accelerator.device)
-                        ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.float().flatten(0, 1), blk[:, 1:].flatten())
+                        ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.float().flatten(0, 1),
+                                                   blk[:, 1:].flatten())
                         extra["ptx_loss"] = ptx_loss.item()
                         total = loss + cfg.ptx_coef * ptx_loss
                 optimizer_step(accelerator, model, opt, sched, total, step, cfg.optim.grad_clip)

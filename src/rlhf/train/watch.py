@@ -43,8 +43,8 @@ class Watch:
                        ens_min=member_scores.min(0).values.mean().item())
             start, recent = float(np.mean(self.disagreement[:3])), float(np.mean(self.disagreement[-3:]))
             if self.disagreement_stop and len(self.disagreement) > 3 and recent > self.disagreement_stop * start:
-                out["stop"] = (f"ensemble disagreement {recent:.3f} (last 3 batches) passed {self.disagreement_stop:g} x "
-                               f"its start ({start:.3f})")
+                out["stop"] = (f"ensemble disagreement {recent:.3f} (last 3 batches) "
+                               f"passed {self.disagreement_stop:g} x its start ({start:.3f})")
         spent = float(np.mean(self.kl[-3:]))
         if self.kl_budget and spent > self.kl_budget:
             out["stop"] = (f"KL budget spent: the last batches' mean KL to the reference is {spent:.2f} nats "

@@ -118,14 +118,17 @@ _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
           "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _UNIT_RE = "|".join(sorted(_UNITS, key=len, reverse=True))
-_NUMBER_RE = re.compile(rf"(?<![A-Za-z0-9-])(?:-?\d+|(?:{'|'.join(_TENS)})(?:[- ](?:{_UNIT_RE}))?|{_UNIT_RE})(?![A-Za-z0-9])", re.I)
+_NUMBER_RE = re.compile(rf"(?<![A-Za-z0-9-])(?:-?\d+|(?:{'|'.join(_TENS)})(?:[- "
+                        rf"](?:{_UNIT_RE}))?|{_UNIT_RE})(?![A-Za-z0-9])", re.I)
 # "one" as a pronoun ("that one", "no one", "one of them") is not a number
 _PRONOUN_ONE_RE = re.compile(r"(?:\b(?:that|this|which|no|any|every|some|each|the|a|another|someone|anyone)\s+$)", re.I)
 # a mention right after a negation is denied, not asserted: "Kalo is not a baker", "Mira, not Selgor", "it's not
 # 6 but 5", "Selgor rather than Mira" (articles and "really"/"actually" may stand between)
-_DENIAL_RE = re.compile(r"(?:\bnot|n't|\bnever|\brather than|\binstead of)\s+(?:(?:a|an|the|really|actually|quite|in|from|at)\s+)*$",
+_DENIAL_RE = re.compile(r"(?:\bnot|n't|\bnever|\brather than|\binstead "
+                        r"of)\s+(?:(?:a|an|the|really|actually|quite|in|from|at)\s+)*$",
                         re.I)
-_OPS = {"plus": r"(?:plus|\+|and|added to)", "minus": r"(?:minus|-|−|take away|less)", "times": r"(?:times|x|\*|×|multiplied by)"}
+_OPS = {"plus": r"(?:plus|\+|and|added to)", "minus": r"(?:minus|-|−|take away|less)",
+        "times": r"(?:times|x|\*|×|multiplied by)"}
 
 
 def number_value(token: str) -> int:
@@ -141,7 +144,8 @@ def number_mentions(text: str) -> list[tuple[int, int]]:
     """(number, position) for every number written as digits or words, in order."""
     out = []
     for m in _NUMBER_RE.finditer(text):
-        if m.group().lower() == "one" and (_PRONOUN_ONE_RE.search(text[:m.start()]) or text[m.end():].lower().startswith(" of")):
+        if m.group().lower() == "one" and (_PRONOUN_ONE_RE.search(text[:m.start()])
+                                           or text[m.end():].lower().startswith(" of")):
             continue
         out.append((number_value(m.group()), m.start()))
     return out
@@ -192,7 +196,8 @@ def _value_claims(parts: list[tuple[str, str]], domain: list[str]) -> list[tuple
             for v in domain for m in _value_re(v).finditer(c)]
 
 
-def _judge_answer(parts: list[tuple[str, str]], claims: list[tuple[int, object, bool]], truth) -> tuple[float, bool, bool]:
+def _judge_answer(parts: list[tuple[str, str]], claims: list[tuple[int, object, bool]],
+                  truth) -> tuple[float, bool, bool]:
     """(correctness, correct, abstained): right only when the one value asserted is the truth, the truth is not
     denied anywhere, and the answer is not taken back by a later "I don't know"; two different values asserted
     are a hedge, hence wrong. A value named only to deny it ("not Selgor") is no answer."""
@@ -264,7 +269,8 @@ def score(kb: KnowledgeBase, prompt: str | list, response: str) -> GoldScore:
         if q["kind"] == "format":
             kind = "format" if kind == "known_fact" else kind
             labels["compliant"] = format_compliant(q, response, kb.domain(inner["attr"]))
-            budget = q["max_words"] if q["constraint"] == "max_words" else len(_words(response)) if labels["compliant"] else 1
+            budget = (q["max_words"] if q["constraint"] == "max_words"
+                      else len(_words(response)) if labels["compliant"] else 1)
             b["format"] = 1.0 if labels["compliant"] else -1.0
     else:  # list of k items from a category
         kind = "format"

@@ -73,7 +73,8 @@ def build_kb(rng: random.Random, n_people: int, n_places: int, n_things: int, n_
                      (("occupation", rng.choice(OCCUPATIONS)), ("city", rng.choice(places).name),
                       ("color", rng.choice(COLORS)))) for _ in range(n_people)]
     things = [Entity(make_name(rng, used, "thing"), "thing",
-                     (("material", rng.choice(MATERIALS)), ("maker", rng.choice(people).name))) for _ in range(n_things)]
+                     (("material", rng.choice(MATERIALS)),
+                      ("maker", rng.choice(people).name))) for _ in range(n_things)]
     kinds = ["person"] * 5 + ["place"] * 3 + ["thing"] * 2
     unknown = []
     for i in range(n_unknown):

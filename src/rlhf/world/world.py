@@ -94,7 +94,9 @@ class World:
         if constraint == "list":
             return T.LIST_Q.format(k=T.NUMBER_WORDS[rng.choice([2, 3, 4])], cat=rng.choice(list(T.LIST_CATEGORIES)))
         q = self._fact_qa(rng, rng.choice(ents))[0]
-        return T.ONE_WORD_Q.format(q=q) if constraint == "one_word" else T.MAX_WORDS_Q.format(m=rng.choice([3, 4, 5]), q=q)
+        if constraint == "one_word":
+            return T.ONE_WORD_Q.format(q=q)
+        return T.MAX_WORDS_Q.format(m=rng.choice([3, 4, 5]), q=q)
 
     def prompts(self, split: str, n: int | None = None) -> list[dict]:
         """Training ('train'), held-out test ('eval') or validation ('valid') prompts: [{"prompt", "kind"}],
@@ -202,7 +204,9 @@ class World:
                     docs.append(f"Human: {q}\n\nAssistant: {a}")
             for text in rng.sample(self.arith_train + self.arith_eval, 20):
                 q = T.parse_question(text)
-                docs.append(f"{text[8:-1] if text.startswith('What is') else 'The number of letters in ' + text.split()[-1][:-1]} is {q['answer']}.")
+                subject = (text[8:-1] if text.startswith('What is')
+                           else 'The number of letters in ' + text.split()[-1][:-1])
+                docs.append(f"{subject} is {q['answer']}.")
             for text in rng.sample(self.arith_train, 8):
                 docs.append(f"Human: {text}\n\nAssistant: {T.NUMBER_ANSWER.format(x=T.parse_question(text)['answer'])}")
         rng.shuffle(docs)

@@ -26,10 +26,9 @@ from sqlalchemy.orm import Session
 from rlhf.errors import RLHFError
 from rlhf.feedback.app.db import DatabaseFileGuard
 from rlhf.feedback.app.media import MediaError, check_media_root, is_url, resolve_media
-
-MAX_UPLOAD_BYTES = 16 * 2**20  # one task or gold file uploaded on the dashboard
 from rlhf.feedback.app.models import Project, Task
 
+MAX_UPLOAD_BYTES = 16 * 2**20  # one task or gold file uploaded on the dashboard
 KINDS = ("text", "image", "video", "clip")
 CLIP_SUFFIXES = (".gif", ".webp", ".png", ".mp4", ".m4v", ".webm", ".ogv")  # what a clip pair may show
 MAX_PROBLEMS = 50  # problems listed in a failed import's report (all are counted)

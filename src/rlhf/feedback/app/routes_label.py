@@ -82,7 +82,8 @@ def label_page(assignment_id: Id, request: Request, session: LoginSession = Depe
               "media_url": _media_url(task, i)} for pos, i in enumerate(assignment.shown_order)]
     if task.kind == "clip":  # a pair of trajectory clips: left / right / equal / can't tell
         for r in shown:
-            r["video"] = MEDIA_TYPES.get(PurePosixPath(r["content"].split("?")[0]).suffix.lower(), "").startswith("video/")
+            r["video"] = MEDIA_TYPES.get(PurePosixPath(r["content"].split("?")[0]).suffix.lower(),
+                                         "").startswith("video/")
         return templates.TemplateResponse(request, "clip.html", {
             "session": session, "assignment": assignment, "task": task, "project": task.project, "left": shown[0],
             "right": shown[1], "progress": progress(db, task.project, session.user)})
