@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import _cli_env
+from tests.conftest import _cli_env
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.train import pretrain, reward, sft
