@@ -261,7 +261,7 @@ def test_one_command_tree():
     tree = _tree(typer.main.get_command(app))
     top = {p[0] for p in tree if len(p) == 1}
     assert top == {"world", "eval", "generate", "chat", "pretrain", "sft", "reward", "ppo", "dpo", "grpo", "rloo",
-                   "raft", "rrhf", "best-of-n", "pipeline", "study", "label", "control", "models"}
+                   "raft", "rrhf", "best-of-n", "pipeline", "study", "label", "control", "models", "report"}
     groups = {p[0] for p in tree if len(p) == 2}
     assert not [name for name in top for g in groups if name != g and name.startswith(g)]
     children = lambda *path: {p[-1] for p in tree if p[:-1] == path and len(p) == len(path) + 1}  # noqa: E731
