@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,7 @@ from rlhf.models.reward import load_reward_model
 from rlhf.progress import console
 from rlhf.report import write_report
 from rlhf.rollout import SamplingConfig
-from rlhf.rundir import RunDir
+from rlhf.rundir import RunDir, rebase_paths
 from rlhf.stages import PPOStage, PretrainStage, SFTStage, run_ppo, run_pretrain, run_sft
 from rlhf.train import reward
 from rlhf.world import World, WorldConfig
@@ -252,20 +251,6 @@ def _final_policy(cfg: PipelineConfig, root: Path, world: World) -> dict:
             "qualifying": [row["weight"] for row in table if row["qualifies"]]}
 
 
-def _rebase(value, root: str, to: str):
-    """A config value with every path inside the run `root` (or its `root.partial-PID` while it was written)
-    moved under `to`: "<root>/sft/model" -> "<to>/sft/model"."""
-    if isinstance(value, dict):
-        return {k: _rebase(v, root, to) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rebase(v, root, to) for v in value]
-    if isinstance(value, str):
-        m = re.match(re.escape(root) + r"(?:\.partial-\d+)?(?=/|$)", value)
-        if m:
-            return to + value[m.end():]
-    return value
-
-
 def _link_finished_stage(cfg: PipelineConfig, name: str, root: Path) -> bool:
     """Link `reuse`'s finished stage folder into this run if its config equals this run's; False otherwise.
     A run written before configs named final paths names `<run>.partial-PID`: read as the run itself."""
@@ -275,13 +260,13 @@ def _link_finished_stage(cfg: PipelineConfig, name: str, root: Path) -> bool:
     except (OSError, yaml.YAMLError):
         return False
     want = yaml.safe_load(yaml.safe_dump(to_dict(getattr(cfg, name)), sort_keys=False))
-    if _rebase(have, cfg.reuse, "<run>") != _rebase(want, str(root), "<run>"):
+    if rebase_paths(have, cfg.reuse, "<run>") != rebase_paths(want, str(root), "<run>"):
         return False
     if name == "reward" and not all((src / f"member-{k}" / "model").is_dir() for k in range(1, cfg.reward_ensemble)):
         return False
     shutil.copytree(src, root / name, copy_function=_link_or_copy)
     for path in (root / name).rglob("config.yaml"):  # the copies name this run's paths (a new file, not the link)
-        text = yaml.safe_dump(_rebase(yaml.safe_load(path.read_text()), cfg.reuse, str(root)), sort_keys=False)
+        text = yaml.safe_dump(rebase_paths(yaml.safe_load(path.read_text()), cfg.reuse, str(root)), sort_keys=False)
         path.unlink()
         path.write_text(text)
     console.print(f"{name}: linked in from {src} (same config)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections import defaultdict
@@ -65,20 +66,9 @@ class RunDir:
     def _point_configs_at_final_paths(self) -> None:
         """Every config.yaml in the run (the stages' too) names paths inside `<out>.partial-<pid>` while the run
         is written; before the rename they are made to name `<out>`, so each saved config re-runs as written."""
-        partial, final = str(self.path), str(self.final)
-
-        def fix(v):
-            if isinstance(v, str) and (v == partial or v.startswith(partial + os.sep)):
-                return final + v[len(partial):]
-            if isinstance(v, dict):
-                return {k: fix(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [fix(x) for x in v]
-            return v
-
         for path in self.path.rglob("config.yaml"):
             data = yaml.safe_load(path.read_text())
-            fixed = fix(data)
+            fixed = rebase_paths(data, str(self.path), str(self.final))
             if fixed != data:
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text(yaml.safe_dump(fixed, sort_keys=False))
@@ -139,6 +129,20 @@ class RunDir:
         (self.path / "summary.md").write_text("\n".join(lines))
         payload = data if data is not None else sections
         (self.path / "summary.json").write_text(json.dumps(payload, indent=2, default=_clean))
+
+
+def rebase_paths(value, root: str, to: str):
+    """A config value with every path inside the run `root` (or its `root.partial-PID` while it was written)
+    moved under `to`: "<root>/sft/model" -> "<to>/sft/model"."""
+    if isinstance(value, dict):
+        return {k: rebase_paths(v, root, to) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rebase_paths(v, root, to) for v in value]
+    if isinstance(value, str):
+        m = re.match(re.escape(root) + r"(?:\.partial-\d+)?(?=/|$)", value)
+        if m:
+            return to + value[m.end():]
+    return value
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
