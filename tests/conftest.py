@@ -136,3 +136,19 @@ def tiny_world_top_sets() -> list[str]:
 def tiny_pretrain_sets(tiny_world_sets) -> list[str]:
     """`--set` arguments for a 3-step nano pretraining run on the tiny world."""
     return tiny_world_sets + TINY_PRETRAIN_SETS
+
+
+# Debian's chromium, driven by Playwright: the labeling app's and the report's browser tests
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (scripts/setup.sh test installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -23,7 +23,6 @@ from rlhf.report import write_report
 from rlhf.stages import PPOStage, run_ppo
 from tests.test_ppo import cfg_for, one_thread, ppo_models  # noqa: F401  (fixtures)
 
-CHROMIUM = Path("/usr/bin/chromium")
 SRC = Path(__file__).resolve().parents[1] / "src" / "rlhf"
 
 
@@ -103,33 +102,26 @@ def test_a_run_that_logs_nothing_gets_no_event_files(tmp_path):
 
 
 @pytest.fixture
-def page():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (scripts/setup.sh test installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
+def page(browser):  # tests/conftest.py: Chromium through Playwright
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # parsing Plotly's 4.8 MB bundle and drawing ~25 charts took 1-2 s on an idle core but over 30 s (the default
+    # timeout) on the shared 2-core machine at load 16
+    page.set_default_timeout(240_000)
+    page.problems = []  # console errors, page errors and every request that is not a local file
+    page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        # parsing Plotly's 4.8 MB bundle and drawing ~25 charts took 1-2 s on an idle core but over 30 s (the default
-        # timeout) on the shared 2-core machine at load 16
-        page.set_default_timeout(240_000)
-        page.problems = []  # console errors, page errors and every request that is not a local file
-        page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    def route(r):
+        if r.request.url.startswith("file://"):
+            r.continue_()
+        else:
+            page.problems.append(f"network request: {r.request.url}")
+            r.abort()
 
-        def route(r):
-            if r.request.url.startswith("file://"):
-                r.continue_()
-            else:
-                page.problems.append(f"network request: {r.request.url}")
-                r.abort()
-
-        page.route("**/*", route)
-        page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else
-                page.problems.append(f"request: {r.url}"))
-        yield page
-        browser.close()
+    page.route("**/*", route)
+    page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else
+            page.problems.append(f"request: {r.url}"))
+    yield page
 
 
 def _open(page, report: Path) -> None:

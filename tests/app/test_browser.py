@@ -19,24 +19,11 @@ from rlhf.feedback.app.db import open_database
 from rlhf.feedback.app.models import Assignment, Project, Task
 from rlhf.feedback.label_cli import label_app
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 KEYBOARD_TASK = {"id": "capital", "prompt": "What is the capital of France? Answer in one sentence.",
                  "responses": ["The capital of France is Paris.", "It is Lyon.", "Marseille, probably."]}
 DRAG_TASK = {"id": "greet", "prompt": "Greet the user politely.",
              "responses": ["Hello! How can I help you today?", "what"]}
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed (scripts/setup.sh test installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def label_by_keyboard(page, wanted: dict[str, tuple[int, int]]) -> None:

@@ -20,7 +20,7 @@ from rlhf.feedback.app.importer import import_tasks
 from rlhf.feedback.app.models import Assignment, Label, Task
 from rlhf.feedback.app.projects import create_project, get_project
 from rlhf.feedback.label_cli import label_app
-from test_browser import ARTIFACTS, browser, login_in_browser  # noqa: F401  (the Chromium fixture)
+from test_browser import ARTIFACTS, login_in_browser
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,8 @@ def clip_project(sessions, clip_dir, annotators=("ann1",), overlap=1, gold=False
     return "pend"
 
 
-# `browser` is the Chromium fixture imported from test_browser above, not a redefinition
 def test_clip_pair_in_the_browser_records_left_right_equal_and_cant_tell(db_path, tmp_path, clip_dir,
-                                                                          browser,  # noqa: F811
+                                                                          browser,
                                                                           start_server):
     sessions = open_database(db_path)
     clip_project(sessions, clip_dir)
