@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FLOORS = [
     ["errors", "progress", "plots", "stats"],  # leaf modules: no rlhf imports
     ["tracking", "report"],                    # trackers (TensorBoard, W&B, MLflow); HTML reports of run folders
-    ["config"],                                # dataclass configs from YAML (and the `tracking` key)
+    ["config", "parallel"],                    # dataclass configs from YAML; torch.distributed helpers
     ["rundir"],                                # the one run-directory writer
     ["data"],                                  # files, chat encoding, packing, samplers
     ["world", "models"],                       # the synthetic world; models, tokenizers, LoRA, reward heads
@@ -33,12 +33,13 @@ FLOORS = [
     ["studies"],                               # seeds, compare, overopt, signals: they run the pipeline
     ["cli"],                                   # `rlhf ...`
 ]
-BASE = {"errors", "config", "progress", "plots", "stats", "rundir"}  # the small modules any package may use
+BASE = {"errors", "config", "parallel", "progress", "plots", "stats", "rundir"}  # the small modules any package may use
 # What each package or top-level module may import from rlhf (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "errors": set(), "progress": set(), "plots": set(), "stats": set(),
     "tracking": {"errors"}, "report": {"errors"}, "config": {"errors", "tracking"},
-    "rundir": {"config", "plots", "tracking"},
+    "parallel": {"errors"},
+    "rundir": {"config", "parallel", "plots", "tracking"},
     "data": BASE,
     "world": BASE | {"data"},
     "models": BASE | {"data"},
@@ -56,7 +57,7 @@ ALLOWED: dict[str, set[str]] = {
                    "tasks", "studies", "report", "tracking"},
 }
 PACKAGES = ["rlhf.data", "rlhf.models", "rlhf.rollout", "rlhf.train", "rlhf.world", "rlhf.eval", "rlhf.feedback",
-            "rlhf.control", "rlhf.tasks", "rlhf.studies", "rlhf.report"]
+            "rlhf.control", "rlhf.tasks", "rlhf.studies", "rlhf.report", "rlhf.parallel"]
 
 
 def _module_name(path: Path) -> str:

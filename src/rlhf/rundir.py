@@ -19,14 +19,21 @@ from pathlib import Path
 
 import yaml
 
+from rlhf import parallel
 from rlhf.config import dump_yaml, to_dict
 from rlhf.tracking import Trackers
 
 
 class RunDir:
+    """Under many processes (torchrun) every rank opens the same run: rank 0 writes its files and renames it,
+    the others may write into `sub()` paths (sharded checkpoints) and skip the rest; the ranks meet after
+    the folder is made and before and after it is renamed."""
+
     def __init__(self, out: str | Path, config=None):
+        parallel.init()
+        self.main = parallel.is_main()
         self.final = Path(out)
-        self.path = self.final.with_name(f"{self.final.name}.partial-{os.getpid()}")
+        self.path = self.final.with_name(f"{self.final.name}.partial-{parallel.broadcast_object(os.getpid())}")
         self.config = config
         self._metrics: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._metrics_file = None
@@ -35,6 +42,9 @@ class RunDir:
         self.trackers: Trackers | None = None
 
     def __enter__(self) -> "RunDir":
+        if not self.main:
+            parallel.barrier()  # rank 0 has made the folder
+            return self
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
@@ -44,9 +54,23 @@ class RunDir:
         self._metrics_file = open(self.path / "metrics.jsonl", "w")
         config = to_dict(self.config) if self.config is not None and is_dataclass(self.config) else None
         self.trackers = Trackers(self.path, self.final.name, config)
+        parallel.barrier()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            parallel.barrier()  # every rank has written its part
+        if not self.main:
+            if exc_type is None:
+                parallel.barrier()  # rank 0 has renamed the run into place
+            return
+        try:
+            self._finish(exc_type)
+        finally:
+            if exc_type is None:
+                parallel.barrier()
+
+    def _finish(self, exc_type) -> None:
         self._metrics_file.close()
         self.trackers.finish()
         if exc_type is not None:
@@ -79,6 +103,8 @@ class RunDir:
         return self.path / name
 
     def log(self, step: int, **metrics: float) -> None:
+        if not self.main:
+            return
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self._metrics_file.write(json.dumps(row) + "\n")
         self._metrics_file.flush()
@@ -89,7 +115,7 @@ class RunDir:
 
     def plot_metrics(self, groups: dict[str, list[str]] | None = None) -> None:
         """One PNG per metric (or per group of metrics) from what was logged."""
-        if not self._metrics:
+        if not self.main or not self._metrics:
             return
         self._plotted = True
         from rlhf.plots import pyplot
@@ -116,6 +142,8 @@ class RunDir:
 
     def write_summary(self, title: str, sections: dict[str, object], data: dict | None = None) -> None:
         """summary.md for people (markdown tables from lists of dicts) and summary.json for programs."""
+        if not self.main:
+            return
         lines = [f"# {title}", "", f"wall time: {time.time() - self.started:.1f}s", ""]
         for heading, body in sections.items():
             lines += [f"## {heading}", ""]
