@@ -415,12 +415,13 @@ def _test_method(cfg: ProtocolConfig, key: str, s: _Seed, root: Path, show_progr
                          "train_cpu_seconds": spent[0] * share, "train_seconds": spent[1] * share})
     else:
         if key == "dpo":
-            total = _dpo_steps(cfg, s)
-            at = sorted({max(1, total * i // cfg.points) for i in range(1, cfg.points + 1)})
+            total = _dpo_steps(cfg, s)  # points at multiples of total // points (one checkpoint each), and the end
+            every = max(1, total // cfg.points)
+            at = sorted({*(every * i for i in range(1, cfg.points) if every * i < total), total})
         else:
             per = per_step_calls(cfg, key)
             at = [b // per for b in points]
-        every = math.gcd(*at)
+        every = every if key == "dpo" else math.gcd(*at)
         c = _train(cfg, key, s, cfg.budget, every, out, show_progress)
         wall, cpu = time.time() - t, time.process_time() - c0  # the whole training call, loading included
         summary = json.loads((out / "summary.json").read_text())["result"]
