@@ -24,11 +24,11 @@ TINY = [f"pipeline.world.{k}={v}" for k, v in TINY_WORLD.items()] + [
     "pipeline.eval_sampling.max_new_tokens=8", "grpo.prompts_per_step=4", "grpo.group_size=2",
     "grpo.micro_batch_prompts=4", "grpo.sampling.max_new_tokens=8", "dpo.batch_size=4", "ppo.rollout_batch_size=8",
     "ppo.minibatch_size=8", "ppo.micro_batch_size=8", "ppo.sampling.max_new_tokens=8", "ppo.ptx_batch_size=4",
-    "valid_prompts=6", "points=2", "budget=32", "tune_budget=16"]
+    "valid_prompts=6", "points=2"]
 
 
 def tiny_config(out: Path, *overrides: str) -> ProtocolConfig:
-    cfg = load_config(ProtocolConfig, None, [*TINY, *overrides])
+    cfg = load_config(ProtocolConfig, None, [*TINY, *overrides, "budget=32", "tune_budget=16"])
     cfg.out = str(out)
     return cfg
 
@@ -193,7 +193,7 @@ def test_protocol_end_to_end_on_a_tiny_world(cli, tmp_path):
     out = tmp_path / "p"
     sets = [x for s in TINY for x in ("--set", s)]
     args = ("study", "compare", "protocol", "--tune-seeds", "5", "--test-seeds", "0,1", "--methods",
-            "ppo-ptx,dpo,bon,grpo", *sets, "-q", "-o", out)
+            "ppo-ptx,dpo,bon,grpo", "--budget", "32", "--tune-budget", "16", *sets, "-q", "-o", out)
     res = cli.run(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "tuning seeds: 5; test seeds: 0, 1" in res.stdout
