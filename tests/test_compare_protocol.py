@@ -220,3 +220,13 @@ def test_protocol_end_to_end_on_a_tiny_world(cli, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "GRPO finished in" in again.stdout + again.stderr
     assert json.loads((out / "summary.json").read_text())["greedy"] == summary["greedy"]
+
+
+def test_compare_is_a_group_that_still_runs_the_single_budget_study():
+    import typer
+
+    from rlhf.cli import app
+
+    group = typer.main.get_command(app).commands["study"].commands["compare"]
+    assert set(group.commands) == {"tune", "test", "protocol"}
+    assert group.invoke_without_command  # `rlhf study compare --seeds ...` runs the single-budget comparison
