@@ -203,8 +203,15 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
     _print_result(study.run(cfg, not quiet))
 
 
-@study_app.command("compare")
-def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default 0,1,2)"),
+compare_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                          help="The methods side by side under one budget; `tune`, `test` and `protocol`: each method "
+                          "tuned on its own seeds, then tested on other seeds along budget curves.")
+study_app.add_typer(compare_app, name="compare")
+
+
+@compare_app.callback()
+def compare_(ctx: typer.Context,
+             seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated seeds (default 0,1,2)"),
              methods: Optional[str] = typer.Option(None, "--methods",
                                                    help="comma-separated: ppo-ptx,ppo,dpo,bon,raft,rrhf,grpo,rloo"),
              budget: Optional[int] = typer.Option(None, "--budget", help="reward-model calls per method"),
@@ -217,10 +224,19 @@ def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-se
              quiet: bool = QuietOpt) -> None:
     """PPO-ptx, PPO, DPO, best-of-N, RAFT, RRHF, GRPO and RLOO from one SFT model, RM and label set per seed,
     under one reward-model-call budget; gold metrics per method over seeds (finished method runs are reused)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rlhf.studies import compare
+
+    cfg = load_config(compare.CompareConfig, config, set_)
+    _compare_options(cfg, seeds, methods, budget, source, out)
+    _print_result(compare.run(cfg, not quiet))
+
+
+def _compare_options(cfg, seeds, methods, budget, source, out) -> None:
     from rlhf.studies import compare
     from rlhf.studies.seeds import parse_seeds
 
-    cfg = load_config(compare.CompareConfig, config, set_)
     if seeds is not None:
         cfg.seeds = parse_seeds(seeds)
     if methods is not None:
@@ -231,7 +247,62 @@ def compare_(seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-se
         cfg.source = source
     if out is not None:
         cfg.out = out
-    _print_result(compare.run(cfg, not quiet))
+
+
+def _protocol_command(step: str, doc: str):
+    def command(tune_seeds: Optional[str] = typer.Option(None, "--tune-seeds",
+                                                         help="comma-separated tuning seeds (default 100,101)"),
+                test_seeds: Optional[str] = typer.Option(None, "--test-seeds",
+                                                         help="comma-separated test seeds, disjoint from the tuning "
+                                                         "seeds (default 0,1,2)"),
+                methods: Optional[str] = typer.Option(None, "--methods",
+                                                      help="comma-separated: ppo-ptx,ppo,dpo,bon,raft,rrhf,grpo,rloo"),
+                budget: Optional[int] = typer.Option(None, "--budget",
+                                                     help="reward-model calls at the last budget point (default 2560)"),
+                tune_budget: Optional[int] = typer.Option(None, "--tune-budget",
+                                                          help="reward-model calls per tuning trial (default 1024)"),
+                draw: Optional[str] = typer.Option(None, "--draw", help="inverse_cdf (default) | multinomial: the "
+                                                   "random stream of every sampler"),
+                source: Optional[str] = typer.Option(None, "--from", help="a `rlhf study seeds` directory to take "
+                                                     "seed-N's SFT, RM and labels from"),
+                config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+                out: Optional[str] = typer.Option(None, "--out", "-o", help="protocol directory (inputs/, tune/, "
+                                                  "test/ and the summary)"),
+                quiet: bool = QuietOpt) -> None:
+        from rlhf.studies import protocol
+        from rlhf.studies.seeds import parse_seeds
+
+        cfg = load_config(protocol.ProtocolConfig, config, set_)
+        for flag, text in (("--test-seeds", test_seeds), ("--tune-seeds", tune_seeds)):
+            try:
+                parse_seeds(text) if text is not None else None
+            except RLHFError as exc:
+                raise RLHFError(str(exc).replace("--seeds", flag, 1)) from None
+        _compare_options(cfg, test_seeds, methods, budget, source, out)
+        if tune_seeds is not None:
+            cfg.tune_seeds = parse_seeds(tune_seeds)
+        if tune_budget is not None:
+            cfg.tune_budget = tune_budget
+        if draw is not None:
+            cfg.draw = draw
+        path = protocol.run(cfg, step, not quiet)
+        if step == "tune":
+            typer.echo((path / "choice.yaml").read_text())
+        else:
+            _print_result(path)
+        typer.echo(f"tuning seeds: {', '.join(map(str, cfg.tune_seeds))}; test seeds: "
+                   f"{', '.join(map(str, cfg.seeds))}")
+    command.__doc__ = doc
+    return command
+
+
+compare_app.command("tune")(_protocol_command(
+    "tune", "Each method's declared search (4 trials) on the tuning seeds, scored by gold on validation prompts; "
+    "writes <out>/tune/choice.yaml."))
+compare_app.command("test")(_protocol_command(
+    "test", "The chosen settings (<out>/tune/choice.yaml) on the test seeds along the budget; the summary."))
+compare_app.command("protocol")(_protocol_command(
+    "protocol", "Inputs, tuning and test in one command: the fair comparison with its budget curves and cost."))
 
 
 @app.command("report")

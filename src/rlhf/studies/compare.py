@@ -37,7 +37,6 @@ from rlhf.studies import seeds as study
 from rlhf.pipeline import PipelineConfig
 from rlhf.progress import console
 from rlhf.report import write_report
-from rlhf.rollout import SamplingConfig
 from rlhf.rundir import RunDir
 from rlhf.stages import PPOStage
 from rlhf.train.dpo import DPOConfig
@@ -254,7 +253,7 @@ def _evaluate(model, tokenizer, world, prompts, rm, sft_model, cfg: CompareConfi
     greedy["rm_score"] = sum(score_texts(rm, tokenizer, [r["prompt"] for r in rows],
                                          [r["response"] for r in rows])) / len(rows)
     T = p.eval_sampled_temperature if p.eval_sampled_temperature is not None else 0.7
-    sampling = SamplingConfig(p.eval_sampling.max_new_tokens, T)
+    sampling = replace(p.eval_sampling, temperature=T)  # the same draw (random stream) as the greedy table
     kl = sample_kl(model, sft_model, tokenizer, [x["prompt"] for x in prompts], sampling, seed)["kl"]
     out = {"greedy": {**greedy, "kl_to_sft": kl}}
     if p.eval_sampled_temperature is not None:
