@@ -89,7 +89,19 @@ def build_config(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
             raise _unknown_key(prefix + key, list(types_), where)
         kwargs[key] = _coerce(value, types_[key], prefix + key, where)
     # nested dataclasses given partially keep their own defaults
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except RLHFError as exc:  # a section's own check names its key from the section down: give the full key
+        raise RLHFError(_full_key(str(exc), prefix)) from None
+
+
+def _full_key(message: str, prefix: str) -> str:
+    """'sampling.backend: ...' raised in section 'ppo.sampling.' -> 'ppo.sampling.backend: ...'."""
+    parts = prefix.rstrip(".").split(".") if prefix else []
+    for i in range(len(parts)):
+        if message.startswith(".".join(parts[i:]) + "."):
+            return ".".join(parts[:i] + [message])
+    return message
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
