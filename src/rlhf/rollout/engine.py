@@ -44,13 +44,14 @@ def vllm_problem() -> str | None:
 
 
 def check_backend(backend: str) -> None:
-    """`sampling.backend` names a backend that runs on this machine; else one line naming the key."""
+    """`sampling.backend` names a backend that runs on this machine; else one line naming the key (the config
+    loader puts the section's path in front: `ppo.sampling.backend: ...`)."""
     if backend not in BACKENDS:
-        raise RLHFError(f"sampling.backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+        raise RLHFError(f"backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
     if backend == "vllm":
         problem = vllm_problem()
         if problem:
-            raise RLHFError(f"sampling.backend: 'vllm' needs {problem}; use backend: engine (the default) here")
+            raise RLHFError(f"backend: 'vllm' needs {problem}; use backend: engine (the default) here")
 
 
 @dataclass
