@@ -217,6 +217,8 @@ def predict_cpu(c: dict, nproc: int, B: int, minibatch: int, epochs: int, T: int
 
 # H100 SXM roofline (dense bf16 without sparsity; HBM3; NVLink 4 per direction; one 400 Gb/s IB NIC per GPU)
 H100 = dict(flops=989e12, hbm=3.35e12, nvlink=450e9, ib=50e9)
+# A100 SXM 80 GB, for the one published figure in the same units (DeepSpeed-Chat's step 3 on 8 A100s)
+A100 = dict(flops=312e12, hbm=2.04e12, nvlink=300e9, ib=25e9)
 # assumed efficiencies (NOT measured): training MFU, decode's share of HBM bandwidth, prefill/scoring MFU,
 # collective bus bandwidth share
 EFF = dict(train=0.40, decode_bw=0.60, fwd=0.50, comm=0.70)
@@ -224,32 +226,37 @@ MODELS = {  # params, layers, kv heads, head dim (the KV cache per token is 2 * 
     "SmolLM2-135M": dict(params=135e6, layers=30, kv_heads=3, head_dim=64),
     "7B (Qwen2.5-7B shape)": dict(params=7.6e9, layers=28, kv_heads=4, head_dim=128),
 }
+OPT_13B = dict(params=13e9, layers=40, kv_heads=40, head_dim=128)
 
 
 def predict_gpu(model: dict, gpus: int, method: str, episodes: int, P: int = 512, T: int = 512,
-                minibatches: int = 1, epochs: int = 1, efficient: bool = True) -> dict:
+                minibatches: int = 1, epochs: int = 1, efficient: bool = True, hw: dict = H100,
+                critic_params: float | None = None) -> dict:
     """Seconds per step of colocated PPO/GRPO on `gpus` H100s (8 per node): vLLM rollouts (each GPU its own
     engine, TP=1), reference/reward(/critic) scoring passes, training (FSDP2/ZeRO-3 for 7B, DDP for 135M),
-    gradient collectives, weight sync into vLLM. `efficient=False`: the pure roofline (every unit at peak)."""
+    gradient collectives, weight sync into vLLM. `efficient=False`: the pure roofline (every unit at peak).
+    `critic_params`: the reward and value models' size (default: the policy's)."""
     eff = EFF if efficient else {k: 1.0 for k in EFF}
     N, e = model["params"], episodes / gpus
     kv_tok = 2 * model["layers"] * model["kv_heads"] * model["head_dim"] * 2
-    flops, hbm = H100["flops"], H100["hbm"]
-    link = H100["nvlink"] if gpus <= 8 else H100["ib"]  # the slowest hop of the ring
+    flops, hbm = hw["flops"], hw["hbm"]
+    link = hw["nvlink"] if gpus <= 8 else hw["ib"]  # the slowest hop of the ring
     sharded = N > 1e9
     # rollout: prefill (compute) + T decode steps, each the larger of its FLOPs and its memory traffic
     prefill = 2 * N * e * P / (flops * eff["fwd"])
     step = lambda t: max(2 * N * e / (flops * eff["fwd"]), (2 * N + e * kv_tok * (P + t)) / (hbm * eff["decode_bw"]))  # noqa: E731
     decode = sum(step(t) for t in range(0, T, max(1, T // 16))) * (T / len(range(0, T, max(1, T // 16))))
-    n_fwd = 4 if method == "ppo" else 3  # old log-probs, reference, reward (+ critic values)
-    scoring = n_fwd * 2 * N * e * (P + T) / (flops * eff["fwd"])
-    n_train = 2 if method == "ppo" else 1  # actor (+ critic)
-    training = epochs * n_train * 6 * N * e * (P + T) / (flops * eff["train"])
+    Nc = N if critic_params is None else critic_params
+    # old log-probs and reference (policy-sized), reward (+ critic values)
+    fwd_params = 2 * N + (2 * Nc if method == "ppo" else Nc)
+    scoring = 2 * fwd_params * e * (P + T) / (flops * eff["fwd"])
+    train_params = N + (Nc if method == "ppo" else 0)  # actor (+ critic)
+    training = epochs * 6 * train_params * e * (P + T) / (flops * eff["train"])
     opt_steps = epochs * minibatches
     ring = 2 * (gpus - 1) / gpus
     # DDP: all-reduce bf16 grads; FSDP2/ZeRO-3: all-gather params (fwd, bwd) + reduce-scatter grads = 1.5 x
     volume = (1.5 if sharded else 1.0) * ring * 2 * N
-    allreduce = opt_steps * n_train * volume / (link * eff["comm"])
+    allreduce = opt_steps * volume * train_params / N / (link * eff["comm"])
     gather = (gpus - 1) / gpus * 2 * N / (link * eff["comm"]) if sharded else 0.0  # full weights for vLLM
     sync = gather + 2 * 2 * N / (hbm * eff["decode_bw"])  # + load_weights: read and write 2N bytes on the GPU
     parts = {"rollout": prefill + decode, "scoring": scoring, "training": training, "allreduce": allreduce,
@@ -345,6 +352,11 @@ def main() -> None:
         print(_md(gpu_table(True)))
         print("\npure roofline (every unit at peak)\n")
         print(_md(gpu_table(False)))
+        print("\nDeepSpeed-Chat's published step-3 setting (OPT-13B actor, OPT-350M reward/critic, 8 A100-80G, "
+              "256 + 256 tokens, 1024 episodes per step), this model:")
+        for eff in (True, False):
+            r = predict_gpu(OPT_13B, 8, "ppo", 1024, P=256, T=256, efficient=eff, hw=A100, critic_params=350e6)
+            print({"efficiencies": "assumed" if eff else "peak", **{k: round(v, 2) for k, v in r.items()}})
 
 
 if __name__ == "__main__":
