@@ -23,6 +23,7 @@ Not run on the machine this was written on (no GPU; vLLM is GPU-only): `docs/sca
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -120,14 +121,18 @@ class VLLMGenerator:
         path = unwrapped.config._name_or_path
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        kwargs = dict(model=path, tokenizer=path, dtype=dtype, seed=seed + rank, enable_sleep_mode=True,
-                      gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                      # the log-probs of the distribution the token was drawn from (after temperature, top-k/p),
-                      # as the engine returns them and as the trainer recomputes them
-                      logprobs_mode="processed_logprobs", enable_prefix_caching=True)
-        if world > 1:  # every rank its own engine in its own process (torchrun), on its own GPU
-            kwargs["distributed_executor_backend"] = "external_launcher"
-        self.llm = vllm.LLM(**kwargs)
+        # the engine runs inside this process ("external_launcher": every rank its own engine on its own GPU,
+        # the ranks started by torchrun), so its model is reachable for `load_weights`; on one process it
+        # needs the variables torchrun would set
+        for var, value in (("RANK", rank), ("LOCAL_RANK", torch.cuda.current_device()), ("WORLD_SIZE", world),
+                           ("MASTER_ADDR", "localhost"), ("MASTER_PORT", "29512")):
+            os.environ.setdefault(var, str(value))
+        self.llm = vllm.LLM(model=path, tokenizer=path, dtype=dtype, seed=seed + rank, enable_sleep_mode=True,
+                            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                            distributed_executor_backend="external_launcher", enable_prefix_caching=True,
+                            # the log-probs of the distribution the token was drawn from (after temperature,
+                            # top-k/p), as the engine returns them and as the trainer recomputes them
+                            logprobs_mode="processed_logprobs")
         self.asleep = False
 
     def _params(self, generator: torch.Generator | None) -> object:
