@@ -182,6 +182,12 @@ def control_(ctx: typer.Context, config: Optional[Path] = ConfigOpt, set_: Optio
         _print_result(pbrl.run(_config(pbrl.ControlConfig, config, set_, out), not quiet))
 
 
+RayOpt = typer.Option(None, "--ray", help="run the independent runs as Ray tasks: 'local' (a Ray on this machine), "
+                      "'auto' (the cluster this machine joined) or a head node's HOST:PORT / ray://HOST:10001")
+RayCpusOpt = typer.Option(None, "--ray-cpus", help="CPUs (and threads) each run asks of Ray (default: "
+                          "OMP_NUM_THREADS, else 1)")
+
+
 @study_app.command("seeds")
 def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds: each sets seed and world.seed"),
            config: Optional[Path] = typer.Option(None, "--config", "-c",
@@ -191,6 +197,7 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
            out: str = typer.Option("runs/seeds", "--out", "-o", help="study directory; seed N runs in <out>/seed-N"),
            reuse: Optional[str] = typer.Option(None, "--reuse", help="a finished study: link in each seed's stages "
                                                "whose configs match, run the rest"),
+           ray: Optional[str] = RayOpt, ray_cpus: Optional[int] = RayCpusOpt,
            quiet: bool = QuietOpt) -> None:
     """The whole pipeline once per seed (finished seeds are reused), then the result with seeds as the unit."""
     from rlhf.pipeline import PipelineConfig
@@ -200,7 +207,7 @@ def seeds_(seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated s
     if reuse is not None and not Path(reuse).is_dir():
         raise RLHFError(f"--reuse {reuse}: not a directory")
     cfg = study.SeedsConfig(out, seed_list, load_config(PipelineConfig, config, set_), reuse)
-    _print_result(study.run(cfg, not quiet))
+    _print_result(study.run(cfg, not quiet, ray=ray, ray_cpus=ray_cpus))
 
 
 compare_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,

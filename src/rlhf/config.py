@@ -89,7 +89,21 @@ def build_config(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
             raise _unknown_key(prefix + key, list(types_), where)
         kwargs[key] = _coerce(value, types_[key], prefix + key, where)
     # nested dataclasses given partially keep their own defaults
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except RLHFError as exc:  # a section's own check: give its key in full
+        raise RLHFError(_full_key(str(exc), prefix, set(types_))) from None
+
+
+def _full_key(message: str, prefix: str, fields: set[str]) -> str:
+    """A section's error with its key in full: 'backend: ...' (a field of the section) raised in section
+    'ppo.sampling.' -> 'ppo.sampling.backend: ...'; 'model.lora.r: ...' (named from a section's usual place)
+    in 'sft.model.lora.' -> 'sft.model.lora.r: ...'."""
+    parts = prefix.rstrip(".").split(".") if prefix else []
+    for i in range(len(parts)):
+        if message.startswith(".".join(parts[i:]) + "."):
+            return ".".join(parts[:i] + [message])
+    return prefix + message if message.split(":")[0].split(".")[0] in fields else message
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:

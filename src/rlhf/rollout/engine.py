@@ -8,6 +8,7 @@ after EOS are PAD and masked out.
 """
 from __future__ import annotations
 
+import importlib.util
 import warnings
 import inspect
 from dataclasses import dataclass
@@ -29,6 +30,28 @@ except ImportError:  # pragma: no cover - transformers 4.x
 
 
 DRAWS = ("multinomial", "inverse_cdf")
+BACKENDS = ("engine", "vllm")
+
+
+def vllm_problem() -> str | None:
+    """Why `sampling.backend: vllm` cannot run on this machine (None: it can)."""
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch sees none)")
+    if importlib.util.find_spec("vllm") is None:
+        missing.append("the vllm package (pip install vllm)")
+    return " and ".join(missing) or None
+
+
+def check_backend(backend: str) -> None:
+    """`sampling.backend` names a backend that runs on this machine; else one line naming the key (the config
+    loader puts the section's path in front: `ppo.sampling.backend: ...`)."""
+    if backend not in BACKENDS:
+        raise RLHFError(f"backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "vllm":
+        problem = vllm_problem()
+        if problem:
+            raise RLHFError(f"backend: 'vllm' needs {problem}; use backend: engine (the default) here")
 
 
 @dataclass
@@ -41,6 +64,12 @@ class SamplingConfig:
     # torch.multinomial (one exponential per vocabulary entry, ~10x the cost per step on CPU; HF generate's
     # draw). Both are exact samplers; they give other tokens for the same seed.
     draw: str = "inverse_cdf"
+    # who samples: the built-in engine (the default, CPU and GPU), or vLLM colocated on each rank's GPU
+    # (`rollout.vllm.make_generator`; GPU and the vllm package only, checked when the config is read)
+    backend: str = "engine"
+
+    def __post_init__(self) -> None:
+        check_backend(self.backend)
 
 
 @dataclass
@@ -180,6 +209,9 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
     then forwarded once (see `_prefill`); checked, so a wrong value is an error, never a wrong sample."""
     model = getattr(model, "module", model)
     device = next(model.parameters()).device
+    if cfg.backend != "engine":
+        raise RLHFError(f"sampling.backend: '{cfg.backend}' is not wired into this sampling call (it samples with the "
+                        "built-in engine); use backend: engine, or sample through rollout.vllm.make_generator")
     if cfg.draw not in DRAWS:
         raise RLHFError(f"sampling.draw: expected one of {', '.join(DRAWS)}, got '{cfg.draw}'")
     if group > 1 and (len(prompts) % group or any(prompts[i] != prompts[i - i % group] for i in range(len(prompts)))):

@@ -33,6 +33,7 @@ from rlhf.pipeline import PipelineConfig
 from rlhf.progress import console
 from rlhf.report import write_report
 from rlhf.rundir import RunDir
+from rlhf.studies.runner import default_cpus, map_runs
 
 TABLES = {"greedy": "table", "sampled": "sampled_table"}
 # rates compared between stages per seed, beside the gold difference
@@ -405,7 +406,15 @@ class _StudyDir(RunDir):
         super().__exit__(exc_type, exc, tb)
 
 
-def run(cfg: SeedsConfig, show_progress: bool = True) -> Path:
+def _run_seed(job: tuple[PipelineConfig, bool]) -> None:
+    """One seed's pipeline (a module-level function: Ray ships it to its workers by name)."""
+    from rlhf import pipeline
+
+    pipeline.run(*job)
+
+
+def run(cfg: SeedsConfig, show_progress: bool = True, ray: str | None = None, ray_cpus: int | None = None) -> Path:
+    """`ray`: run the seeds as Ray tasks of `ray_cpus` CPUs each (`rlhf.studies.runner`), not one after another."""
     seeds = parse_seeds(",".join(map(str, cfg.seeds)))
     t0, root = time.time(), Path(cfg.out)
     if root.exists() and not root.is_dir():
@@ -420,11 +429,13 @@ def run(cfg: SeedsConfig, show_progress: bool = True) -> Path:
             todo.append(seed)
     if reused:
         console.print(f"seeds {', '.join(map(str, reused))}: finished in {root}, not rerun")
-    from rlhf import pipeline
-
-    for seed in todo:
-        console.rule(f"[bold]seed {seed} ({todo.index(seed) + 1} of {len(todo)} to run)")
-        pipeline.run(seed_config(cfg, seed), show_progress)
+    if ray is None:
+        for seed in todo:
+            console.rule(f"[bold]seed {seed} ({todo.index(seed) + 1} of {len(todo)} to run)")
+            _run_seed((seed_config(cfg, seed), show_progress))
+    elif todo:
+        jobs = [(seed_config(cfg, seed), show_progress) for seed in todo]
+        map_runs(_run_seed, jobs, ray=ray, num_cpus=ray_cpus or default_cpus())
     result = aggregate([_read_summary(root / f"seed-{s}") for s in seeds], seeds)
     result["ran_now"], result["reused"] = todo, reused
     study_dir = _StudyDir(root, cfg)
