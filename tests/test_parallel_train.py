@@ -5,6 +5,8 @@ and sharded (DCP) checkpoints resumed with another number of processes (2 -> 1 a
 Tolerances: the two sides compute the same sums in another order (each rank's slice, then the average over
 ranks; SFT pads each slice to its own widest row), so float32 results agree to rounding, not bit for bit:
 losses to 1e-5, weights to 1e-4 after a few AdamW steps.
+
+Slow: the launches and the one-process references take 3-5 minutes on the 2-core development machine.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from rlhf.train import pretrain, reward, sft
 from tests.distributed.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,7 @@ def test_reward_model_on_two_ranks_equals_one_process(runs):
     close_weights(one["reward"] / "model", tmp / "two-reward" / "model")
     a, b = (json.loads((r / "summary.json").read_text())["result"] for r in (one["reward"], tmp / "two-reward"))
     assert b["pairs_trained"] == a["pairs_trained"]
-    assert b["reward_offset"] == pytest.approx(a["reward_offset"], abs=1e-5)
+    assert b["reward_offset"] == pytest.approx(a["reward_offset"], abs=1e-4)  # a mean of 72 scores after 9 steps
 
 
 def test_fsdp2_gpt2_on_two_ranks_equals_one_process(runs):
@@ -156,7 +159,6 @@ def _cli(args: list):
     return torchrun(["-m", "rlhf.cli", *map(str, args)], cwd=ROOT)
 
 
-@pytest.mark.slow
 def test_cli_stages_on_two_processes(tiny_world, tmp_path):
     """pretrain -> sft -> reward on the smoke settings, each `torchrun --nproc_per_node 2 -m rlhf.cli <stage>`:
     one run folder each, written by rank 0; a global batch that does not divide is one clear line."""

@@ -48,14 +48,17 @@ class TrainerState:
     tokenizer: Any = None
 
     def _optimizers(self) -> dict[str, tuple[Any, Any]]:
-        """stateful name -> (the model it steps, the optimizer), for every optimizer in `stateful`."""
+        """stateful name -> (the model it steps, the optimizer), for every optimizer in `stateful` that steps one
+        of `models` (the others are saved whole, as any stateful object)."""
         out = {}
         for m in self.models.values():
             reshard(m)  # FSDP2: the parameters the optimizer holds are the shards
         for key, obj in self.stateful.items():
             if isinstance(obj, torch.optim.Optimizer):  # accelerate's AcceleratedOptimizer too
                 first = obj.param_groups[0]["params"][0]
-                out[key] = (next(m for m in self.models.values() if any(p is first for p in m.parameters())), obj)
+                owner = [m for m in self.models.values() if any(p is first for p in m.parameters())]
+                if owner:
+                    out[key] = (owner[0], obj)
         return out
 
     def save(self, path: Path, step: int, **scalars) -> None:
