@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlhf.parallel.dist import initialized
 from rlhf.parallel.fsdp import is_sharded, reshard, unwrap
 
 FOLDER = "dcp"
@@ -41,7 +42,7 @@ def save(path: str | Path, models: dict, optimizers: dict) -> None:
     every rank must call it."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(_state(models, optimizers), checkpoint_id=str(Path(path) / FOLDER))
+    dcp.save(_state(models, optimizers), checkpoint_id=str(Path(path) / FOLDER), no_dist=not initialized())
 
 
 def load(path: str | Path, models: dict, optimizers: dict) -> None:
@@ -50,7 +51,7 @@ def load(path: str | Path, models: dict, optimizers: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     state = _state(models, optimizers)
-    dcp.load(state, checkpoint_id=str(Path(path) / FOLDER))
+    dcp.load(state, checkpoint_id=str(Path(path) / FOLDER), no_dist=not initialized())  # one process: no group
     for name, m in models.items():
         set_model_state_dict(unwrap(m), state["models"][name])
     for name, (m, opt) in optimizers.items():
