@@ -10,6 +10,7 @@ model sharded by FSDP2.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from rlhf.parallel.dist import initialized
@@ -51,7 +52,9 @@ def load(path: str | Path, models: dict, optimizers: dict) -> None:
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     state = _state(models, optimizers)
-    dcp.load(state, checkpoint_id=str(Path(path) / FOLDER), no_dist=not initialized())  # one process: no group
+    with warnings.catch_warnings():  # one process reads without a group, as intended: torch warns all the same
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(Path(path) / FOLDER), no_dist=not initialized())
     for name, m in models.items():
         set_model_state_dict(unwrap(m), state["models"][name])
     for name, (m, opt) in optimizers.items():
