@@ -32,8 +32,11 @@ def init() -> None:
     """Join the process group the launcher describes (a no-op for one process or when already joined)."""
     if launched() and not initialized():
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        PartialState()
+        # without cpu=True accelerate joins the group but reports DistributedType.NO on a CPU machine: no DDP,
+        # every process thinking it is the main one
+        PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
 def initialized() -> bool:

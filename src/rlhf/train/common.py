@@ -12,8 +12,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
+from rlhf import parallel
 from rlhf.errors import RLHFError
 from rlhf.models.options import check_mixed_precision
+from rlhf.parallel.fsdp import clip_grad_norm_
 
 
 KERNELS = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}
@@ -95,8 +97,11 @@ class NonFiniteLoss(RLHFError):
 
 def check_finite(loss: torch.Tensor, step: int, updates_applied: int = 0) -> None:
     """Raise NonFiniteLoss when `loss` is NaN or infinite; `updates_applied`: optimizer steps the current
-    step has already taken."""
-    if not torch.isfinite(loss).all():
+    step has already taken. Under many processes every rank stops when any rank's loss is not finite."""
+    bad = not torch.isfinite(loss).all()
+    if parallel.world_size() > 1:
+        bad = bool(parallel.all_max(torch.tensor(float(bad))) > 0)
+    if bad:
         raise NonFiniteLoss(f"loss became {loss.item()} at step {step}; stopping (the last good checkpoint is kept)",
                             updates_applied)
 
@@ -112,11 +117,28 @@ def optimizer_step(accelerator: Accelerator, model, opt, sched, loss: torch.Tens
 
 def apply_update(accelerator: Accelerator, model, opt, sched, grad_clip: float) -> float:
     """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients."""
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = clip_grad_norm_(accelerator, model, grad_clip)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
     return float(grad_norm)
+
+
+def check_divides(n: int, key: str) -> None:
+    """A global batch (`key` = n items) must split evenly over the processes: one clear line otherwise."""
+    world = parallel.world_size()
+    if n % world:
+        raise RLHFError(f"{key}: {n} does not divide over {world} processes (the batch is global: each process "
+                        f"takes {n} / {world}); use a multiple of {world}")
+
+
+def global_token_mean(total: torch.Tensor, count) -> tuple[torch.Tensor, float]:
+    """A token-mean loss over the global batch from this rank's token sum `total` over `count` tokens:
+    (the loss to backward, the global mean as a number). Gradients are averaged over ranks (DDP, FSDP2), so
+    the loss backwarded is total * ranks / global count: its averaged gradient is the global mean's."""
+    n = parallel.all_sum(torch.as_tensor(count, dtype=torch.float64).cpu()).clamp(min=1)
+    mean = float(parallel.all_sum(total.detach().cpu()) / n)
+    return total * (parallel.world_size() / n).to(total.dtype).to(total.device), mean
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rlhf import parallel
 from rlhf.data.batching import left_pad
 from rlhf.data.chat import encode_prompt, encode_prompt_response, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
@@ -29,13 +30,16 @@ from rlhf.models.freeze import freeze_below
 from rlhf.models.lm import load_tokenizer
 from rlhf.models.options import ModelOptions
 from rlhf.models.reward import encode_for, init_reward_model, is_encoder, max_len, raw_scores, score_sequences
+from rlhf.parallel import ParallelConfig
+from rlhf.parallel.fsdp import as_forward, gathered, prepare
 from rlhf.plots import plot_calibration
 from rlhf.progress import progress_bar
 from rlhf.rollout.packed import PackedRow, packed_scores
 from rlhf.rundir import RunDir
 from rlhf.stats import pairwise_accuracy, standard_error
 from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import OptimConfig, apply_update, check_finite, make_accelerator, make_optimizer
+from rlhf.train.common import (OptimConfig, apply_update, check_divides, check_finite, make_accelerator,
+                               make_optimizer)
 
 
 @dataclass
@@ -69,8 +73,10 @@ class RewardConfig:
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=5, weight_decay=0.0,
                                                                    schedule="linear", betas=(0.9, 0.999)))
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # many processes: ddp | fsdp2
 
     def validate(self) -> None:
+        self.parallel.validate()
         if self.ties not in ("skip", "half"):
             raise RLHFError(f"ties: expected 'skip' or 'half', got '{self.ties}'")
         if self.normalize_sample < 0:
@@ -215,17 +221,31 @@ def part_scores(model, pad_id: int, device, part: list[int], train_set, train_ro
 def backward_batch(cfg: RewardConfig, accelerator, model, pad_id: int, step: int, parts: list[list[int]], train_set,
                    train_rows: list | None, train_enc) -> tuple[float, int, int]:
     """Forward and backward one step's rankings in `parts`, their gradients adding up to the batch's mean
-    loss; returns (loss, correct pairs, pairs)."""
-    groups = max(1, count_groups([train_set[i] for part in parts for i in part], cfg.ties))
+    loss; returns (loss, correct pairs, pairs). Under many processes `parts` is this rank's share of the global
+    batch: the mean is over every rank's rankings, the numbers returned are the global batch's, and every rank
+    makes as many passes (a rank with fewer parts repeats its last one with weight 0), as the collectives of
+    DDP's and FSDP2's forward and backward need."""
+    local = count_groups([train_set[i] for part in parts for i in part], cfg.ties)
+    world = parallel.world_size()
+    groups = max(1, local if world == 1 else int(parallel.all_sum(torch.tensor(float(local)))))
+    passes = len(parts) if world == 1 else int(parallel.all_max(torch.tensor(float(len(parts)))))
     loss, correct, n_pairs = 0.0, 0, 0
-    for part in parts:
+    for k in range(passes):
+        part = parts[min(k, len(parts) - 1)]
         with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
-            scores = part_scores(model, pad_id, accelerator.device, part, train_set, train_rows, train_enc)
+            scores = as_forward(model, part_scores, pad_id, accelerator.device, part, train_set, train_rows,
+                                train_enc)
         part_loss, c, n = ranking_loss(scores.float(), [train_set[i] for i in part], cfg.ties, cfg.margin)
         share = count_groups([train_set[i] for i in part], cfg.ties) / groups  # parts add up to the mean
+        if k >= len(parts):  # a pass only to match the other ranks' collectives
+            share, c, n = 0.0, 0, 0
         check_finite(part_loss, step)
-        accelerator.backward(part_loss * share)
+        accelerator.backward(part_loss * share if world == 1 else part_loss * (share * world))
         loss, correct, n_pairs = loss + part_loss.item() * share, correct + c, n_pairs + n
+    if world > 1:  # the global batch's numbers, the same on every rank
+        loss, correct, n_pairs = (float(x) for x in parallel.all_sum(torch.tensor([loss, correct, n_pairs],
+                                                                                   dtype=torch.float64)))
+        correct, n_pairs = int(correct), int(n_pairs)
     return loss, correct, n_pairs
 
 
@@ -266,8 +286,9 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     train_enc = encode_rankings(tokenizer, train_set, cut, model)
     eval_enc = encode_rankings(tokenizer, eval_set, cut, model)
     steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
-    opt, sched = make_optimizer(model, cfg.optim, steps)
-    model, opt = accelerator.prepare(model, opt)
+    check_divides(cfg.batch_size, "batch_size")
+    model, opt, sched = prepare(accelerator, model, lambda m: make_optimizer(m, cfg.optim, steps),
+                                cfg.parallel.strategy)
     model.train()
     train_rows = [pack_ranking(tokenizer, r, cut) for r in train_set] if packed else None
     lengths, sizes = batch_sizes(train_rows, train_enc)
@@ -279,7 +300,8 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
         with progress_bar("reward", steps - first, show_progress and accelerator.is_main_process) as bar:
             for step in range(first, steps):
                 loss, correct, n_pairs = backward_batch(cfg, accelerator, model, tokenizer.pad_token_id, step,
-                                                        micro_batches(schedule[step], sizes, cfg.micro_batch_tokens),
+                                                        micro_batches(parallel.shard(schedule[step]), sizes,
+                                                                      cfg.micro_batch_tokens),
                                                         train_set, train_rows, train_enc)
                 grad_norm = apply_update(accelerator, model, opt, sched, cfg.optim.grad_clip)
                 pairs_seen += n_pairs
@@ -289,20 +311,23 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                     state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1, pairs_seen=pairs_seen)
         train_seconds = time.time() - t0
-        model = accelerator.unwrap_model(model)
+        model = accelerator.unwrap_model(model)  # evaluated on every rank: the whole held-out set, the same scores
         result = {"rankings_train": len(train_set), "rankings_eval": len(eval_set), "pairs_trained": pairs_seen,
                   "steps": steps, "train_seconds": train_seconds, "pairs_per_s": pairs_seen / train_seconds,
                   "pooling": model.config.rlhf_reward_pooling, "trainable_parameters": trainable}
         sections: dict = {}
         if eval_set:
             with accelerator.autocast():
-                result.update(held_out_accuracy(model, tokenizer.pad_token_id, eval_set, eval_enc))
-            sections["calibration"] = plot_calibration(result.pop("calibration"), run_dir.sub("plots/calibration.png"))
+                result.update(as_forward(model, held_out_accuracy, tokenizer.pad_token_id, eval_set, eval_enc))
+            calibration = result.pop("calibration")
+            if accelerator.is_main_process:
+                sections["calibration"] = plot_calibration(calibration, run_dir.sub("plots/calibration.png"))
         if cfg.normalize:
             with accelerator.autocast():
-                result.update(normalize(model, tokenizer.pad_token_id, train_enc, cfg))
+                result.update(as_forward(model, normalize, tokenizer.pad_token_id, train_enc, cfg))
+        final = gathered(model)  # the full weights on rank 0 (FSDP2: gathered from every rank)
         if accelerator.is_main_process:
-            lora.save_final(model, tokenizer, run_dir.sub("model"))
+            lora.save_final(final, tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Reward model", {"result": result, "data": report.as_dict(), **sections,
                                                    "checkpoint": "model/ (AutoModelForSequenceClassification, "
                                                    "num_labels=1)"},

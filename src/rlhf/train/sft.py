@@ -13,14 +13,18 @@ from rlhf.data.filters import is_dialogue
 from rlhf.data.jsonl import read_jsonl
 from rlhf.data.packing import PtxStream, load_texts
 from rlhf.data.sampler import IndexStream
+from rlhf import parallel
 from rlhf.errors import RLHFError
 from rlhf.models import lora
 from rlhf.models.options import ModelOptions
 from rlhf.models.lm import load_causal_lm, load_tokenizer
+from rlhf.parallel import ParallelConfig
+from rlhf.parallel.fsdp import gathered, prepare
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
+from rlhf.train.common import (OptimConfig, check_divides, global_token_mean, make_accelerator, make_optimizer,
+                               optimizer_step)
 
 
 @dataclass
@@ -43,9 +47,11 @@ class SFTConfig:
     ptx_seq_len: int = 64  # tokens per pretraining block
     save_every: int = 0  # a checkpoint every N steps to resume from (0: only the final model)
     resume: str | None = None  # a checkpoints/step-N folder of an earlier run with the same config
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # many processes: ddp | fsdp2
 
     def validate(self) -> None:
         self.optim.validate()
+        self.parallel.validate()
 
 
 def _to_messages(obj: dict, where: str) -> list[dict]:
@@ -101,6 +107,17 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                                              ignore_index=IGNORE)
 
 
+def global_response_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """`response_loss` over the global batch when this process holds a shard of it: (the loss to backward, the
+    mean over every rank's response tokens). One process: response_loss itself."""
+    if parallel.world_size() == 1:
+        loss = response_loss(logits, labels)
+        return loss, loss.item()
+    total = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                              ignore_index=IGNORE, reduction="sum")
+    return global_token_mean(total, (labels[:, 1:] != IGNORE).sum())
+
+
 def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict]] | None = None,
         ptx_docs: list[str] | None = None) -> Path:
     """Fine-tune on `dialogues` (message lists), or on the `data` file when it is set; with ptx_coef > 0, the LM
@@ -120,8 +137,11 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
     examples = [e for e in examples if any(y != IGNORE for y in e[1])]
     steps = max(1, int(cfg.epochs * len(examples) / cfg.batch_size))
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
-    opt, sched = make_optimizer(model, cfg.optim, steps)
-    model, opt = accelerator.prepare(model, opt)
+    check_divides(cfg.batch_size, "batch_size")
+    if ptx_docs and cfg.ptx_coef > 0:
+        check_divides(cfg.ptx_batch_size, "ptx_batch_size")
+    model, opt, sched = prepare(accelerator, model, lambda m: make_optimizer(m, cfg.optim, steps),
+                                cfg.parallel.strategy)
     model.train()
     order = IndexStream(len(examples), torch.Generator().manual_seed(cfg.seed))
     ptx = PtxStream(tokenizer, ptx_docs, cfg.ptx_seq_len, cfg.seed) if cfg.ptx_coef > 0 else None
@@ -132,28 +152,29 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
         t0 = time.time()
         with progress_bar("sft", steps - start, show_progress and accelerator.is_main_process) as bar:
             for step in range(start, steps):
-                idx = order.take(cfg.batch_size)
+                idx = parallel.shard(order.take(cfg.batch_size))  # this process's slice of the global batch
                 batch = {k: v.to(accelerator.device)
                          for k, v in collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
                 extra = {}
                 with accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss = total = response_loss(logits, batch["labels"])
+                    total, loss = global_response_loss(logits, batch["labels"])
                     if ptx is not None:
-                        blk = ptx.batch(cfg.ptx_batch_size).to(accelerator.device)
+                        blk = parallel.shard(ptx.batch(cfg.ptx_batch_size)).to(accelerator.device)
                         ptx_loss = F.cross_entropy(model(input_ids=blk[:, :-1]).logits.float().flatten(0, 1),
-                                                   blk[:, 1:].flatten())
-                        extra["ptx_loss"] = ptx_loss.item()
-                        total = loss + cfg.ptx_coef * ptx_loss
+                                                   blk[:, 1:].flatten())  # equal shards: DDP's mean is global
+                        extra["ptx_loss"] = parallel.mean_metrics({"ptx_loss": ptx_loss.item()})["ptx_loss"]
+                        total = total + cfg.ptx_coef * ptx_loss
                 optimizer_step(accelerator, model, opt, sched, total, step, cfg.optim.grad_clip)
-                run_dir.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0], **extra)
-                bar.advance(loss=loss.item())
+                run_dir.log(step + 1, loss=loss, lr=sched.get_last_lr()[0], **extra)
+                bar.advance(loss=loss)
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                     state.save(run_dir.sub(f"checkpoints/step-{step + 1}"), step + 1)
+        final = gathered(model)  # the full weights on rank 0 (FSDP2: gathered from every rank)
         if accelerator.is_main_process:
-            lora.save_final(accelerator.unwrap_model(model), tokenizer, run_dir.sub("model"))
+            lora.save_final(final, tokenizer, run_dir.sub("model"))
             run_dir.write_summary("Supervised fine-tuning", {
                 "result": {"dialogues": len(examples), "dropped_by_dialogue_filter": dropped, "steps": steps,
-                           "final_loss": loss.item(), "seconds": time.time() - t0},
+                           "final_loss": loss, "seconds": time.time() - t0},
                 "checkpoint": "model/"})
     return Path(cfg.out)
