@@ -1,5 +1,6 @@
 """rlhf.parallel on real processes: 2 gloo ranks under torchrun (each asserting the world size is 2)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def test_one_process_is_the_identity():
 
 
 def test_two_ranks_global_statistics_and_one_run_folder(tmp_path):
-    torchrun(["tests/distributed/check_dist.py", str(tmp_path)], cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    torchrun(["tests/distributed/check_dist.py", str(tmp_path)], cwd=str(Path(__file__).parents[1]))
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     g = torch.Generator().manual_seed(0)
     full = torch.randn(12, 7, generator=g, dtype=torch.float64)
