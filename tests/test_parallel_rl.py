@@ -80,6 +80,9 @@ def test_global_whitening_is_the_concatenated_batch_whitened(two_ranks):
         both = torch.tensor(ranks[0][key] + ranks[1][key])
         # float64 statistics on 2 ranks, float32 in masked_whiten: equal to float32 rounding
         assert torch.allclose(both, masked_whiten(x, mask, shift), atol=1e-5), key
+    # a pass bypassing DDP's forward leaves rank r the gradient of its own input (r + 1 per entry, 2 rows) ...
+    assert [r["grad_bypassing_ddp"] for r in ranks] == [[[2.0] * 3], [[4.0] * 3]]
+    assert ranks[0]["grad_averaged"] == ranks[1]["grad_averaged"] == [[3.0] * 3]  # ... until averaged
     assert ranks[0]["error"] == ranks[1]["error"] == ("rollout_batch_size=9 does not divide over 2 processes "
                                                       "(batch sizes are global); use a multiple of 2")
 

@@ -26,6 +26,14 @@ mask[:, 0] = 1
 result["whitened"] = ppo.batch_whiten(parallel.shard(x), parallel.shard(mask)).tolist()
 result["whitened_keep_mean"] = ppo.batch_whiten(parallel.shard(x), parallel.shard(mask), shift_mean=False).tolist()
 
+# why the trainers average gradients themselves: a pass that calls the DDP-wrapped module's own module (as the
+# packed and backbone passes do) leaves each rank its own gradient; parallel.average_gradients makes them equal
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
+ddp.module(torch.full((2, 3), float(r + 1))).sum().backward()
+result["grad_bypassing_ddp"] = ddp.module.weight.grad.tolist()
+parallel.average_gradients(ddp)
+result["grad_averaged"] = ddp.module.weight.grad.tolist()
+
 # a global batch size that does not divide over 2 ranks: one clear error before anything runs
 try:
     ppo.setup(ppo.PPOConfig(out=str(out / "never"), policy=policy, reward_model=reward_model, rollout_batch_size=9,
