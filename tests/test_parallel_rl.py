@@ -116,6 +116,14 @@ def test_two_ranks_share_one_stream_and_match_one_process(two_ranks, trainer):
     assert (run / "checkpoints" / "step-2" / "state.json").is_file() == (trainer == "ppo")
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["rm_score"] for row in logged] == [r["row"]["rm_score"] for r in a]
+    # the sample table: the first episodes (PPO) or groups (GRPO) of the global batch, as one process writes it
+    two, one = [[json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+                for folder in (run, tmp / "one" / trainer)]
+    assert [(r["step"], r["prompt"], r["response"]) for r in two] == [(r["step"], r["prompt"], r["response"])
+                                                                       for r in one]
+    assert len(one) == (12 if trainer == "ppo" else 8)
+    for r2, r1 in zip(two, one):  # scores rounded to 3 decimals: at most one unit apart
+        assert abs(r2["rm"] - r1["rm"]) <= 1.01e-3 and abs(r2["gold"] - r1["gold"]) <= 1.01e-3
 
 
 # ---------------------------------------------------------------- the README's command

@@ -123,7 +123,7 @@ def run(trainer: Trainer, hooks: Hooks | None = None, show_progress: bool = True
     progress = Progress(start, start, heldout={"start": scalars["heldout_start"]} if "heldout_start" in scalars else {})
     with RunDir(cfg.out, cfg) as run_dir:
         loop = _Loop(trainer, run_dir, hooks or Hooks(), progress)
-        failed = loop.run(show_progress and trainer.accelerator.is_main_process)
+        failed = loop.run(show_progress and parallel.is_main())  # the process group's rank, whatever accelerate says
     if failed:
         raise RLHFError(f"{failed} (run directory: {cfg.out})")
     return Path(cfg.out)
@@ -208,7 +208,7 @@ class _Loop:
     def finish(self, stopped) -> None:
         """The end of a run: the model (unless a failed step changed it), samples, plots and summary."""
         trainer, p, run_dir = self.trainer, self.progress, self.run_dir
-        if not trainer.accelerator.is_main_process:
+        if not parallel.is_main():  # (accelerate's is_main_process is true on every CPU rank without cpu=True)
             return
         if not isinstance(stopped, NonFiniteLoss) or stopped.updates_applied == 0:
             trainer.save_model(run_dir.sub("model"))
@@ -231,7 +231,10 @@ class _Loop:
         run_dir.write_summary(trainer.title, md, data)
 
 
-def sample_rows(step: int, exp: Experience, golds: list[float] | None, n: int = 6) -> list[dict]:
+SAMPLE_ROWS = 6  # episodes of a batch in the sample table
+
+
+def sample_rows(step: int, exp: Experience, golds: list[float] | None, n: int = SAMPLE_ROWS) -> list[dict]:
     """The first n episodes of a batch for the samples table."""
     return [{"step": step, "prompt": p if isinstance(p, str) else p[-1]["content"], "response": r, "rm": round(s, 3),
              **({"gold": round(golds[i], 3)} if golds else {})}

@@ -399,7 +399,11 @@ class Trainer(loop.Trainer):
         return self.hooks.evaluate(replace(self.models, value=None))
 
     def sample_rows(self, step: int, out: StepOutput, golds: list[float] | None) -> list[dict]:
-        return sample_rows(step, out.batch, golds)
+        """The first episodes of the global batch (on many processes: rank 0's, then the next ranks')."""
+        rows = sample_rows(step, out.batch, golds)
+        if parallel.world_size() > 1:
+            rows = [row for part in parallel.gather_objects(rows) for row in part][:loop.SAMPLE_ROWS]
+        return rows
 
     def result(self, progress: loop.Progress) -> dict:
         episodes = (progress.done - progress.start) * self.cfg.rollout_batch_size
