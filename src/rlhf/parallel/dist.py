@@ -158,3 +158,53 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def per_rank(n: int, key: str) -> int:
+    """This rank's share of a global batch size `n` (the config's `key`); one clear error when it does not divide."""
+    w = world_size()
+    if n % w:
+        raise RLHFError(f"{key}={n} does not divide over {w} processes (batch sizes are global); "
+                        f"use a multiple of {w}")
+    return n // w
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (a stop or a failure on one rank stops them all)."""
+    if not initialized():
+        return bool(flag)
+    return bool(all_sum(torch.tensor(float(bool(flag)))) > 0)
+
+
+def first_reason(reason: str | None) -> str | None:
+    """The first rank's non-empty reason (a stop request), the same on every rank; None when no rank has one."""
+    if not initialized():
+        return reason
+    return next((r for r in gather_objects(reason) if r), None)
+
+
+def mean_item(x: torch.Tensor) -> float:
+    """x.mean() as a float: of this process's tensor alone (the same op as ever) with one process, of the global
+    batch (every rank's x, equal or not in size) with several."""
+    return x.mean().item() if not initialized() else float(global_mean(x))
+
+
+def average_gradients(*models) -> None:
+    """Average the gradients of `models` over the ranks, in one all-reduce (flattened), as DistributedDataParallel
+    would have in backward. For training passes that call the wrapped module's parts (`base_model`, a packed
+    forward, a value head on the backbone) and so never run DDP's forward, whose gradient hooks then stay idle.
+    A parameter without a gradient on this rank keeps none (the optimizer skips it, as with one process)."""
+    if not initialized() or world_size() == 1:
+        return
+    params = [p for m in models for p in m.parameters() if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        if p.grad is not None:
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n

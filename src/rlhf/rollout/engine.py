@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf import parallel
 from rlhf.data.batching import left_pad
 from rlhf.errors import RLHFError
 from rlhf.data.chat import decode_response, encode_prompt
@@ -90,6 +91,23 @@ class Rollout:
         return torch.cat([self.prompt_mask, self.response_mask], 1)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A batch that is rows [start, start + its size) of a global batch of `total` rows, sampled by every process of
+    a data-parallel run at once. Each decoding step then draws the random numbers of the whole global batch and keeps
+    these rows, and every process decodes until the whole global batch is done: the tokens drawn do not depend on
+    the number of processes (the single-process run of the global batch draws the same numbers)."""
+    start: int
+    total: int
+
+
+def global_rows(n: int) -> Rows | None:
+    """This process's rows when each of the processes samples its n-row slice of one global batch (slices in rank
+    order, as `parallel.shard` cuts them); None for one process, which keeps its own stream untouched."""
+    w = parallel.world_size()
+    return None if w == 1 else Rows(parallel.rank() * n, n * w)
+
+
 def _keep_kwargs(model, n: int) -> dict:
     """`logits_to_keep=n` where the model's forward takes it (HF causal LMs): the LM head then runs on the
     last n positions only, not over the whole prompt. Same logits for those positions either way."""
@@ -119,20 +137,39 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None, rows: Rows | None = None) -> torch.Tensor:
     """One token per row from the categorical distributions `probs` (B, V), by the inverse CDF: one uniform u
     per row, and the first token whose cumulative probability exceeds u times the row's total. An exact
     sampler (a token of probability 0 is never drawn) that costs one random number per row, where
     torch.multinomial spends a random number per vocabulary entry (about 15x slower per decoding step of 16
     rows over 4,096 tokens on this CPU). The uniforms come from `generator` on its own device (the trainer's
-    CPU generator samples alike on every device)."""
+    CPU generator samples alike on every device). `rows`: the global batch's uniforms are drawn, these rows' kept."""
     cdf = probs.double().cumsum(-1)
     total = cdf[:, -1:]
     gen_device = generator.device if generator is not None else probs.device
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64, device=gen_device).to(probs.device)
+    n = probs.shape[0] if rows is None else rows.total
+    u = torch.rand((n, 1), generator=generator, dtype=torch.float64, device=gen_device)
+    u = (u if rows is None else u[rows.start:rows.start + probs.shape[0]]).to(probs.device)
     # strictly below the total, so rounding can never step past the last token of positive probability
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
+
+
+def multinomial_rows(probs: torch.Tensor, generator: torch.Generator | None, rows: Rows) -> torch.Tensor:
+    """torch.multinomial(probs, 1) for `rows` of a global batch: multinomial's own one-sample method (the argmax
+    of p / q with q ~ Exp(1) drawn per entry, in one draw over the batch), with q drawn for all `rows.total` rows
+    and these rows kept. The same tokens as torch.multinomial on the global batch (tests/test_parallel_rl.py)."""
+    gen_device = generator.device if generator is not None else probs.device
+    q = torch.empty((rows.total, probs.shape[1]), dtype=probs.dtype, device=gen_device)
+    q.exponential_(1, generator=generator)
+    return (probs / q[rows.start:rows.start + probs.shape[0]].to(probs.device)).argmax(-1)
+
+
+def _all_finished(finished: torch.Tensor, rows: Rows | None) -> bool:
+    """Whether decoding may stop: this batch is done (one process), or the whole global batch is (`rows`)."""
+    if rows is None:
+        return bool(finished.all())
+    return not parallel.any_rank(not bool(finished.all()))
 
 
 def _prefill(model, prompt_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, group: int, room: int,
@@ -204,9 +241,10 @@ if DynamicLayer is not None:
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pad_id: int,
-           generator: torch.Generator | None = None, group: int = 1) -> Rollout:
+           generator: torch.Generator | None = None, group: int = 1, rows: Rows | None = None) -> Rollout:
     """`group`: the prompts come in runs of `group` identical copies (G samples per prompt), whose prompt is
-    then forwarded once (see `_prefill`); checked, so a wrong value is an error, never a wrong sample."""
+    then forwarded once (see `_prefill`); checked, so a wrong value is an error, never a wrong sample. `rows`:
+    these prompts are a slice of a global batch that every process samples at once (see `Rows`)."""
     model = getattr(model, "module", model)
     device = next(model.parameters()).device
     if cfg.backend != "engine":
@@ -221,13 +259,13 @@ def sample(model, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int, pa
     # inference mode: less bookkeeping per op than no_grad (a few % of a small model's decoding step on CPU); the
     # results are cloned into plain tensors after it, as autograd may not save inference tensors for backward
     with torch.inference_mode():
-        roll = _decode(model, prompt_ids, prompt_mask, cfg, eos_id, pad_id, generator, group, device)
+        roll = _decode(model, prompt_ids, prompt_mask, cfg, eos_id, pad_id, generator, group, device, rows)
     return Rollout(prompt_ids, prompt_mask, *(t.clone() for t in (roll.response_ids, roll.response_mask, roll.logprobs,
                                                                   roll.finished)))
 
 
 def _decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: SamplingConfig, eos_id: int, pad_id: int,
-            generator: torch.Generator | None, group: int, device) -> Rollout:
+            generator: torch.Generator | None, group: int, device, rows: Rows | None = None) -> Rollout:
     B, P = prompt_ids.shape
     pos = position_ids(prompt_mask)
     fast = _fast_step(model)
@@ -243,7 +281,9 @@ def _decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: Sam
             logp_all = torch.log_softmax(scaled, -1)
             probs = logp_all.exp()
             if cfg.draw == "inverse_cdf":
-                nxt = draw(probs, generator)
+                nxt = draw(probs, generator, rows)
+            elif rows is not None:
+                nxt = multinomial_rows(probs, generator, rows)
             elif generator is not None and generator.device != probs.device:
                 # draws from the trainer's CPU generator: the same seed samples alike on every device
                 nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
@@ -257,7 +297,7 @@ def _decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cfg: Sam
         tokens.append(nxt)
         logps.append(torch.where(finished, torch.zeros_like(logp), logp))
         finished = finished | (nxt == eos_id)
-        if t + 1 == cfg.max_new_tokens or bool(finished.all()):
+        if t + 1 == cfg.max_new_tokens or _all_finished(finished, rows):
             break  # (the last token's forward would give logits nobody draws from)
         pos = pos[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=step_mask[..., :P + t + 1], position_ids=pos,

@@ -12,7 +12,7 @@ import torch
 from rlhf.data.chat import decode_response
 from rlhf.models.reward import reward_scores, score_texts
 from rlhf.models.value import ValueHead, logprobs_and_values, token_values
-from rlhf.rollout.engine import Rollout, SamplingConfig, response_logprobs, sample
+from rlhf.rollout.engine import Rollout, Rows, SamplingConfig, response_logprobs, sample
 
 
 @dataclass
@@ -40,23 +40,28 @@ class Experience:
     scores: torch.Tensor  # the reward model's (normalized) score
     gen_seconds: float
     member_scores: torch.Tensor | None = None  # (K, B): the reward model's and each ensemble member's scores
+    score_seconds: float = 0.0  # wall time of the log-prob, value and reward-model passes after sampling
 
 
 def policy_forward(m: Models, ids, attn, P: int, temperature: float, with_entropy: bool = False):
-    """Response log-probs (and entropies) under the policy, and V(s_t) (None without a value model)."""
-    if isinstance(m.value, ValueHead):
-        return logprobs_and_values(m.policy, m.value, ids, attn, P, temperature, with_entropy)
-    out = response_logprobs(m.policy, ids, attn, P, temperature, with_entropy)
-    values = token_values(m.value, ids, attn, P) if m.value is not None else None
+    """Response log-probs (and entropies) under the policy, and V(s_t) (None without a value model). The models
+    are called unwrapped (their parts, such as the backbone, are not reachable through DistributedDataParallel):
+    a trainer on many processes averages the gradients itself (`parallel.average_gradients`)."""
+    policy, value = getattr(m.policy, "module", m.policy), getattr(m.value, "module", m.value)
+    if isinstance(value, ValueHead):
+        return logprobs_and_values(policy, value, ids, attn, P, temperature, with_entropy)
+    out = response_logprobs(policy, ids, attn, P, temperature, with_entropy)
+    values = token_values(value, ids, attn, P) if value is not None else None
     return (*out, values) if with_entropy else (out, values)
 
 
 @torch.no_grad()
 def rollout(m: Models, prompts: list, encoded: list[list[int]], sampling: SamplingConfig,
-            generator: torch.Generator) -> Experience:
-    """Sample responses; score them: log-probs under policy and reference, values, the RM's score."""
+            generator: torch.Generator, rows: Rows | None = None) -> Experience:
+    """Sample responses; score them: log-probs under policy and reference, values, the RM's score. `rows`: the
+    prompts are this process's slice of a global batch (`engine.Rows`)."""
     t0 = time.time()
-    roll = sample(m.policy, encoded, sampling, m.tokenizer.eos_token_id, m.tokenizer.pad_token_id, generator)
+    roll = sample(m.policy, encoded, sampling, m.tokenizer.eos_token_id, m.tokenizer.pad_token_id, generator, rows=rows)
     gen_seconds = time.time() - t0
     texts = [decode_response(m.tokenizer, r.tolist()) for r in roll.response_ids]
     ids, attn, P, mask = roll.input_ids, roll.attention_mask, roll.prompt_ids.shape[1], roll.response_mask.float()
@@ -67,7 +72,7 @@ def rollout(m: Models, prompts: list, encoded: list[list[int]], sampling: Sampli
                                                        texts) for r in m.ensemble])
                if m.ensemble else None)
     return Experience(roll, prompts, texts, mask, logp * mask, ref_logp, values * mask if values is not None else None,
-                      scores, gen_seconds, members)
+                      scores, gen_seconds, members, time.time() - t0 - gen_seconds)
 
 
 def score_responses(m: Models, ids, attn, prompts: list, texts: list[str]) -> torch.Tensor:

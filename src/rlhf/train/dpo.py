@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rlhf import parallel
 from rlhf.data.chat import encode_prompt, encode_response
 from rlhf.data.comparisons import Ranking, load_rankings
 from rlhf.data.sampler import batch_order, train_eval_split
@@ -34,7 +35,7 @@ from rlhf.rollout.engine import SamplingConfig
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
 from rlhf.train import loop
 from rlhf.train.checkpoint import TrainerState
-from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, masked_mean, optimizer_step
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, masked_mean
 from rlhf.train.heldout import GoldFn, sample_kl
 from rlhf.train.loop import StepOutput
 
@@ -225,6 +226,7 @@ class DPO(loop.Trainer):
         self.train_packed = pack_all(self.tokenizer, self.train_set, cfg.max_len)
         self.eval_packed = pack_all(self.tokenizer, self.eval_set, cfg.max_len)
         self.steps = max(1, int(cfg.epochs * len(self.train_set) / cfg.batch_size))
+        parallel.per_rank(cfg.batch_size, "batch_size")  # global: each rank trains on its share of every batch
         opt, self.sched = make_optimizer(policy, cfg.optim, self.steps)
         self.policy, self.opt = self.accelerator.prepare(policy, opt)
         self.ref = ref.to(self.accelerator.device)
@@ -245,18 +247,26 @@ class DPO(loop.Trainer):
         self.cache_seconds, self.cache_cpu_seconds = time.time() - t, time.process_time() - cpu
 
     def step(self, step: int) -> StepOutput:
-        idx, cfg = self.schedule[step], self.cfg
+        """On many processes every rank reads the same global batch of the schedule and trains on its slice; the
+        loss is a mean over rankings (equal shares: the averaged gradients are the global batch's), the metrics
+        the global batch's (accuracy and margin over all its pairs)."""
+        idx, cfg = parallel.shard(self.schedule[step], "batch_size"), self.cfg
         with self.accelerator.autocast():
             logps = forward_rankings(self.policy, [self.train_packed[i] for i in idx], self.tokenizer.pad_token_id,
                                      cfg.loss == "ipo")
         ref_logps = torch.cat([self.ref_train[i] for i in idx]).to(logps.device)
         loss, margins = ranking_losses(logps, ref_logps, [self.train_set[i] for i in idx], cfg)
-        self.first_loss = loss.item() if self.first_loss is None else self.first_loss
-        grad_norm = optimizer_step(self.accelerator, self.policy, self.opt, self.sched, loss, step, cfg.optim.grad_clip)
-        self.pairs_seen += len(margins)
-        row = {"loss": loss.item(), "accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(),
-               "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}
-        return StepOutput(row, items=len(margins))
+        grad_norm = loop.synced_update(self.accelerator, self.policy, self.opt, self.sched, loss, step,
+                                       cfg.optim.grad_clip)
+        pairs = {"accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item()}
+        if parallel.world_size() > 1:  # per pair over the global batch: ranks weighted by their pairs
+            pairs = parallel.mean_metrics(pairs, weight=len(margins))
+        row = {**parallel.mean_metrics({"loss": loss.item()}), **pairs, "grad_norm": grad_norm,
+               "lr": self.sched.get_last_lr()[0]}
+        n_pairs = len(margins) if parallel.world_size() == 1 else int(parallel.all_sum(torch.tensor(len(margins))))
+        self.first_loss = row["loss"] if self.first_loss is None else self.first_loss
+        self.pairs_seen += n_pairs
+        return StepOutput(row, items=n_pairs)
 
     def evaluate(self) -> dict:
         """Implicit-reward accuracy, margin and loss on the held-out rankings; KL (and gold) on their prompts."""

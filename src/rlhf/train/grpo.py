@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf import parallel
 from rlhf.errors import RLHFError
 from rlhf.rollout.packed import packed_logprobs
 from rlhf.train import loop
@@ -133,35 +134,41 @@ class GRPO(GroupTrainer):
     def __init__(self, cfg: GRPOConfig, prompts: list | None, eval_prompts: list | None, gold: GoldFn | None):
         super().__init__(cfg, prompts, eval_prompts, cfg.steps, gold)
         self.name, self.title, self.steps = cfg.estimator, cfg.estimator.upper(), cfg.steps
+        parallel.per_rank(cfg.prompts_per_step, "prompts_per_step")  # global sizes, split by prompt over the ranks
+        self.micro_prompts = parallel.per_rank(cfg.micro_batch_prompts, "micro_batch_prompts")
 
     def step(self, step: int) -> StepOutput:
+        """On many processes: this rank's prompts (whole groups), group advantages on them, and the gradients and
+        metrics of the global batch (token means over its token count with loss_agg=token)."""
         cfg, group_size = self.cfg, self.cfg.group_size
-        idx = self.order.take(cfg.prompts_per_step)
+        idx = self.take(cfg.prompts_per_step, "prompts_per_step")
         groups = self.sample(idx, group_size)  # group_size responses per prompt, scored
         scores = no_eos_penalty(groups.scores, groups.roll.finished, cfg.no_eos_score).clamp(-cfg.reward_clip,
                                                                                                cfg.reward_clip)
         ref = self.reference(idx, groups)
         rewards = scores - cfg.beta * torch.cat(ref.seq_kl) if cfg.kl_mode == "reward" else scores
         adv = group_advantages(rewards.view(-1, group_size), cfg.estimator, cfg.scale_rewards).flatten()
-        stats, grad_norm = self.update(step, ref, adv, groups.roll.response_mask.sum().float())
+        n_tokens = groups.roll.response_mask.sum().float()
+        stats, grad_norm = self.update_policy(step, ref, adv, n_tokens if parallel.world_size() == 1
+                                              else parallel.all_sum(n_tokens).float())
         self.sched.step()
         by_group = scores.view(-1, group_size)
-        row = {"rm_score": groups.scores.mean().item(), "reward": rewards.mean().item(),
-               "group_std": by_group.std(1).mean().item(),
-               "zero_std_groups": (by_group.std(1) == 0).float().mean().item(),
-               "response_length": groups.roll.response_mask.float().sum(1).mean().item(),
-               "eos_rate": groups.roll.finished.float().mean().item(), "grad_norm": float(grad_norm),
-               "lr": self.sched.get_last_lr()[0], **{k: sum(v) / len(v) for k, v in stats.items()}}
+        row = parallel.mean_metrics({  # every rank holds the same number of groups: the global batch's means
+            "rm_score": groups.scores.mean().item(), "reward": rewards.mean().item(),
+            "group_std": by_group.std(1).mean().item(), "zero_std_groups": (by_group.std(1) == 0).float().mean().item(),
+            "response_length": groups.roll.response_mask.float().sum(1).mean().item(),
+            "eos_rate": groups.roll.finished.float().mean().item(), "grad_norm": float(grad_norm),
+            "lr": self.sched.get_last_lr()[0], **{k: sum(v) / len(v) for k, v in stats.items()}})
         batch = GroupBatch([self.prompts[i] for i in idx for _ in range(group_size)], groups, adv)
-        return StepOutput(row, batch, len(idx) * group_size)
+        return StepOutput(row, batch, cfg.prompts_per_step * group_size)
 
     @torch.no_grad()
     def reference(self, idx: list[int], groups) -> Reference:
         """Log-probs: one packed forward per micro-batch (each prompt once beside its group)."""
         cfg, pad, out = self.cfg, self.tokenizer.pad_token_id, Reference()
         with self.accelerator.autocast():
-            for start in range(0, len(idx), cfg.micro_batch_prompts):
-                rows = groups.rows([self.encoded[i] for i in idx], start, start + cfg.micro_batch_prompts)
+            for start in range(0, len(idx), self.micro_prompts):
+                rows = groups.rows([self.encoded[i] for i in idx], start, start + self.micro_prompts)
                 out.rows.append(rows)
                 ref_logp, mask = packed_logprobs(self.ref, rows, pad, cfg.sampling.temperature)
                 out.ref_logp.append(ref_logp)
@@ -171,10 +178,12 @@ class GRPO(GroupTrainer):
                     out.seq_kl.append(((old_logp - ref_logp) * mask).sum(1))
         return out
 
-    def update(self, step: int, ref: Reference, adv: torch.Tensor, n_tokens: torch.Tensor) -> tuple[dict, float]:
+    def update_policy(self, step: int, ref: Reference, adv: torch.Tensor,
+                      n_tokens: torch.Tensor) -> tuple[dict, float]:
         """cfg.epochs optimizer steps on the batch, micro-batches adding up to the whole batch's mean (over
-        responses, or over tokens)."""
-        cfg, responses = self.cfg, self.cfg.micro_batch_prompts * self.cfg.group_size
+        responses, or over the global batch's `n_tokens` tokens; the ranks' gradients are averaged, so a rank's
+        token sum counts ranks times)."""
+        cfg, responses, ranks = self.cfg, self.micro_prompts * self.cfg.group_size, parallel.world_size()
         stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "kl_k3": [], "kl": []}
         pad, temperature = self.tokenizer.pad_token_id, cfg.sampling.temperature
         for epoch in range(cfg.epochs):
@@ -183,13 +192,16 @@ class GRPO(GroupTrainer):
                     logp, mask = packed_logprobs(self.policy, rows, pad, temperature)
                 old = ref.old_logp[mb] if ref.old_logp else logp.detach()
                 loss, s = policy_loss(logp, old, ref.ref_logp[mb], adv[mb * responses:(mb + 1) * responses], mask, cfg)
-                check_finite(loss, step, updates_applied=epoch)
+                check_finite(loop.finite_everywhere(loss), step, updates_applied=epoch)
                 share = mask.sum() / n_tokens if cfg.loss_agg == "token" else mask.shape[0] / len(adv)
+                if ranks > 1 and cfg.loss_agg == "token":
+                    share = share * ranks
                 self.accelerator.backward(loss * share)
                 stats["loss"].append(loss.item())
                 stats["clipfrac"].append(s["clipfrac"])
                 stats["kl_k3"].append(s["kl_k3"])
                 stats["kl"].append(((logp.detach() - ref.ref_logp[mb]) * mask).sum(1).mean().item())
+            parallel.average_gradients(self.policy)
             grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), cfg.optim.grad_clip)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)

@@ -5,6 +5,10 @@ step of its algorithm in `step(i)`. The loop owns the rest: the progress bar, th
 hooks (gold score, per-step metrics and stop requests), held-out evaluation, the sample table, a checkpoint
 every `save_every` steps, exact resume from one (`train/checkpoint.py`), the one place where a non-finite
 loss ends a run, and the end of the run: the model, samples, plots and summary.
+
+Under torchrun every rank runs the loop in step: each trainer's step returns the global batch's metrics, the
+loop makes its own (gold, throughput, the hook's) global too and takes a stop requested on any rank on all of
+them, and only rank 0 writes (metrics, checkpoints, the model, samples, plots, summary).
 """
 from __future__ import annotations
 
@@ -14,14 +18,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
+from rlhf import parallel
 from rlhf.data.jsonl import write_jsonl
 from rlhf.errors import RLHFError
 from rlhf.progress import progress_bar
 from rlhf.rollout.experience import Experience, Models
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import NonFiniteLoss
+from rlhf.train.common import NonFiniteLoss, apply_update, check_finite
 
 
 @dataclass
@@ -117,7 +123,7 @@ def run(trainer: Trainer, hooks: Hooks | None = None, show_progress: bool = True
     progress = Progress(start, start, heldout={"start": scalars["heldout_start"]} if "heldout_start" in scalars else {})
     with RunDir(cfg.out, cfg) as run_dir:
         loop = _Loop(trainer, run_dir, hooks or Hooks(), progress)
-        failed = loop.run(show_progress and trainer.accelerator.is_main_process)
+        failed = loop.run(show_progress and parallel.is_main())  # the process group's rank, whatever accelerate says
     if failed:
         raise RLHFError(f"{failed} (run directory: {cfg.out})")
     return Path(cfg.out)
@@ -166,13 +172,17 @@ class _Loop:
         trainer, hooks, p, done = self.trainer, self.hooks, self.progress, self.progress.done
         stopped = out.metrics.pop("stop", None)  # the trainer's own gold-free stop (e.g. PPO's KL budget)
         golds = None
-        if hooks.gold and out.batch is not None:
+        if hooks.gold and out.batch is not None:  # this rank's responses; their mean over every rank's
             golds = [hooks.gold(q, r) for q, r in zip(out.batch.prompts, out.batch.texts)]
-        row = p.row = {**out.metrics, **({trainer.gold_key: float(np.mean(golds))} if golds else {})}
-        if trainer.unit:
-            row[f"{trainer.unit}_per_s"] = p.items / max(1e-9, p.train_seconds)
+        gold = parallel.mean_metrics({trainer.gold_key: float(np.mean(golds))}, len(golds)) if golds else {}
+        row = p.row = {**out.metrics, **gold}
+        if trainer.unit:  # items are the global batch's; the time the slowest rank's
+            seconds = p.train_seconds if parallel.world_size() == 1 else float(
+                parallel.all_max(torch.tensor(p.train_seconds, dtype=torch.float64)))
+            row[f"{trainer.unit}_per_s"] = p.items / max(1e-9, seconds)
         extra = (hooks.on_iteration(done, row, out.batch) if hooks.on_iteration else None) or {}
-        stopped = extra.pop("stop", None) or stopped
+        stopped = parallel.first_reason(extra.pop("stop", None) or stopped)  # a stop on one rank stops them all
+        extra = parallel.mean_metrics(extra)  # the hook's numbers from each rank's (equal) share of the batch
         self.run_dir.log(done, **row, **extra)
         if (self.every["eval"] and done % self.every["eval"] == 0) or done == trainer.steps:
             self.evaluate(done)
@@ -188,14 +198,17 @@ class _Loop:
             self.progress.heldout["start" if at == 0 else "end"] = row
 
     def checkpoint(self) -> None:
+        """Rank 0 saves (the ranks' models, optimizers and data positions are the same); the others wait for it."""
         done, heldout = self.progress.done, self.progress.heldout
         scalars = {**self.trainer.scalars(), **({"heldout_start": heldout["start"]} if "start" in heldout else {})}
-        self.trainer.state().save(self.run_dir.sub(f"checkpoints/step-{done}"), done, **scalars)
+        if parallel.is_main():
+            self.trainer.state().save(self.run_dir.sub(f"checkpoints/step-{done}"), done, **scalars)
+        parallel.barrier()
 
     def finish(self, stopped) -> None:
         """The end of a run: the model (unless a failed step changed it), samples, plots and summary."""
         trainer, p, run_dir = self.trainer, self.progress, self.run_dir
-        if not trainer.accelerator.is_main_process:
+        if not parallel.is_main():  # (accelerate's is_main_process is true on every CPU rank without cpu=True)
             return
         if not isinstance(stopped, NonFiniteLoss) or stopped.updates_applied == 0:
             trainer.save_model(run_dir.sub("model"))
@@ -218,8 +231,27 @@ class _Loop:
         run_dir.write_summary(trainer.title, md, data)
 
 
-def sample_rows(step: int, exp: Experience, golds: list[float] | None, n: int = 6) -> list[dict]:
+SAMPLE_ROWS = 6  # episodes of a batch in the sample table
+
+
+def sample_rows(step: int, exp: Experience, golds: list[float] | None, n: int = SAMPLE_ROWS) -> list[dict]:
     """The first n episodes of a batch for the samples table."""
     return [{"step": step, "prompt": p if isinstance(p, str) else p[-1]["content"], "response": r, "rm": round(s, 3),
              **({"gold": round(golds[i], 3)} if golds else {})}
             for i, (p, r, s) in enumerate(list(zip(exp.prompts, exp.texts, exp.scores.tolist()))[:n])]
+
+
+def finite_everywhere(loss: torch.Tensor) -> torch.Tensor:
+    """The loss itself with one process; with several, the sum over ranks (not finite when any rank's is not), so
+    that `check_finite` stops every rank alike."""
+    return loss if parallel.world_size() == 1 else parallel.all_sum(loss.detach())
+
+
+def synced_update(accelerator, model, opt, sched, loss: torch.Tensor, step: int, grad_clip: float,
+                  updates_applied: int = 0) -> float:
+    """`common.optimizer_step` (stop on a non-finite loss, backward, clip, step, schedule) with the gradients
+    averaged over the processes between backward and clipping; the same operations with one process."""
+    check_finite(finite_everywhere(loss), step, updates_applied)
+    accelerator.backward(loss)
+    parallel.average_gradients(model)
+    return apply_update(accelerator, model, opt, sched, grad_clip)

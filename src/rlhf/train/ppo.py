@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rlhf import parallel
 from rlhf.data.chat import encode_prompt
 from rlhf.data.packing import PtxStream, load_texts
 from rlhf.data.prompts import load_prompts
@@ -28,7 +29,7 @@ from rlhf.models.options import ModelOptions
 from rlhf.models.lm import last_token_index, load_causal_lm, load_tokenizer
 from rlhf.models.reward import load_reward_model
 from rlhf.models.value import VALUE_INITS, ValueHead, load_value_model
-from rlhf.rollout.engine import SamplingConfig
+from rlhf.rollout.engine import SamplingConfig, global_rows
 from rlhf.rollout.experience import Experience, Models, policy_forward, rollout
 from rlhf.train import loop
 from rlhf.train.checkpoint import TrainerState
@@ -129,6 +130,14 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return (out if shift_mean else out + mean) * mask
 
 
+def batch_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`masked_whiten` over the global batch: this process's when it is the only one, else every rank's
+    (`parallel.whiten`: the mean and unbiased variance of the concatenated batch, in float64)."""
+    if parallel.world_size() == 1:
+        return masked_whiten(x, mask, shift_mean)
+    return parallel.whiten(x, mask, shift_mean) * mask
+
+
 def shaped_rewards(logp, ref_logp, scores, mask, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: -beta * (log pi - log pi_ref) everywhere, + score on the last real token."""
     kl = (logp - ref_logp) * mask
@@ -165,17 +174,19 @@ class AdaptiveKL:
             self.beta *= 1 + error * n_episodes / self.cfg.horizon
 
 
-def ppo_losses(new_logp, old_logp, advantages, vpred, old_values, returns, mask, cliprange, cliprange_value):
+def ppo_losses(new_logp, old_logp, advantages, vpred, old_values, returns, mask, cliprange, cliprange_value,
+               mean=masked_mean):
+    """`mean(x, mask)`: the token mean (on many processes: this rank's share of the global batch's token mean)."""
     ratio = torch.exp(new_logp - old_logp)
     pg = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cliprange, 1 + cliprange))
-    pg_loss = masked_mean(pg, mask)
+    pg_loss = mean(pg, mask)
     v_clipped = old_values + (vpred - old_values).clamp(-cliprange_value, cliprange_value)
-    vf_loss = 0.5 * masked_mean(torch.max((vpred - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    vf_loss = 0.5 * mean(torch.max((vpred - returns) ** 2, (v_clipped - returns) ** 2), mask)
     with torch.no_grad():
         log_ratio = (new_logp - old_logp) * mask
-        stats = {"clipfrac": masked_mean(((ratio - 1).abs() > cliprange).float(), mask).item(),
-                 "approx_kl": masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask).item(),
-                 "vf_clipfrac": masked_mean(((vpred - old_values).abs() > cliprange_value).float(), mask).item()}
+        stats = {"clipfrac": mean(((ratio - 1).abs() > cliprange).float(), mask).item(),
+                 "approx_kl": mean(torch.exp(log_ratio) - 1 - log_ratio, mask).item(),
+                 "vf_clipfrac": mean(((vpred - old_values).abs() > cliprange_value).float(), mask).item()}
     return pg_loss, vf_loss, stats
 
 
@@ -183,72 +194,99 @@ def ppo_losses(new_logp, old_logp, advantages, vpred, old_values, returns, mask,
 
 
 def ppo_step(trainer: Trainer, step: int) -> StepOutput:
+    """One iteration. On many processes every rank draws the same global batch of prompts and keeps its slice;
+    statistics (whitening, the KL controller's input, the stops, the metrics) are over the global batch."""
     cfg, models, batch_size = trainer.cfg, trainer.models, trainer.cfg.rollout_batch_size
     # 1. generate and score
     idx, encoded = trainer.sampler.batch(batch_size)
+    idx, encoded = parallel.shard(idx, "rollout_batch_size"), parallel.shard(encoded, "rollout_batch_size")
     with trainer.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
-        exp = rollout(models, [trainer.sampler.prompts[i] for i in idx], encoded, cfg.sampling, trainer.gen_sample)
-    kl_now = ((exp.logp - exp.ref_logp) * exp.mask).sum(1).mean().item()
+        exp = rollout(models, [trainer.sampler.prompts[i] for i in idx], encoded, cfg.sampling, trainer.gen_sample,
+                      global_rows(len(idx)))
+    kl_now = parallel.mean_item(((exp.logp - exp.ref_logp) * exp.mask).sum(1))
     watch = trainer.watch.update(kl_now, exp.member_scores)
     if "stop" in watch:  # a gold-free stop: this batch is not trained on, the policy stays as it is
-        return StepOutput({"rm_score": exp.scores.mean().item(), "kl": kl_now,
-                           "response_length": exp.mask.sum(1).mean().item(), **watch}, exp, batch_size)
+        return StepOutput(parallel.mean_metrics({"rm_score": exp.scores.mean().item(), "kl": kl_now,
+                                                 "response_length": exp.mask.sum(1).mean().item(), **watch}),
+                          exp, batch_size)
     # 2. shape: the RM score (a fixed score without EOS, clipped) on the last token, -beta * KL on every token
     scores = (exp.scores if exp.member_scores is None
               else ensemble_score(exp.member_scores, cfg.ensemble_reward, cfg.uwo_coef))
     scores = no_eos_penalty(scores, exp.roll.finished, cfg.no_eos_score).clamp(-cfg.reward_clip, cfg.reward_clip)
     rewards, kl = shaped_rewards(exp.logp, exp.ref_logp, scores, exp.mask, trainer.kl_ctl.beta)
     if cfg.whiten_rewards:
-        rewards = masked_whiten(rewards, exp.mask, shift_mean=False)
+        rewards = batch_whiten(rewards, exp.mask, shift_mean=False)
     # 3. GAE
     advantages, returns = gae(rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages == "batch":
-        advantages = masked_whiten(advantages, exp.mask)
+        advantages = batch_whiten(advantages, exp.mask)
     # 4. update: PPO epochs over minibatches
+    t_update, trainer.sync_seconds = time.time(), 0.0
     stats = ppo_update(trainer, step, exp, advantages, returns)
+    t_update = time.time() - t_update
     trainer.sched_policy.step()
     trainer.sched_value.step()
     # 5. KL controller
     seq_kl = kl.sum(1)
-    trainer.kl_ctl.update(seq_kl.mean().item(), batch_size)
-    # 6. metrics (the shared loop logs them)
+    trainer.kl_ctl.update(parallel.mean_item(seq_kl), batch_size)
+    # 6. metrics (the shared loop logs them), over the global batch: means of equal shares averaged over ranks
     mask, values = exp.mask, exp.values
-    var_ret = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-    explained = 1 - masked_mean((returns - values) ** 2, mask) / var_ret.clamp(min=1e-8)
+    mean = masked_mean if parallel.world_size() == 1 else parallel.global_mean
+    var_ret = mean((returns - mean(returns, mask)) ** 2, mask)
+    explained = 1 - mean((returns - values) ** 2, mask) / var_ret.clamp(min=1e-8)
     log_ratio = exp.ref_logp - exp.logp
-    row = {"rm_score": exp.scores.mean().item(), "kl": seq_kl.mean().item(),
-           "kl_k3": (torch.exp(log_ratio) - 1 - log_ratio).mul(mask).sum(1).mean().item(),
-           "beta": trainer.kl_ctl.beta, "response_length": mask.sum(1).mean().item(),
-           "eos_rate": exp.roll.finished.float().mean().item(), "explained_variance": explained.item(),
-           "lr": trainer.sched_policy.get_last_lr()[0], "tokens_per_s": mask.sum().item() / max(1e-9, exp.gen_seconds),
-           **{k: float(np.mean(v)) for k, v in stats.items() if v}, **watch}
+    gen_seconds = float(parallel.all_max(torch.tensor(exp.gen_seconds, dtype=torch.float64)))  # the slowest rank's
+    row = parallel.mean_metrics({
+        "rm_score": exp.scores.mean().item(), "kl": seq_kl.mean().item(),
+        "kl_k3": (torch.exp(log_ratio) - 1 - log_ratio).mul(mask).sum(1).mean().item(),
+        "beta": trainer.kl_ctl.beta, "response_length": mask.sum(1).mean().item(),
+        "eos_rate": exp.roll.finished.float().mean().item(), "explained_variance": explained.item(),
+        "lr": trainer.sched_policy.get_last_lr()[0], **{k: float(np.mean(v)) for k, v in stats.items() if v},
+        **watch})
+    row["tokens_per_s"] = float(parallel.all_sum(mask.sum().cpu())) / max(1e-9, gen_seconds)
+    # wall seconds of the phases (the slowest rank's): sampling, scoring (log-probs, values, reward model), the
+    # update, and within it the gradients' all-reduce (0 for one process)
+    row.update(zip(("time_generate", "time_score", "time_update", "time_allreduce"),
+                   parallel.all_max(torch.tensor([exp.gen_seconds, exp.score_seconds, t_update, trainer.sync_seconds],
+                                                 dtype=torch.float64)).tolist()))
     return StepOutput(row, exp, batch_size)
 
 
 def ppo_update(trainer: Trainer, step: int, exp: Experience, advantages, returns) -> dict[str, list[float]]:
     """ppo_epochs passes over the batch in shuffled minibatches; an epoch stops early (and the iteration
-    with it) when a minibatch's approx-KL exceeds approx_kl_stop. A non-finite loss raises NonFiniteLoss."""
-    cfg, batch_size, minibatch_size = trainer.cfg, trainer.cfg.rollout_batch_size, trainer.cfg.minibatch_size
+    with it) when a minibatch's approx-KL exceeds approx_kl_stop. A non-finite loss raises NonFiniteLoss.
+    On many processes the batch sizes are global: every rank draws the global batch's order and takes its own
+    episodes in that order, minibatch_size / ranks (and micro_batch_size / ranks) of them at a time; whitening,
+    token means, the statistics and the early stop are the global minibatch's, the gradients averaged over ranks."""
+    cfg, batch_size = trainer.cfg, trainer.cfg.rollout_batch_size
+    minibatch_size = parallel.per_rank(cfg.minibatch_size, "minibatch_size")
+    micro_batch_size = parallel.per_rank(cfg.micro_batch_size, "micro_batch_size")
     mask = exp.mask
     stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac",
                                                      "entropy", "ptx_loss")}
     updates = 0
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(batch_size, generator=trainer.gen_shuffle)
+        if parallel.world_size() > 1:  # this rank's episodes (rows start .. start + n of the global batch), in order
+            start, n = parallel.rank() * len(mask), len(mask)
+            order = order[(order >= start) & (order < start + n)] - start
         for minibatch in order.split(minibatch_size):
-            mb_adv = masked_whiten(advantages[minibatch], mask[minibatch]) if cfg.whiten_advantages == "minibatch" \
+            mb_adv = batch_whiten(advantages[minibatch], mask[minibatch]) if cfg.whiten_advantages == "minibatch" \
                 else advantages[minibatch]
             mb_kl = []
-            for local, micro in zip(torch.arange(minibatch_size).split(cfg.micro_batch_size),
-                                    minibatch.split(cfg.micro_batch_size)):
+            for local, micro in zip(torch.arange(minibatch_size).split(micro_batch_size),
+                                    minibatch.split(micro_batch_size)):
                 loss, micro_stats = micro_batch_loss(trainer, exp, micro, mb_adv[local], returns)
-                if not torch.isfinite(loss):
+                if parallel.any_rank(not torch.isfinite(loss)):
                     raise NonFiniteLoss(f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped, "
                                         "earlier checkpoints kept", updates)
                 trainer.accelerator.backward(loss * len(micro) / minibatch_size)
                 for key, value in micro_stats.items():
                     stats[key].append(value)
                 mb_kl.append(micro_stats["approx_kl"])
+            t_sync = time.time()
+            parallel.average_gradients(trainer.models.policy, trainer.models.value)
+            trainer.sync_seconds += time.time() - t_sync
             for model in (trainer.models.policy, trainer.models.value):
                 trainer.accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             trainer.opt_policy.step()
@@ -263,22 +301,33 @@ def ppo_update(trainer: Trainer, step: int, exp: Experience, advantages, returns
 
 def micro_batch_loss(trainer: Trainer, exp: Experience, micro: torch.Tensor, advantages,
                      returns) -> tuple[torch.Tensor, dict]:
-    """The PPO loss (plus the pretraining LM loss under PPO-ptx) of the episodes `micro`, and its statistics."""
+    """The PPO loss (plus the pretraining LM loss under PPO-ptx) of the episodes `micro`, and its statistics.
+    On many processes `micro` is this rank's part of a global micro-batch: the token means divide by the global
+    micro-batch's token count (the loss is scaled by the number of ranks, whose gradients are averaged), the
+    statistics are the global micro-batch's, and the PPO-ptx blocks are this rank's slice of the global draw."""
     cfg, models, roll = trainer.cfg, trainer.models, exp.roll
     prompt_len, mask = roll.prompt_ids.shape[1], exp.mask[micro]
+    ranks, mean = parallel.world_size(), masked_mean
+    if ranks > 1:
+        tokens = parallel.all_sum(mask.sum()).to(mask.dtype).clamp(min=1)
+        mean = lambda x, m: (x * m).sum() / tokens  # noqa: E731 - this rank's share of the global token mean
     with trainer.accelerator.autocast():
         new_logp, entropy, vpred = policy_forward(models, roll.input_ids[micro], roll.attention_mask[micro], prompt_len,
                                                   cfg.sampling.temperature, True)
         pg_loss, vf_loss, stats = ppo_losses(new_logp, exp.logp[micro], advantages, vpred.float(), exp.values[micro],
-                                             returns[micro], mask, cfg.cliprange, cfg.cliprange_value)
-        loss = pg_loss + cfg.vf_coef * vf_loss
+                                             returns[micro], mask, cfg.cliprange, cfg.cliprange_value, mean)
+        loss = pg_loss + cfg.vf_coef * vf_loss if ranks == 1 else ranks * (pg_loss + cfg.vf_coef * vf_loss)
         if trainer.ptx is not None:
-            block = trainer.ptx.batch(cfg.ptx_batch_size).to(trainer.accelerator.device)
-            logits = models.policy(input_ids=block[:, :-1]).logits.float()
+            block = parallel.shard(trainer.ptx.batch(cfg.ptx_batch_size), "ptx_batch_size")
+            block = block.to(trainer.accelerator.device)
+            logits = getattr(models.policy, "module", models.policy)(input_ids=block[:, :-1]).logits.float()
             ptx_loss = F.cross_entropy(logits.flatten(0, 1), block[:, 1:].flatten())
             loss = loss + cfg.ptx_coef * ptx_loss
-            stats["ptx_loss"] = ptx_loss.item()
-    stats.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item(), entropy=masked_mean(entropy, mask).item())
+            stats["ptx_loss"] = ptx_loss.item() if ranks == 1 else parallel.mean_item(ptx_loss.detach()[None])
+    stats.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item(), entropy=mean(entropy, mask).item())
+    if ranks > 1:  # every rank's share summed: the global micro-batch's token means
+        keys = ["pg_loss", "vf_loss", "entropy", "clipfrac", "approx_kl", "vf_clipfrac"]
+        stats.update(zip(keys, parallel.all_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64)).tolist()))
     return loss, stats
 
 
@@ -302,6 +351,7 @@ class Trainer(loop.Trainer):
     gen_shuffle: torch.Generator
     watch: Watch
     hooks: Hooks = field(default_factory=Hooks)
+    sync_seconds: float = 0.0  # this iteration's wall time in the gradients' all-reduce (many processes)
     name = "ppo"
     title = "PPO"
     unit = "episodes"
@@ -349,7 +399,11 @@ class Trainer(loop.Trainer):
         return self.hooks.evaluate(replace(self.models, value=None))
 
     def sample_rows(self, step: int, out: StepOutput, golds: list[float] | None) -> list[dict]:
-        return sample_rows(step, out.batch, golds)
+        """The first episodes of the global batch (on many processes: rank 0's, then the next ranks')."""
+        rows = sample_rows(step, out.batch, golds)
+        if parallel.world_size() > 1:
+            rows = [row for part in parallel.gather_objects(rows) for row in part][:loop.SAMPLE_ROWS]
+        return rows
 
     def result(self, progress: loop.Progress) -> dict:
         episodes = (progress.done - progress.start) * self.cfg.rollout_batch_size
@@ -383,6 +437,9 @@ def setup(cfg: PPOConfig, prompts: list, ptx_docs: list[str] | None, hooks: Hook
     tokenizer = load_tokenizer(cfg.policy)
     rm_tokenizer = check_reward_models(cfg, tokenizer, load_tokenizer(cfg.reward_model))
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
+    keys = ("rollout_batch_size", "minibatch_size", "micro_batch_size") + (("ptx_batch_size",) * (cfg.ptx_coef > 0))
+    for key in keys:
+        parallel.per_rank(getattr(cfg, key), key)  # global batch sizes: each must divide over the processes
     policy = lora.trainable(load_causal_lm(cfg.policy), cfg.model, cfg.seed)
     ref = lora.reference(policy, cfg.policy, cfg.policy, cfg.model, load_causal_lm)  # LoRA: the policy, adapters off
     reward = lora.frozen(load_reward_model(cfg.reward_model), cfg.model)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from rlhf import parallel
 from rlhf.errors import RLHFError
 from rlhf.rollout.packed import PackedRow, pack, packed_logprobs
 from rlhf.train import loop
-from rlhf.train.common import OptimConfig, masked_mean, no_eos_penalty, optimizer_step
+from rlhf.train.common import OptimConfig, masked_mean, no_eos_penalty
 from rlhf.train.heldout import GoldFn
 from rlhf.train.loop import StepOutput
 from rlhf.train.sampling import GroupRunConfig, GroupTrainer
@@ -74,6 +75,7 @@ class Kept:
     all_scores: list[torch.Tensor] = field(default_factory=list)  # every sampled response's RM score
     golds: list[float] = field(default_factory=list)  # kept responses' gold scores (with a gold scorer)
     samples: list[dict] = field(default_factory=list)
+    where: list[int] = field(default_factory=list)  # each row's prompt's position in the iteration's global batch
 
 
 class RAFT(GroupTrainer):
@@ -87,23 +89,29 @@ class RAFT(GroupTrainer):
         super().__init__(cfg, prompts, eval_prompts, cfg.iterations * cfg.steps_per_iteration, gold)
         self.steps, self.keep = cfg.iterations, keep_count(cfg.k, cfg.keep_fraction)
         self.table: list[dict] = []  # one row per iteration, for the summary
+        for key in ("prompts_per_iteration", "sample_batch_prompts", "batch_size"):  # global sizes, split by prompt
+            parallel.per_rank(getattr(cfg, key), key)
 
     def step(self, step: int) -> StepOutput:
+        """On many processes each rank samples its slice of every sampling call's prompts and fine-tunes on
+        its kept share; the loss is the global batch's token mean and the metrics are the global iteration's."""
         kept = self.sample_and_keep(self.order.take(self.cfg.prompts_per_iteration), step + 1)
-        all_scores = torch.cat(kept.all_scores)
-        stat = {"rm_all": all_scores.mean().item(), "rm_kept": sum(kept.scores) / len(kept.scores),
-                "kept": len(kept.scores), "sampled": len(all_scores)}
+        all_scores, ranks = torch.cat(kept.all_scores), parallel.world_size()
+        stat = {"rm_all": all_scores.mean().item(), "rm_kept": sum(kept.scores) / len(kept.scores)}
         if kept.golds:
             stat["gold_kept"] = sum(kept.golds) / len(kept.golds)
-        stat["sft_loss"] = self.fine_tune(kept.rows, step * self.cfg.steps_per_iteration)
+        stat = {**parallel.mean_metrics(stat), "kept": len(kept.scores) * ranks, "sampled": len(all_scores) * ranks}
+        stat["sft_loss"] = self.fine_tune(kept, step * self.cfg.steps_per_iteration)
         self.table.append({"iteration": step + 1, **stat})
         return StepOutput(stat, kept.samples)
 
     def sample_and_keep(self, idx: list[int], iteration: int) -> Kept:
-        """k responses per prompt, sampled sample_batch_prompts prompts at a time; each prompt's best kept."""
+        """k responses per prompt, sampled sample_batch_prompts prompts at a time (on many processes, each rank its
+        slice of each call's prompts); each prompt's best kept."""
         cfg, kept = self.cfg, Kept()
         for c in range(0, len(idx), cfg.sample_batch_prompts):
-            chunk = idx[c:c + cfg.sample_batch_prompts]
+            chunk = parallel.shard(idx[c:c + cfg.sample_batch_prompts], "sample_batch_prompts")
+            kept.where += range(c + parallel.rank() * len(chunk), c + (parallel.rank() + 1) * len(chunk))
             groups = self.sample(chunk, cfg.k)
             scores = no_eos_penalty(groups.scores, groups.roll.finished, cfg.no_eos_score)
             top = select_top(scores.view(-1, cfg.k).cpu(), self.keep)
@@ -123,23 +131,32 @@ class RAFT(GroupTrainer):
                                          "kept": groups.texts[flat[0]], "rm": round(scores[flat[0]].item(), 3)})
         return kept
 
-    def fine_tune(self, kept_rows: list, first_step: int) -> float:
+    def fine_tune(self, kept: Kept, first_step: int) -> float:
         """steps_per_iteration supervised steps on the kept set (batches of batch_size prompts in random
-        order, drawn from the prompt order's generator); returns the mean loss."""
-        cfg, losses, order = self.cfg, [], []
+        order, drawn from the prompt order's generator); returns the mean loss. On many processes every rank
+        draws the global order and takes its own prompts in that order, batch_size / ranks at a time; the loss
+        is the token mean over the global batch."""
+        cfg, losses, order, ranks = self.cfg, [], [], parallel.world_size()
+        batch_size = parallel.per_rank(cfg.batch_size, "batch_size")
+        mine = {g: i for i, g in enumerate(kept.where)}  # global position -> this rank's kept row
         for j in range(cfg.steps_per_iteration):
-            if len(order) < cfg.batch_size:
-                order += torch.randperm(len(kept_rows), generator=self.order.generator).tolist()
-            batch, order = order[: cfg.batch_size], order[cfg.batch_size:]
+            if len(order) < batch_size:
+                perm = torch.randperm(cfg.prompts_per_iteration if ranks > 1 else len(kept.rows),
+                                      generator=self.order.generator).tolist()
+                order += perm if ranks == 1 else [mine[g] for g in perm if g in mine]
+            batch, order = order[: batch_size], order[batch_size:]
             rows, start = [], 0
             for i in batch:
-                rows += [(p, rs, [start + w for w in where]) for p, rs, where in kept_rows[i]]
+                rows += [(p, rs, [start + w for w in where]) for p, rs, where in kept.rows[i]]
                 start += self.keep
             with self.accelerator.autocast():
-                loss = sft_loss(self.policy, rows, self.tokenizer.pad_token_id)
-            optimizer_step(self.accelerator, self.policy, self.opt, self.sched, loss, first_step + j,
-                           cfg.optim.grad_clip, updates_applied=j)
-            losses.append(loss.item())
+                if ranks == 1:
+                    loss = sft_loss(self.policy, rows, self.tokenizer.pad_token_id)
+                else:  # this rank's share of the global token mean, times ranks (the gradients are averaged)
+                    logp, mask = packed_logprobs(self.policy, rows, self.tokenizer.pad_token_id)
+                    loss = -(logp * mask).sum() / parallel.all_sum(mask.sum()).to(logp.dtype) * ranks
+            self.update(loss, first_step + j, updates_applied=j)
+            losses.append(loss.item() if ranks == 1 else float(parallel.all_sum(loss.detach())) / ranks)
         return sum(losses) / len(losses)
 
     def sample_rows(self, step: int, out: StepOutput, golds: list[float] | None) -> list[dict]:

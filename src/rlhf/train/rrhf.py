@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
+from rlhf import parallel
 from rlhf.errors import RLHFError
 from rlhf.rollout.packed import packed_logprobs
 from rlhf.train import loop
-from rlhf.train.common import OptimConfig, masked_mean, no_eos_penalty, optimizer_step
+from rlhf.train.common import OptimConfig, masked_mean, no_eos_penalty
 from rlhf.train.heldout import GoldFn
 from rlhf.train.loop import StepOutput
 from rlhf.train.sampling import GroupBatch, GroupRunConfig, GroupTrainer
@@ -69,10 +70,13 @@ class RRHF(GroupTrainer):
     def __init__(self, cfg: RRHFConfig, prompts: list | None, eval_prompts: list | None, gold: GoldFn | None):
         super().__init__(cfg, prompts, eval_prompts, cfg.steps, gold)
         self.steps = cfg.steps
+        parallel.per_rank(cfg.prompts_per_step, "prompts_per_step")  # global, split by prompt over the ranks
 
     def step(self, step: int) -> StepOutput:
+        """On many processes: this rank's prompts (all k responses of each); the loss is a mean over prompts, so
+        the averaged gradients and the metrics are the global batch's."""
         cfg, k = self.cfg, self.cfg.k
-        idx = self.order.take(cfg.prompts_per_step)
+        idx = self.take(cfg.prompts_per_step, "prompts_per_step")
         groups = self.sample(idx, k)
         scores = no_eos_penalty(groups.scores, groups.roll.finished, cfg.no_eos_score)
         rows = groups.rows([self.encoded[i] for i in idx])
@@ -81,12 +85,14 @@ class RRHF(GroupTrainer):
         parts = [rrhf_loss(logp[n * k:(n + 1) * k], mask[n * k:(n + 1) * k], scores[n * k:(n + 1) * k],
                            cfg.rank_coef, cfg.length_penalty) for n in range(len(idx))]
         loss = torch.stack([part[0] for part in parts]).mean()
-        optimizer_step(self.accelerator, self.policy, self.opt, self.sched, loss, step, cfg.optim.grad_clip)
-        row = {"loss": loss.item(), "rank_loss": sum(part[1].item() for part in parts) / len(parts),
-               "sft_loss": sum(part[2].item() for part in parts) / len(parts), "rm_score": groups.scores.mean().item(),
-               "rm_best": scores.view(-1, k).max(1).values.mean().item(),
-               "response_length": mask.sum(1).mean().item(), "eos_rate": groups.roll.finished.float().mean().item()}
-        return StepOutput(row, GroupBatch([self.prompts[i] for i in idx for _ in range(k)], groups), len(idx) * k)
+        self.update(loss, step)
+        row = parallel.mean_metrics({
+            "loss": loss.item(), "rank_loss": sum(part[1].item() for part in parts) / len(parts),
+            "sft_loss": sum(part[2].item() for part in parts) / len(parts), "rm_score": groups.scores.mean().item(),
+            "rm_best": scores.view(-1, k).max(1).values.mean().item(),
+            "response_length": mask.sum(1).mean().item(), "eos_rate": groups.roll.finished.float().mean().item()})
+        return StepOutput(row, GroupBatch([self.prompts[i] for i in idx for _ in range(k)], groups),
+                          cfg.prompts_per_step * k)
 
     def sample_rows(self, step: int, out: StepOutput, golds: list[float] | None) -> list[dict]:
         """The RM's best response to the batch's first prompt."""

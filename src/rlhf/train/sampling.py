@@ -8,12 +8,13 @@ from pathlib import Path
 
 import torch
 
+from rlhf import parallel
 from rlhf.data.chat import decode_response, encode_prompt
 from rlhf.data.jsonl import read_jsonl
 from rlhf.data.sampler import IndexStream
 from rlhf.errors import RLHFError
 from rlhf.models.reward import normalized
-from rlhf.rollout.engine import Rollout, SamplingConfig, sample
+from rlhf.rollout.engine import Rollout, Rows, SamplingConfig, global_rows, sample
 from rlhf.models import lora
 from rlhf.models.lm import load_causal_lm, load_tokenizer
 from rlhf.models.options import ModelOptions
@@ -92,12 +93,13 @@ class Groups:
 
 @torch.no_grad()
 def sample_groups(policy, reward_model, tokenizer, prompt_ids: list[list[int]], G: int, sampling: SamplingConfig,
-                  generator: torch.Generator) -> Groups:
+                  generator: torch.Generator, rows: Rows | None = None) -> Groups:
     """G samples per prompt (each prompt's forward once for its G samples), scored by the reward model with
     each prompt forwarded once beside its G responses (`packed_scores`: the scores of the separate
-    prompt + response sequences, up to float rounding)."""
+    prompt + response sequences, up to float rounding). `rows`: the prompts are this process's slice of a
+    global batch (`engine.Rows`, counted in responses)."""
     roll = sample(policy, [p for p in prompt_ids for _ in range(G)], sampling, tokenizer.eos_token_id,
-                  tokenizer.pad_token_id, generator, group=G)
+                  tokenizer.pad_token_id, generator, group=G, rows=rows)
     groups = Groups(roll, torch.empty(0), tokenizer, G)
     device = next(reward_model.parameters()).device
     groups.scores = normalized(reward_model,
@@ -110,7 +112,12 @@ class GroupTrainer(loop.Trainer):
     """What GRPO/RLOO, RAFT and RRHF set up alike: prompts, the policy with its optimizer (prepared by
     accelerate), the frozen reference and reward model, encoded prompts, the prompt order (an IndexStream
     on seed + 3) and the sampling generator (seed + 1); held-out KL (and gold, with a scorer) as evaluation.
-    `total_steps`: optimizer steps for the learning-rate schedule."""
+    `total_steps`: optimizer steps for the learning-rate schedule.
+
+    On many processes (torchrun) every rank draws the same global batch of prompts from the prompt order and keeps
+    its slice (`take`), so a prompt's group is sampled, scored and trained on by one rank; the sampling draws the
+    global batch's random numbers (`engine.Rows`); gradients are averaged over ranks (`update`) and the metrics
+    are the global batch's."""
     heldout_note = "no held-out prompts"
 
     def __init__(self, cfg, prompts: list | None, eval_prompts: list | None, total_steps: int, gold=None):
@@ -135,11 +142,23 @@ class GroupTrainer(loop.Trainer):
         self.gen_sample = torch.Generator().manual_seed(cfg.seed + 1)
         self.order = IndexStream(len(self.prompts), torch.Generator().manual_seed(cfg.seed + 3))
 
+    def take(self, n: int, key: str) -> list[int]:
+        """This rank's share of the next n prompts of the prompt order (all n for one process); `key`: the
+        config key of n, named when n does not divide over the processes."""
+        return parallel.shard(self.order.take(n), key)
+
     def sample(self, idx: list[int], group_size: int) -> Groups:
-        """`group_size` scored responses for each of the prompts `idx`."""
+        """`group_size` scored responses for each of the prompts `idx` (this rank's slice of the global batch)."""
         with self.accelerator.autocast():  # bf16 matmuls under model.mixed_precision=bf16, else a no-op
             return sample_groups(self.policy, self.reward_model, self.tokenizer, [self.encoded[i] for i in idx],
-                                 group_size, self.cfg.sampling, self.gen_sample)
+                                 group_size, self.cfg.sampling, self.gen_sample, global_rows(len(idx) * group_size))
+
+    def update(self, loss: torch.Tensor, step: int, updates_applied: int = 0) -> float:
+        """common.optimizer_step with the gradients averaged over the processes (the packed forward passes call
+        the policy's backbone, past DistributedDataParallel's own averaging); a non-finite loss on any rank stops
+        every rank. Returns the gradient norm before clipping."""
+        return loop.synced_update(self.accelerator, self.policy, self.opt, self.sched, loss, step,
+                                  self.cfg.optim.grad_clip, updates_applied)
 
     def evaluate(self) -> dict:
         """KL to the reference (and gold, with a scorer) on the held-out prompts."""

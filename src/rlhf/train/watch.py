@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rlhf import parallel
+
 ENSEMBLE_MODES = ("first", "mean", "min", "uwo")
 
 
@@ -38,9 +40,10 @@ class Watch:
         out: dict = {}
         self.kl.append(kl)
         if member_scores is not None:
-            self.disagreement.append(member_scores.std(0).mean().item())
-            out.update(ens_disagreement=self.disagreement[-1], ens_mean=member_scores.mean().item(),
-                       ens_min=member_scores.min(0).values.mean().item())
+            # over the global batch on many processes (`kl` is the caller's global mean already)
+            self.disagreement.append(parallel.mean_item(member_scores.std(0)))
+            out.update(ens_disagreement=self.disagreement[-1], ens_mean=parallel.mean_item(member_scores),
+                       ens_min=parallel.mean_item(member_scores.min(0).values))
             start, recent = float(np.mean(self.disagreement[:3])), float(np.mean(self.disagreement[-3:]))
             if self.disagreement_stop and len(self.disagreement) > 3 and recent > self.disagreement_stop * start:
                 out["stop"] = (f"ensemble disagreement {recent:.3f} (last 3 batches) "
