@@ -198,12 +198,11 @@ class _Loop:
             self.progress.heldout["start" if at == 0 else "end"] = row
 
     def checkpoint(self) -> None:
-        """Rank 0 saves (the ranks' models, optimizers and data positions are the same); the others wait for it."""
+        """Every rank calls the save: on many processes it is collective (each rank writes its shards of the
+        sharded checkpoint, rank 0 the rest; train/checkpoint.py)."""
         done, heldout = self.progress.done, self.progress.heldout
         scalars = {**self.trainer.scalars(), **({"heldout_start": heldout["start"]} if "start" in heldout else {})}
-        if parallel.is_main():
-            self.trainer.state().save(self.run_dir.sub(f"checkpoints/step-{done}"), done, **scalars)
-        parallel.barrier()
+        self.trainer.state().save(self.run_dir.sub(f"checkpoints/step-{done}"), done, **scalars)
 
     def finish(self, stopped) -> None:
         """The end of a run: the model (unless a failed step changed it), samples, plots and summary."""
