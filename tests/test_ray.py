@@ -91,3 +91,31 @@ def test_a_bad_ray_address_is_one_line(cli, tmp_path, address, says):
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert f"--ray {address}" in res.stderr and says in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_compare_on_ray_equals_the_sequential_compare(local_ray, cli, tmp_path):
+    from rlhf.config import load_config
+    from rlhf.studies import compare
+    from tests.test_compare import SMOKE as CMP
+
+    args = ("study", "compare", "--seeds", "0,1", "--methods", "grpo,dpo", "--budget", "16")
+    seq = cli.start(*args, *CMP, "-o", tmp_path / "seq")
+    sets = [CMP[i + 1] for i, x in enumerate(CMP) if x == "--set"]
+    cfg = load_config(compare.CompareConfig, None, sets)
+    cfg.out, cfg.seeds, cfg.methods, cfg.budget = str(tmp_path / "ray"), [0, 1], ["grpo", "dpo"], 16
+    compare.run(cfg, show_progress=False, ray="local", ray_cpus=1)
+    res = seq.result()
+    assert res.returncode == 0, res.stderr[-2000:]
+    ra, rb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("seq", "ray"))
+    for key in ("greedy", "sampled"):  # every gold, KL and RM number per method and seed (timings aside)
+        assert _no_seconds(ra[key]) == _no_seconds(rb[key]), key
+    assert ra["rm_calls"] == rb["rm_calls"]
+
+
+def _no_seconds(value):
+    if isinstance(value, dict):
+        return {k: _no_seconds(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_no_seconds(v) for v in value]
+    return value

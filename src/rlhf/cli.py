@@ -228,6 +228,7 @@ def compare_(ctx: typer.Context,
              config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
              out: Optional[str] = typer.Option(None, "--out", "-o",
                                                help="compare directory; seed N runs in <out>/seed-N"),
+             ray: Optional[str] = RayOpt, ray_cpus: Optional[int] = RayCpusOpt,
              quiet: bool = QuietOpt) -> None:
     """PPO-ptx, PPO, DPO, best-of-N, RAFT, RRHF, GRPO and RLOO from one SFT model, RM and label set per seed,
     under one reward-model-call budget; gold metrics per method over seeds (finished method runs are reused)."""
@@ -237,7 +238,7 @@ def compare_(ctx: typer.Context,
 
     cfg = load_config(compare.CompareConfig, config, set_)
     _compare_options(cfg, seeds, methods, budget, source, out)
-    _print_result(compare.run(cfg, not quiet))
+    _print_result(compare.run(cfg, not quiet, ray=ray, ray_cpus=ray_cpus))
 
 
 def _compare_options(cfg, seeds, methods, budget, source, out) -> None:

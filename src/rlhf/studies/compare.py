@@ -34,6 +34,7 @@ import yaml
 from rlhf.config import build_config, to_dict
 from rlhf.errors import RLHFError
 from rlhf.studies import seeds as study
+from rlhf.studies.runner import default_cpus, map_runs
 from rlhf.pipeline import PipelineConfig
 from rlhf.progress import console
 from rlhf.report import write_report
@@ -390,13 +391,24 @@ def plot_compare(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: CompareConfig, show_progress: bool = True) -> Path:
+def _run_seed_job(job: tuple) -> dict:
+    """One seed's methods (a module-level function: Ray ships it to its workers by name)."""
+    return run_seed(*job)
+
+
+def run(cfg: CompareConfig, show_progress: bool = True, ray: str | None = None, ray_cpus: int | None = None) -> Path:
+    """`ray`: run the seeds as Ray tasks of `ray_cpus` CPUs each (`rlhf.studies.runner`), not one after another;
+    the summary's cpu_seconds then count this process only."""
     cfg.validate()
     seeds, root = list(cfg.seeds), Path(cfg.out)
     if root.exists() and not root.is_dir():
         raise RLHFError(f"--out {root}: exists and is not a directory")
     t0, c0 = time.time(), time.process_time()
-    per_seed = [run_seed(cfg, seed, show_progress) for seed in seeds]
+    if ray is None:
+        per_seed = [run_seed(cfg, seed, show_progress) for seed in seeds]
+    else:
+        per_seed = map_runs(_run_seed_job, [(cfg, seed, False) for seed in seeds], ray=ray,
+                            num_cpus=ray_cpus or default_cpus())
     result = aggregate(per_seed, seeds)
     result["rm_calls"] = [{"seed": s, **p["rm_calls"]} for s, p in zip(seeds, per_seed)]
     result["wall_seconds"], result["cpu_seconds"] = round(time.time() - t0, 1), round(time.process_time() - c0, 1)
