@@ -166,10 +166,17 @@ def test_curves_and_the_over_optimization_point_on_hand_made_numbers():
     assert ppo[2]["cpu_seconds"]["mean"] == pytest.approx(33.0)
     # gold gained over SFT per CPU-second, per seed then averaged: (0.5 - 0.1) / 20 and (0.3 - 0.0) / 24
     assert ppo[1]["gain_per_cpu_s"] == pytest.approx((0.4 / 20 + 0.3 / 24) / 2, abs=1e-6)
-    over = {r["method"]: r for r in protocol.overoptimization(rows)}
-    assert over["PPO"]["over-optimization"].startswith("after 200 rm calls")
-    assert over["PPO"]["best gold at"] == "200 rm calls"
+    over = {r["method"]: r for r in protocol.overoptimization(rows, curves)}
+    assert over["PPO"]["over-optimization"].startswith("after 200 RM calls: gold +0.400 -> +0.200 at 300")
+    assert over["PPO"]["highest gold"] == "+0.400 at 200 RM calls"
     assert over["GRPO"]["over-optimization"] == "none within the budget"
+    # gold falls on one seed only: within the spread, not over-optimization
+    one_seed = json.loads(json.dumps(curves), object_hook=lambda d: {int(k) if k.isdigit() else k: v
+                                                                     for k, v in d.items()})
+    one_seed["ppo"][1]["points"][2]["greedy"]["gold_mean"] = 0.35
+    over = {r["method"]: r for r in protocol.overoptimization(protocol.curve_rows(one_seed, {0: 0.1, 1: 0.0}),
+                                                               one_seed)}
+    assert over["PPO"]["over-optimization"] == "none within the budget"
 
     result = protocol.final_tables(curves, [0, 1])
     paired = {p["b"]: p for p in result["greedy"]["paired"]}

@@ -515,22 +515,32 @@ def curve_rows(curves: dict, sft_gold: dict[int, float] | None = None) -> list[d
     return rows
 
 
-def overoptimization(rows: list[dict]) -> list[dict]:
-    """Per method: the first budget point after which the mean gold falls while the mean RM score rises (the
-    point where optimizing the proxy starts to cost gold), or none within the budget."""
+def overoptimization(rows: list[dict], curves: dict) -> list[dict]:
+    """Per method: the budget point of its highest mean gold, and whether it over-optimized after it: a later
+    point whose gold is below the peak's on every test seed (the verdicts' rule: every seed agrees) while the
+    mean RM score is above the peak's."""
     out = []
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for key, by_seed in curves.items():
+        method = _name(key)
         pts = [r for r in rows if r["method"] == method and "gold" in r and "rm_score" in r]
-        peak = next((a for a, b in zip(pts, pts[1:]) if b["gold"]["mean"] < a["gold"]["mean"]
-                     and b["rm_score"]["mean"] > a["rm_score"]["mean"]), None)
-        best = max(pts, key=lambda r: r["gold"]["mean"]) if pts else None
-        x = "labels" if method == "DPO" else "rm_calls"
-        out.append({"method": method,
-                    "over-optimization": (f"after {peak[x]['mean']:.0f} {x.replace('_', ' ')} (gold "
-                                          f"{peak['gold']['mean']:+.3f} then down, RM score up)" if peak
-                                          else "none within the budget"),
-                    "best gold at": f"{best[x]['mean']:.0f} {x.replace('_', ' ')}" if best else "",
-                    "best gold": f"{best['gold']['mean']:+.3f}" if best else ""})
+        if key == "sft" or not pts:
+            continue
+        x = "labels" if key == "dpo" else "rm_calls"
+        unit = "pairs" if key == "dpo" else "RM calls"
+        peak = max(range(len(pts)), key=lambda i: pts[i]["gold"]["mean"])
+        gold = {seed: [p["greedy"]["gold_mean"] for p in c["points"]] for seed, c in by_seed.items()}
+        later = next((j for j in range(peak + 1, len(pts))
+                      if all(g[j] < g[peak] for g in gold.values())
+                      and pts[j]["rm_score"]["mean"] > pts[peak]["rm_score"]["mean"]), None)
+        a = pts[peak]
+        text = "none within the budget"
+        if later is not None:
+            b = pts[later]
+            text = (f"after {a[x]['mean']:.0f} {unit}: gold {a['gold']['mean']:+.3f} -> {b['gold']['mean']:+.3f} at "
+                    f"{b[x]['mean']:.0f} (lower on every seed), RM score {a['rm_score']['mean']:.2f} -> "
+                    f"{b['rm_score']['mean']:.2f}")
+        out.append({"method": method, "highest gold": f"{a['gold']['mean']:+.3f} at {a[x]['mean']:.0f} {unit}",
+                    "over-optimization": text})
     return out
 
 
@@ -668,7 +678,7 @@ def run(cfg: ProtocolConfig, step: str = "protocol", show_progress: bool = True)
     result = final_tables(curves, list(cfg.seeds))
     sft_gold = {seed: c["points"][0]["greedy"]["gold_mean"] for seed, c in curves["sft"].items()}
     rows = curve_rows(curves, sft_gold)
-    result.update(curve=rows, overoptimization=overoptimization(rows), choice=choice, inputs=inputs,
+    result.update(curve=rows, overoptimization=overoptimization(rows, curves), choice=choice, inputs=inputs,
                   tune_seeds=list(cfg.tune_seeds), test_seeds=list(cfg.seeds), points=budget_points(cfg),
                   timing={"inputs_wall_seconds": round(sum(v["wall_seconds"] for v in inputs.values()), 1),
                           "inputs_cpu_seconds": round(sum(v["cpu_seconds"] for v in inputs.values()), 1),
