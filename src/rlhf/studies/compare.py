@@ -225,13 +225,22 @@ def rm_calls(key: str, c) -> int:
             "rrhf": lambda: c.steps * c.prompts_per_step * c.k, "dpo": lambda: 0}[key]()
 
 
-def _train(key: str, c, world, show_progress: bool) -> None:
+def _train(key: str, c, world, show_progress: bool, ppo_stage: bool = True) -> None:
+    """Train method `key` with config `c` on the world's training prompts, the gold reward logged beside.
+    PPO runs as the pipeline's stage (its held-out evaluation included) or, with ppo_stage=False, as the
+    trainer alone on the training prompts (the compare protocol's tuning, which never reads held-out prompts)."""
     gold = lambda prompt, response: world.score(prompt, response).total  # noqa: E731
     train_prompts = [p["prompt"] for p in world.prompts("train")]
-    if key in ("ppo-ptx", "ppo"):
+    if key in ("ppo-ptx", "ppo") and ppo_stage:
         from rlhf.stages import run_ppo
 
         run_ppo(c, show_progress)
+    elif key in ("ppo-ptx", "ppo"):
+        from rlhf.stages import watch_rates
+        from rlhf.train import ppo
+
+        ptx = world.corpus() if c.ptx_coef > 0 else None
+        ppo.run(c, show_progress, prompts=train_prompts, ptx_docs=ptx, gold=gold, on_iteration=watch_rates)
     elif key == "dpo":
         from rlhf.train import dpo
 

@@ -218,24 +218,7 @@ def _train(cfg: ProtocolConfig, key: str, s: _Seed, budget: int, save_every: int
     """Train method `key` (cfg holds its settings) at `budget` RM calls into `out`; returns its trainer config."""
     c = compare.method_config(replace(cfg, budget=budget), key, s.seed, s.inputs, out)
     c.save_every = save_every
-    gold = lambda prompt, response: s.world.score(prompt, response).total  # noqa: E731
-    train_prompts = [p["prompt"] for p in s.world.prompts("train")]
-    if key in ("ppo-ptx", "ppo"):  # train.ppo directly: the stage's wrapper also reads held-out prompts
-        from rlhf.stages import watch_rates
-        from rlhf.train import ppo
-
-        ptx = s.world.corpus() if c.ptx_coef > 0 else None
-        ppo.run(c, show_progress, prompts=train_prompts, ptx_docs=ptx, gold=gold, on_iteration=watch_rates)
-    elif key == "dpo":
-        from rlhf.train import dpo
-
-        dpo.run(c, show_progress, gold=gold)
-    else:
-        import importlib
-
-        mod = importlib.import_module({"grpo": "rlhf.train.grpo", "rloo": "rlhf.train.grpo", "raft": "rlhf.train.raft",
-                                       "rrhf": "rlhf.train.rrhf"}[key])
-        mod.run(c, show_progress, gold=gold, prompts=train_prompts, eval_prompts=[])
+    compare._train(key, c, s.world, show_progress, ppo_stage=False)
     return c
 
 
