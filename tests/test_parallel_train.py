@@ -181,6 +181,6 @@ def test_cli_stages_on_two_processes(tiny_world, tmp_path):
         assert json.loads((tmp_path / run / "summary.json").read_text())["result"]
     with pytest.raises(AssertionError) as failed:
         _cli(["pretrain", "-q", "-c", ROOT / "configs/smoke.yaml", "--set", "batch_size=3", "-o", tmp_path / "bad"])
-    assert "error: batch_size: 3 does not divide over 2 processes" in str(failed.value)
+    assert "error: batch_size=3 does not divide over 2 processes" in str(failed.value)
     assert "RLHFError" not in str(failed.value)  # the line, no Python traceback from the ranks
     assert not list(tmp_path.glob("bad*"))

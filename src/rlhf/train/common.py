@@ -124,14 +124,6 @@ def apply_update(accelerator: Accelerator, model, opt, sched, grad_clip: float) 
     return float(grad_norm)
 
 
-def check_divides(n: int, key: str) -> None:
-    """A global batch (`key` = n items) must split evenly over the processes: one clear line otherwise."""
-    world = parallel.world_size()
-    if n % world:
-        raise RLHFError(f"{key}: {n} does not divide over {world} processes (the batch is global: each process "
-                        f"takes {n} / {world}); use a multiple of {world}")
-
-
 def global_token_mean(total: torch.Tensor, count) -> tuple[torch.Tensor, float]:
     """A token-mean loss over the global batch from this rank's token sum `total` over `count` tokens:
     (the loss to backward, the global mean as a number). Gradients are averaged over ranks (DDP, FSDP2), so

@@ -19,7 +19,7 @@ from rlhf.parallel.fsdp import gathered, prepare
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, checkpoint_dir, resume
-from rlhf.train.common import OptimConfig, check_divides, make_accelerator, make_optimizer, optimizer_step
+from rlhf.train.common import OptimConfig, make_accelerator, make_optimizer, optimizer_step
 
 
 @dataclass
@@ -75,7 +75,7 @@ def run(cfg: PretrainConfig, show_progress: bool = True, *, docs: list[str] | No
     rng = torch.Generator().manual_seed(cfg.seed)
     train_docs, eval_docs = train_eval_split(docs, cfg.eval_fraction, rng, min_eval=1)
     accelerator = make_accelerator(cfg.seed)
-    check_divides(cfg.batch_size, "batch_size")
+    parallel.per_rank(cfg.batch_size, "batch_size")
     with RunDir(cfg.out, cfg) as run_dir:
         if cfg.tokenizer or cfg.resume:
             tokenizer = load_tokenizer(cfg.tokenizer or checkpoint_dir(cfg.resume, "pretraining") / "model")

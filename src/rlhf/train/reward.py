@@ -38,7 +38,7 @@ from rlhf.rollout.packed import PackedRow, packed_scores
 from rlhf.rundir import RunDir
 from rlhf.stats import pairwise_accuracy, standard_error
 from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import (OptimConfig, apply_update, check_divides, check_finite, make_accelerator,
+from rlhf.train.common import (OptimConfig, apply_update, check_finite, make_accelerator,
                                make_optimizer)
 
 
@@ -286,7 +286,7 @@ def run(cfg: RewardConfig, show_progress: bool = True) -> Path:
     train_enc = encode_rankings(tokenizer, train_set, cut, model)
     eval_enc = encode_rankings(tokenizer, eval_set, cut, model)
     steps = max(1, int(cfg.epochs * len(train_set) / cfg.batch_size))
-    check_divides(cfg.batch_size, "batch_size")
+    parallel.per_rank(cfg.batch_size, "batch_size")
     model, opt, sched = prepare(accelerator, model, lambda m: make_optimizer(m, cfg.optim, steps),
                                 cfg.parallel.strategy)
     model.train()

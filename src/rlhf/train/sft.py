@@ -23,7 +23,7 @@ from rlhf.parallel.fsdp import gathered, prepare
 from rlhf.progress import progress_bar
 from rlhf.rundir import RunDir
 from rlhf.train.checkpoint import TrainerState, resume
-from rlhf.train.common import (OptimConfig, check_divides, global_token_mean, make_accelerator, make_optimizer,
+from rlhf.train.common import (OptimConfig, global_token_mean, make_accelerator, make_optimizer,
                                optimizer_step)
 
 
@@ -137,9 +137,9 @@ def run(cfg: SFTConfig, show_progress: bool = True, *, dialogues: list[list[dict
     examples = [e for e in examples if any(y != IGNORE for y in e[1])]
     steps = max(1, int(cfg.epochs * len(examples) / cfg.batch_size))
     accelerator = make_accelerator(cfg.seed, mixed_precision=cfg.model.mixed_precision)
-    check_divides(cfg.batch_size, "batch_size")
+    parallel.per_rank(cfg.batch_size, "batch_size")
     if ptx_docs and cfg.ptx_coef > 0:
-        check_divides(cfg.ptx_batch_size, "ptx_batch_size")
+        parallel.per_rank(cfg.ptx_batch_size, "ptx_batch_size")
     model, opt, sched = prepare(accelerator, model, lambda m: make_optimizer(m, cfg.optim, steps),
                                 cfg.parallel.strategy)
     model.train()
