@@ -586,6 +586,10 @@ def main() -> None:
         args = sys.argv[1:]
         _moved(args)
         app(args=args, standalone_mode=False)
+        if "torch.distributed" in sys.modules:  # (a command that never loaded torch has no process group)
+            from rlhf import parallel
+
+            parallel.shutdown()  # under torchrun: every rank done, then the process group is left
     except RLHFError as exc:
         if debug:
             raise

@@ -35,3 +35,4 @@ with RunDir(out / "run", Config()) as run:
 result = {"rank": r, "mean": float(mean), "var": float(var), "whitened": w.tolist(), "loss": metrics["loss"],
           "picked": picked, "gathered": parallel.gather_objects(r), "bcast": parallel.broadcast_object(r * 10 + 1)}
 (out / f"rank-{r}.json").write_text(json.dumps(result))
+parallel.shutdown()

@@ -22,3 +22,4 @@ for item in json.loads(spec_file.read_text()):
     module.run(build_config(cls, item["config"], str(spec_file)), False)
 (spec_file.parent / f"rank-{parallel.rank()}.json").write_text(
     json.dumps({"rank": parallel.rank(), "world_size": parallel.world_size()}))
+parallel.shutdown()

@@ -6,7 +6,7 @@ from rlhf.errors import RLHFError
 from rlhf.parallel.dist import (all_max, all_sum, barrier, broadcast_object, gather_objects, global_mean,
                                 global_mean_var, init, initialized, is_main, launched, mean_metrics, rank, shard,
                                 whiten, world_size)
-from rlhf.parallel.dist import any_rank, average_gradients, first_reason, mean_item, per_rank
+from rlhf.parallel.dist import any_rank, average_gradients, first_reason, mean_item, per_rank, shutdown
 
 STRATEGIES = ("ddp", "fsdp2")
 
@@ -26,5 +26,5 @@ class ParallelConfig:
 
 __all__ = ["ParallelConfig", "STRATEGIES", "all_max", "all_sum", "barrier", "broadcast_object", "gather_objects",
            "global_mean", "global_mean_var", "init", "initialized", "is_main", "launched", "mean_metrics", "rank",
-           "shard", "whiten", "world_size"]
+           "shard", "shutdown", "whiten", "world_size"]
 __all__ += ["any_rank", "average_gradients", "first_reason", "mean_item", "per_rank"]

@@ -39,6 +39,15 @@ def init() -> None:
         PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
+def shutdown(ok: bool = True) -> None:
+    """Leave the process group at the end of a command: the ranks meet (when `ok`: every rank got here), then the
+    group is destroyed, so no rank exits while gloo's threads still serve another (an abort at exit otherwise)."""
+    if initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
